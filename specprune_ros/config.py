@@ -1,0 +1,339 @@
+"""One validated configuration for every knob, shared by the node, replay, bench and flops.
+
+Each field carries its own spec (description, type, allowed range or choices, whether it may
+change while the node runs), so the ROS parameter descriptors, the on-set validation, the
+YAML loader and the error messages all come from one place.
+
+Names are dotted as the node's ROS parameters are (``pruning.alpha``); nested dicts
+(``{"pruning": {"alpha": 0.8}}``) and dotted keys are both accepted.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import yaml
+
+NODE_NAME = "action_node"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, of the wrong type or outside its allowed range."""
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What a knob means and which values it accepts."""
+
+    description: str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[Any, ...] | None = None
+    read_only: bool = False
+    # For list-valued knobs: allowed range of every element and of the length.
+    min_len: int = 0
+    max_len: int = 64
+
+    def allowed(self) -> str:
+        if self.choices is not None:
+            return "one of " + ", ".join(repr(c) for c in self.choices)
+        lo = "-inf" if self.low is None else f"{self.low:g}"
+        hi = "inf" if self.high is None else f"{self.high:g}"
+        return f"range [{lo}, {hi}]"
+
+
+def knob(default: Any, description: str, **spec: Any) -> Any:
+    """A dataclass field with its Spec in the metadata."""
+    if isinstance(default, (list, tuple)):
+        return field(default_factory=lambda: tuple(default), metadata={"spec": Spec(description, **spec)})
+    return field(default=default, metadata={"spec": Spec(description, **spec)})
+
+
+@dataclass(frozen=True)
+class PruningConfig:
+    """SpecPrune-VLA knobs; defaults follow docs/specprune.md (paper / authors' code)."""
+
+    enabled: bool = knob(True, "Run SpecPrune-VLA; false runs the plain OpenVLA-OFT forward.")
+    alpha: float = knob(0.8, "Global pruning strength: every K is scaled by alpha (paper main table: 0.8).",
+                        low=0.05, high=4.0)
+    k_global: int = knob(30, "K_G: tokens per camera taken from the previous step's global-layer scores.",
+                         low=0, high=4096)
+    k_local: int = knob(24, "K_L: tokens per camera taken from the current step's first layers.",
+                        low=0, high=4096)
+    k_dynamic: int = knob(20, "K_D: most-changed patches per camera taken from frame differencing.",
+                          low=0, high=4096)
+    global_layers: tuple[int, ...] = knob((15, 32), "1-based LLM layers whose scores form the next step's prior "
+                                          "(paper: a middle and the last layer).", low=1, high=1024,
+                                          min_len=1, max_len=8)
+    local_layers: int = knob(2, "Leading LLM layers run on all tokens to score the local set (paper: 2).",
+                             low=1, high=16)
+    frame_similarity_threshold: float = knob(
+        0.990, "Patch cosine similarity below which a primary-camera patch counts as changed (tau).",
+        low=0.0, high=1.0)
+    frame_similarity_threshold_wrist: float = knob(
+        0.992, "Same threshold for the wrist (and further) cameras (authors' code: 0.992).", low=0.0, high=1.0)
+    history_base: float = knob(7.0, "b of the history rule T = floor(b + k*v) + offset.", low=0.0, high=64.0)
+    history_slope: float = knob(-1.0, "k of the history rule; <= 0 so faster motion compares closer frames.",
+                                low=-64.0, high=0.0)
+    history_offset: int = knob(4, "Offset of the history rule (paper: 4).", low=0, high=64)
+    scene_cut_fraction: float = knob(
+        0.6, "Share of primary-camera patches changed (below tau) since the previous step above which "
+        "the temporal prior is distrusted and the step keeps every token (1 disables).", low=0.0, high=1.0)
+    dynamic_layers: tuple[int, ...] = knob((5, 10, 15, 20), "1-based LLM layers after which the "
+                                           "lowest-importance vision tokens are dropped (empty: none).",
+                                           low=1, high=1024, min_len=0, max_len=64)
+    dynamic_drop_ratio: float = knob(0.2, "Share of the remaining vision tokens dropped at each dynamic layer "
+                                     "(authors' code keeps 80 %).", low=0.0, high=0.9)
+    ema_beta: float = knob(0.2, "beta of the importance EMA over layers: S = (1-beta) S + beta s.",
+                           low=0.0, high=1.0)
+    rank_sharpness: float = knob(0.05, "k of the rank weight sigmoid(-k * rank) (not given in the paper).",
+                                 low=0.0, high=10.0)
+    confidence: str = knob("entropy", "Layer confidence for the EMA: 1/entropy (paper default) or mean/std.",
+                           choices=("entropy", "mean_std"))
+
+    def __post_init__(self) -> None:
+        _validate_section(self, "pruning")
+        if self.global_layers and min(self.global_layers) <= self.local_layers:
+            raise ConfigError(
+                f"pruning.global_layers = {list(self.global_layers)}: global layers must come after the "
+                f"{self.local_layers} local layers (range [{self.local_layers + 1}, num_layers])")
+        if self.dynamic_layers and min(self.dynamic_layers) <= self.local_layers:
+            raise ConfigError(
+                f"pruning.dynamic_layers = {list(self.dynamic_layers)}: dynamic layers must come after the "
+                f"{self.local_layers} local layers (range [{self.local_layers + 1}, num_layers])")
+
+    def history_capacity(self) -> int:
+        """Frames a ring buffer must hold: the current one plus the longest look-back T."""
+        return int(math.floor(self.history_base)) + self.history_offset + 1
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    """Action-aware coarse/fine controller (speeds in normalized action units)."""
+
+    enabled: bool = knob(True, "Scale K up in slow, descending (fine) phases; off = always coarse.")
+    translation_threshold: float = knob(0.4, "Enter fine mode only below this translation speed.",
+                                        low=0.0, high=100.0)
+    rotation_threshold: float = knob(0.2, "Enter fine mode only below this rotation speed.",
+                                     low=0.0, high=100.0)
+    exit_dz_threshold: float = knob(0.2, "Leave fine mode when dz rises above this (hysteresis).",
+                                    low=0.0, high=100.0)
+    exit_rotation_threshold: float = knob(0.3, "Leave fine mode when rotation speed rises above this.",
+                                          low=0.0, high=100.0)
+    exit_translation_threshold: float = knob(
+        0.6, "Leave fine mode when translation speed rises above this (our addition; the authors' rule "
+        "only has the dz and rotation exits).", low=0.0, high=100.0)
+    fine_k_scale: float = knob(40.0 / 24.0, "Factor on every K in fine mode (paper: 40/24).",
+                               low=1.0, high=16.0)
+
+    def __post_init__(self) -> None:
+        _validate_section(self, "controller")
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Deployment settings of the action node (model, device, rates, inputs)."""
+
+    model_path: str = knob("tiny-random", "Checkpoint directory in the released OpenVLA-OFT layout, or "
+                           "'tiny-random' for the built-in small random model.", read_only=True)
+    device: str = knob("auto", "Inference device.", choices=("auto", "cuda", "cpu"), read_only=True)
+    dtype: str = knob("bfloat16", "Weights dtype on CUDA (CPU always runs float32).",
+                      choices=("bfloat16", "float16", "float32"), read_only=True)
+    unnorm_key: str = knob("", "dataset_statistics.json key for un-normalization ('' = the only key).",
+                           read_only=True)
+    num_images: int = knob(2, "Cameras fed to the model: 1 = primary only, 2 = primary + wrist.",
+                           low=1, high=3, read_only=True)
+    compressed_images: bool = knob(False, "Subscribe to sensor_msgs/CompressedImage instead of Image.",
+                                   read_only=True)
+    instruction: str = knob("", "Task instruction (the instruction topic overrides it when it publishes).")
+    control_rate_hz: float = knob(10.0, "Inference steps per second.", low=0.1, high=1000.0)
+    max_observation_age_s: float = knob(0.5, "Observations older than this are dropped, never acted on.",
+                                        low=0.001, high=60.0)
+
+    def __post_init__(self) -> None:
+        _validate_section(self, "")
+
+
+SECTIONS: dict[str, type] = {"": NodeConfig, "pruning": PruningConfig, "controller": ControllerConfig}
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every knob of specprune_ros. Immutable: changes make a new, validated object."""
+
+    node: NodeConfig = field(default_factory=NodeConfig)
+    pruning: PruningConfig = field(default_factory=PruningConfig)
+    controller: ControllerConfig = field(default_factory=ControllerConfig)
+
+    # ---- construction -------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None = None) -> "Config":
+        """Build from nested and/or dotted keys; unknown names are errors (typos must not pass)."""
+        return cls().replace(**flatten(values or {}))
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, node_name: str = NODE_NAME) -> "Config":
+        """Read a ROS 2 parameter file (``action_node: ros__parameters: ...``) or a plain mapping."""
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: parameter file not found") from None
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: cannot read parameter file: {exc}") from None
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        params = _ros_parameters(data, node_name)
+        try:
+            return cls.from_dict(params)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+
+    def replace(self, **dotted: Any) -> "Config":
+        """A new config with ``{"pruning.alpha": 0.5, ...}`` applied; all or nothing."""
+        updates: dict[str, dict[str, Any]] = {}
+        for name, value in dotted.items():
+            section, key = split_name(name)
+            spec = spec_of(name)
+            updates.setdefault(section, {})[key] = coerce(name, value, spec, SECTIONS[section])
+        kwargs = {}
+        for section, attr in (("", "node"), ("pruning", "pruning"), ("controller", "controller")):
+            current = getattr(self, attr)
+            kwargs[attr] = dataclasses.replace(current, **updates[section]) if section in updates else current
+        return Config(**kwargs)
+
+    # ---- views ----------------------------------------------------------------------------
+    def flat(self) -> dict[str, Any]:
+        """``{"pruning.alpha": 0.8, ...}`` for every knob (lists as lists)."""
+        out = {}
+        for name, _spec in iter_specs():
+            section, key = split_name(name)
+            value = getattr(self._section(section), key)
+            out[name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    def to_ros_yaml(self, node_name: str = NODE_NAME) -> str:
+        return yaml.safe_dump({node_name: {"ros__parameters": self.flat()}}, sort_keys=False)
+
+    def _section(self, section: str) -> Any:
+        return {"": self.node, "pruning": self.pruning, "controller": self.controller}[section]
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+
+def iter_specs() -> Iterator[tuple[str, Spec]]:
+    """(dotted name, Spec) of every knob, in declaration order."""
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            yield (f"{section}.{f.name}" if section else f.name), f.metadata["spec"]
+
+
+def split_name(name: str) -> tuple[str, str]:
+    section, _, key = name.rpartition(".")
+    if section not in SECTIONS:
+        raise ConfigError(f"unknown parameter '{name}' (known sections: pruning.*, controller.*, and node "
+                          f"parameters such as model_path)")
+    return section, key
+
+
+def spec_of(name: str) -> Spec:
+    section, key = split_name(name)
+    for f in dataclasses.fields(SECTIONS[section]):
+        if f.name == key:
+            return f.metadata["spec"]
+    known = ", ".join(n for n, _ in iter_specs())
+    raise ConfigError(f"unknown parameter '{name}'; known parameters: {known}")
+
+
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _ros_parameters(data: dict, node_name: str) -> dict:
+    """Unwrap ``/**`` or ``<node_name>`` -> ``ros__parameters`` if present; merge wildcard first."""
+    if any(isinstance(v, dict) and "ros__parameters" in v for v in data.values()):
+        params: dict = {}
+        for key in ("/**", node_name, "/" + node_name):
+            block = data.get(key)
+            if isinstance(block, dict):
+                params.update(flatten(block.get("ros__parameters") or {}))
+        return params
+    return data
+
+
+def coerce(name: str, value: Any, spec: Spec, section_cls: type) -> Any:
+    """Check ``value`` against the field's type and Spec; return it in the field's type."""
+    ftype = {f.name: f.type for f in dataclasses.fields(section_cls)}[name.rpartition(".")[2]]
+    ftype = str(ftype)
+    try:
+        if ftype == "bool":
+            if not isinstance(value, bool):
+                raise TypeError("expected true or false")
+            out: Any = value
+        elif ftype == "int":
+            out = _as_int(value)
+        elif ftype == "float":
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError("expected a number")
+            out = float(value)
+            if not math.isfinite(out):
+                raise TypeError("expected a finite number")
+        elif ftype == "str":
+            if not isinstance(value, str):
+                raise TypeError("expected a string")
+            out = value
+        elif ftype.startswith("tuple"):
+            if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+                raise TypeError("expected a list of integers")
+            out = tuple(sorted(set(_as_int(v) for v in value)))
+            if not spec.min_len <= len(out) <= spec.max_len:
+                raise ConfigError(f"{name} = {list(out)}: needs {spec.min_len} to {spec.max_len} distinct entries")
+            for v in out:
+                _check_range(name, v, spec)
+            return out
+        else:  # pragma: no cover - a new field type must be taught here
+            raise TypeError(f"unsupported field type {ftype}")
+    except TypeError as exc:
+        bounded = spec.choices is not None or spec.low is not None or spec.high is not None
+        raise ConfigError(f"{name} = {value!r}: {exc}" + (f" ({spec.allowed()})" if bounded else "")) from None
+    _check_range(name, out, spec)
+    return out
+
+
+def _as_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise TypeError("expected an integer")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise TypeError("expected an integer")
+
+
+def _check_range(name: str, value: Any, spec: Spec) -> None:
+    if spec.choices is not None and value not in spec.choices:
+        raise ConfigError(f"{name} = {value!r} is not allowed ({spec.allowed()})")
+    if (spec.low is not None and value < spec.low) or (spec.high is not None and value > spec.high):
+        raise ConfigError(f"{name} = {value!r} is out of {spec.allowed()}")
+
+
+def _validate_section(obj: Any, section: str) -> None:
+    """Validate a section built directly (not through Config.replace)."""
+    for f in dataclasses.fields(obj):
+        name = f"{section}.{f.name}" if section else f.name
+        value = getattr(obj, f.name)
+        checked = coerce(name, value, f.metadata["spec"], type(obj))
+        if checked != value or type(checked) is not type(value):
+            object.__setattr__(obj, f.name, checked)

@@ -1,0 +1,27 @@
+"""The SpecPrune-VLA pruning engine: pure torch + numpy, no ROS, no model code.
+
+* scores      - text->image attention scores from m query rows (never full attention maps)
+* static      - V_global | V_local | V_dynamic per camera, scene-cut fallback
+* frames      - patch cosine similarity, velocity-adaptive history, frame ring buffer
+* dynamic     - rank/confidence-weighted EMA and per-layer token dropping
+* controller  - coarse/fine decision with hysteresis, K scaling
+* engine      - the cross-step state (prior scores, frames, controller) the model drives
+"""
+from .controller import ActionAwareController, Decision, KBudget, Motion, k_budget, scaled_k
+from .dynamic import LayerImportance, rank_weights, ranks
+from .engine import SpecPruneEngine, StepPlan
+from .frames import FrameRingBuffer, history_steps, patch_cosine_similarity
+from .layout import TokenLayout
+from .scores import (LayerScores, layer_confidence, rotate_half_rope, score_layer, scores_from_hidden_states,
+                     text_to_vision_attention)
+from .static import (StaticSelection, changed_patch_mask, detect_scene_cut, select_static, topk_mask,
+                     union_topk_mask)
+
+__all__ = [
+    "ActionAwareController", "Decision", "KBudget", "Motion", "k_budget", "scaled_k",
+    "LayerImportance", "rank_weights", "ranks", "SpecPruneEngine", "StepPlan",
+    "FrameRingBuffer", "history_steps", "patch_cosine_similarity", "TokenLayout",
+    "LayerScores", "layer_confidence", "rotate_half_rope", "score_layer", "scores_from_hidden_states",
+    "text_to_vision_attention", "StaticSelection", "changed_patch_mask", "detect_scene_cut",
+    "select_static", "topk_mask", "union_topk_mask",
+]

@@ -1,0 +1,103 @@
+import numpy as np
+import pytest
+import torch
+
+from specprune_ros.config import Config
+from specprune_ros.pruning import SpecPruneEngine, TokenLayout
+
+GRID = (4, 4)
+N = 16
+
+
+def layout(cams=2):
+    return TokenLayout(seq_len=1 + cams * N + 10, vision_start=1, num_cameras=cams,
+                       text_positions=(cams * N + 3, cams * N + 4), grid=GRID)
+
+
+def frames(value=80, cams=2):
+    img = torch.full((cams, 3, 56, 56), value, dtype=torch.uint8)
+    img[:, 1] += 7
+    return img
+
+
+def engine(**knobs):
+    return SpecPruneEngine(Config.from_dict(knobs), layout(), frame_shape=(3, 56, 56))
+
+
+def test_first_step_runs_unpruned_and_records_the_prior():
+    eng = engine()
+    plan = eng.begin_step(frames(), None)
+    assert not plan.prune and "first step" in plan.reason
+    assert plan.history_frames == 0 and plan.similarity is None
+    with pytest.raises(RuntimeError, match="unpruned step"):
+        eng.select(plan, torch.rand(2, 2, N))
+    recall = eng.end_step(plan, torch.rand(2, 2, N))
+    assert torch.isnan(recall)
+    assert eng.begin_step(frames(), None).prune
+
+
+def test_second_step_prunes_with_prior_local_and_dynamic():
+    eng = engine(**{"pruning.k_global": 1, "pruning.k_local": 1, "pruning.k_dynamic": 1, "pruning.alpha": 1.0,
+                    "controller.enabled": False})
+    eng.end_step(eng.begin_step(frames(), None), _prior_with_best(5))
+    moved = frames()
+    moved[0, :, 42:, 42:] = torch.tensor([255, 0, 0], dtype=torch.uint8).view(3, 1, 1)  # primary: a red object
+    # enters the last patch (raw-pixel cosine similarity sees colour/texture, not brightness)
+    plan = eng.begin_step(moved, np.zeros(7))
+    assert plan.prune and plan.history_frames == 1
+    local = torch.zeros(2, 2, N)
+    local[:, :, 9] = 1.0
+    sel = eng.select(plan, local)
+    assert sel.kept[0].nonzero().flatten().tolist() == [5, 9, 15]
+    assert sel.kept[1].nonzero().flatten().tolist() == [5, 9]
+    assert sel.counts().tolist() == [5, 2, 2, 1]
+    assert not bool(sel.fallback)
+    # This step's global top-1 is token 5 again on both cameras: full recall.
+    assert eng.end_step(plan, _prior_with_best(5)).item() == 1.0
+    plan = eng.begin_step(moved, np.zeros(7))
+    eng.select(plan, local)
+    assert eng.end_step(plan, _prior_with_best(7)).item() == 0.0
+
+
+def _prior_with_best(token):
+    s = torch.rand(2, 2, N) * 0.1
+    s[:, :, token] = 1.0
+    return s
+
+
+def test_scene_cut_falls_back_to_every_token():
+    eng = engine()
+    eng.end_step(eng.begin_step(frames(), None), torch.rand(2, 2, N))
+    g = torch.Generator().manual_seed(3)
+    new_scene = torch.randint(0, 256, (2, 3, 56, 56), dtype=torch.uint8, generator=g)
+    plan = eng.begin_step(new_scene, np.zeros(7))
+    sel = eng.select(plan, torch.rand(2, 2, N))
+    assert bool(sel.fallback) and bool(sel.kept.all())
+
+
+def test_controller_mode_changes_k_and_history():
+    eng = engine(**{"pruning.alpha": 0.3})
+    eng.begin_step(frames(), None)
+    fast = eng.begin_step(frames(), np.array([0.9, 0.0, 0.0, 0, 0, 0, 1]))
+    slow = eng.begin_step(frames(), np.array([0.05, 0.0, -0.05, 0, 0, 0, 1]))
+    assert not fast.decision.fine and slow.decision.fine and slow.decision.entered_fine
+    assert (fast.k.k_global, slow.k.k_global) == (9, 15)    # 0.3 * 30, then * 40/24
+    assert (fast.history_frames, slow.history_frames) == (1, 2)   # clamped to the frames stored
+
+
+def test_disabled_pruning_never_prunes_and_reset_forgets_the_prior():
+    eng = engine(**{"pruning.enabled": False})
+    eng.end_step(eng.begin_step(frames(), None), torch.rand(2, 2, N))
+    assert eng.begin_step(frames(), None).reason == "disabled"
+    eng.configure(Config())
+    assert eng.begin_step(frames(), None).prune
+    eng.reset()
+    plan = eng.begin_step(frames(), None)
+    assert not plan.prune and plan.history_frames == 0
+
+
+def test_configure_resizes_the_history_for_a_longer_window():
+    eng = engine()
+    assert eng.frames.capacity == 12
+    eng.configure(Config.from_dict({"pruning.history_base": 20.0}))
+    assert eng.frames.capacity == 25

@@ -1,0 +1,134 @@
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+
+from specprune_ros.config import Config, ConfigError, iter_specs, spec_of
+
+ROOT = Path(__file__).resolve().parents[1]
+
+INTERFACE_PARAMETERS = [
+    "model_path", "device", "dtype", "unnorm_key", "num_images", "compressed_images",
+    "instruction", "control_rate_hz", "max_observation_age_s",
+    "pruning.enabled", "pruning.alpha", "pruning.k_global", "pruning.k_local", "pruning.k_dynamic",
+    "pruning.frame_similarity_threshold", "pruning.dynamic_layers", "pruning.dynamic_drop_ratio",
+    "controller.enabled", "controller.translation_threshold", "controller.rotation_threshold",
+]
+READ_ONLY = {"model_path", "device", "dtype", "unnorm_key", "num_images", "compressed_images"}
+
+
+def test_every_interface_parameter_exists_with_its_mutability():
+    names = dict(iter_specs())
+    for name in INTERFACE_PARAMETERS:
+        assert name in names, name
+        assert names[name].read_only == (name in READ_ONLY), name
+        assert names[name].description
+
+
+def test_defaults_are_the_papers():
+    p = Config().pruning
+    assert (p.k_global, p.k_local, p.k_dynamic, p.alpha) == (30, 24, 20, 0.8)
+    assert p.global_layers == (15, 32) and p.local_layers == 2
+    assert p.dynamic_layers == (5, 10, 15, 20) and p.ema_beta == 0.2 and p.confidence == "entropy"
+    assert (p.frame_similarity_threshold, p.frame_similarity_threshold_wrist) == (0.990, 0.992)
+    assert (p.history_base, p.history_slope, p.history_offset) == (7.0, -1.0, 4)
+    c = Config().controller
+    assert (c.translation_threshold, c.rotation_threshold) == (0.4, 0.2)
+    assert (c.exit_dz_threshold, c.exit_rotation_threshold) == (0.2, 0.3)
+    assert c.fine_k_scale == pytest.approx(40 / 24)
+
+
+def test_nested_and_dotted_keys():
+    a = Config.from_dict({"pruning": {"alpha": 0.5, "k_global": 10}, "controller.enabled": False})
+    assert a.pruning.alpha == 0.5 and a.pruning.k_global == 10 and not a.controller.enabled
+    assert a.replace(**{"pruning.alpha": 0.6}).pruning.alpha == 0.6
+    assert a.pruning.alpha == 0.5      # immutable
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"pruning.alpha": 9.0}, r"pruning.alpha = 9.0 is out of range \[0.05, 4\]"),
+    ({"pruning.alpha": "high"}, r"pruning.alpha = 'high': expected a number \(range \[0.05, 4\]\)"),
+    ({"pruning.alpha": float("nan")}, r"pruning.alpha = nan: expected a finite number"),
+    ({"pruning": {"k_global": -1}}, r"pruning.k_global = -1 is out of range \[0, 4096\]"),
+    ({"pruning.k_local": 2.5}, r"pruning.k_local = 2.5: expected an integer"),
+    ({"pruning.enabled": "yes"}, r"pruning.enabled = 'yes': expected true or false$"),
+    ({"pruning.confidence": "max"}, r"one of 'entropy', 'mean_std'"),
+    ({"pruning.dynamic_drop_ratio": 0.95}, r"pruning.dynamic_drop_ratio = 0.95 is out of range \[0, 0.9\]"),
+    ({"pruning.dynamic_layers": [2, 5]}, r"dynamic layers must come after the 2 local layers"),
+    ({"pruning.global_layers": []}, r"needs 1 to 8 distinct entries"),
+    ({"pruning.global_layers": [0, 4]}, r"pruning.global_layers = 0 is out of range"),
+    ({"pruning.dynamic_layers": "5"}, r"expected a list of integers"),
+    ({"device": "tpu"}, r"device = 'tpu' is not allowed \(one of 'auto', 'cuda', 'cpu'\)"),
+    ({"num_images": 4}, r"num_images = 4 is out of range \[1, 3\]"),
+    ({"controller.translation_threshold": -0.1}, r"controller.translation_threshold = -0.1 is out of range"),
+    ({"pruning.alhpa": 0.5}, r"unknown parameter 'pruning.alhpa'"),
+    ({"planner.alpha": 0.5}, r"unknown parameter 'planner.alpha'"),
+])
+def test_bad_values_name_the_field_and_range(values, message):
+    with pytest.raises(ConfigError, match=message):
+        Config.from_dict(values)
+
+
+def test_a_rejected_change_leaves_the_old_config():
+    cfg = Config()
+    with pytest.raises(ConfigError):
+        cfg.replace(**{"pruning.alpha": 0.5, "pruning.k_global": -3})
+    assert cfg.pruning.alpha == 0.8 and cfg.pruning.k_global == 30
+
+
+def test_integral_floats_and_lists_are_normalized():
+    cfg = Config.from_dict({"pruning.k_global": 12.0, "pruning.dynamic_layers": [20, 5, 5]})
+    assert cfg.pruning.k_global == 12 and isinstance(cfg.pruning.k_global, int)
+    assert cfg.pruning.dynamic_layers == (5, 20)
+    assert Config.from_dict({"pruning.dynamic_layers": []}).pruning.dynamic_layers == ()
+
+
+def test_the_robot_parameter_file_loads_and_round_trips(tmp_path):
+    cfg = Config.from_yaml(ROOT / "config" / "rizon4.yaml")
+    assert cfg.pruning.alpha == 0.8 and cfg.node.num_images == 2
+    out = tmp_path / "p.yaml"
+    out.write_text(cfg.to_ros_yaml())
+    assert Config.from_yaml(out) == cfg
+
+
+def test_parameter_file_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"action_node": {"ros__parameters": {"pruning.alpha": 7}}}))
+    with pytest.raises(ConfigError, match=r"bad.yaml: pruning.alpha = 7.0 is out of range"):
+        Config.from_yaml(bad)
+    with pytest.raises(ConfigError, match="parameter file not found"):
+        Config.from_yaml(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("action_node: [unclosed")
+    with pytest.raises(ConfigError, match="broken.yaml: cannot read parameter file"):
+        Config.from_yaml(broken)
+
+
+def test_wildcard_and_node_blocks_merge(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text(yaml.safe_dump({
+        "/**": {"ros__parameters": {"pruning": {"alpha": 0.6, "k_local": 10}}},
+        "action_node": {"ros__parameters": {"pruning.alpha": 0.7}},
+        "other_node": {"ros__parameters": {"pruning.alpha": 3.9}},
+    }))
+    cfg = Config.from_yaml(f)
+    assert cfg.pruning.alpha == 0.7 and cfg.pruning.k_local == 10
+
+
+@given(alpha=st.floats(-10, 10, allow_nan=False))
+def test_alpha_accepted_exactly_inside_its_range(alpha):
+    spec = spec_of("pruning.alpha")
+    inside = spec.low <= alpha <= spec.high
+    try:
+        assert Config.from_dict({"pruning.alpha": alpha}).pruning.alpha == alpha
+        assert inside
+    except ConfigError:
+        assert not inside
+
+
+def test_every_parameter_is_documented_in_the_readme():
+    readme = (ROOT / "README.md").read_text()
+    missing = [name for name, _ in iter_specs() if f"`{name}`" not in readme]
+    assert not missing, f"README.md parameter table lacks {missing}"

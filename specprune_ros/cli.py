@@ -11,6 +11,7 @@ import sys
 from typing import Any, Callable, Sequence
 
 from .config import Config, ConfigError
+from .model.config import PRESETS
 
 
 class CliError(Exception):
@@ -33,6 +34,53 @@ def cmd_demo(args: argparse.Namespace) -> int:
             + f"\nThe pruning engine is installed; defaults: alpha={cfg.pruning.alpha}, "
             f"K_G/K_L/K_D={cfg.pruning.k_global}/{cfg.pruning.k_local}/{cfg.pruning.k_dynamic}.")
     _emit(args, {"status": "placeholder", "plan": plan}, text)
+    return 0
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return Config.from_yaml(args.params) if getattr(args, "params", None) else Config()
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .tools.bench import run_bench
+
+    cfg = _config(args)
+    if args.device:
+        cfg = cfg.replace(device=args.device)
+    result = run_bench(cfg, args.model_config, args.model, cfg.node.device, args.steps, args.warmup)
+    lat = result["latency_ms"]
+    text = (f"device {result['device']} ({result['device_name']}), model {result['model_config']}, "
+            f"{result['dtype']}, {result['steps']} steps after {result['warmup']} warm-up\n"
+            f"  unpruned  median {lat['unpruned']['median']:8.1f} ms   p95 {lat['unpruned']['p95']:8.1f} ms\n"
+            f"  pruned    median {lat['pruned']['median']:8.1f} ms   p95 {lat['pruned']['p95']:8.1f} ms\n"
+            f"  speedup {result['speedup']:.2f}x   LLM FLOPs ratio {result['flops_ratio']:.3f}   "
+            f"overhead {result['overhead_ms']['median']:.2f} ms ({100 * result['overhead_fraction']:.1f} % of the "
+            f"pruned step)\n  vision tokens kept {result['vision_tokens']['kept_mean']:.0f} / "
+            f"{result['vision_tokens']['total']}, fine mode {100 * result['fine_mode_fraction']:.0f} % of steps")
+    _emit(args, result, text)
+    return 0
+
+
+def cmd_flops(args: argparse.Namespace) -> int:
+    from .tools.bench import run_flops
+
+    result = run_flops(_config(args), args.model_config, args.steps)
+    text = (f"{result['model_config']}: LLM FLOPs ratio {result['flops_ratio']:.3f} (mean over {result['steps']} "
+            f"steps, {result['unpruned_steps']} unpruned), {result['tflops_pruned_mean']:.2f} vs "
+            f"{result['tflops_unpruned']:.2f} TFLOP per step; vision tokens kept "
+            f"{result['vision_tokens']['kept_mean']:.0f} / {result['vision_tokens']['total']}; "
+            f"fine mode {100 * result['fine_mode_fraction']:.0f} % of steps")
+    _emit(args, result, text)
+    return 0
+
+
+def cmd_write_tiny_checkpoint(args: argparse.Namespace) -> int:
+    from .model.checkpoint import write_tiny_checkpoint
+
+    path = write_tiny_checkpoint(args.directory, seed=args.seed)
+    files = sorted(p.name for p in path.iterdir())
+    _emit(args, {"path": str(path), "files": files}, f"wrote a tiny OpenVLA-OFT checkpoint to {path}:\n  "
+          + "\n  ".join(files))
     return 0
 
 
@@ -60,6 +108,26 @@ def build_parser() -> argparse.ArgumentParser:
     add("demo", cmd_demo, "the main job on the embedded default (synthetic bag, tiny model, pruned vs unpruned)")
     p = add("params", cmd_params, "validate a ROS parameter file and print every resolved knob")
     p.add_argument("params", nargs="?", help="config/*.yaml (action_node: ros__parameters: ...)")
+
+    p = add("bench", cmd_bench, "latency of pruned vs unpruned in one run on the same observations")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--model-config", choices=sorted(PRESETS), default=None,
+                       help="random weights of this geometry (default: scaled)")
+    group.add_argument("--model", help="a checkpoint directory (released layout) or tiny-random")
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"), help="default: the parameter file's, else auto")
+    p.add_argument("--steps", type=int, default=20, help="measured steps (default 20)")
+    p.add_argument("--warmup", type=int, default=3, help="steps run before measuring (default 3)")
+    p.add_argument("--params", help="ROS parameter file with the pruning settings")
+
+    p = add("flops", cmd_flops, "LLM FLOPs of the default pruning schedule on the synthetic episode")
+    p.add_argument("--model-config", choices=sorted(PRESETS), default="openvla-7b")
+    p.add_argument("--steps", type=int, default=60, help="episode length (default 60)")
+    p.add_argument("--params", help="ROS parameter file with the pruning settings")
+
+    p = add("write-tiny-checkpoint", cmd_write_tiny_checkpoint,
+            "write a small random model in exactly the released checkpoint layout")
+    p.add_argument("directory")
+    p.add_argument("--seed", type=int, default=0)
     return parser
 
 
@@ -68,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (CliError, ConfigError, FileNotFoundError, ValueError) as exc:
+    except (CliError, ConfigError, FileNotFoundError, ValueError, OSError) as exc:
         if args.debug:
             raise
         print(f"specprune {args.command}: error: {exc}", file=sys.stderr)

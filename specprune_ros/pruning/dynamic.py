@@ -10,45 +10,64 @@ import torch
 
 
 def ranks(scores: torch.Tensor) -> torch.Tensor:
-    """rank_i = 0 for the highest score, 1 for the next, ... (ties broken by position)."""
-    order = scores.argsort(descending=True, stable=True)
-    out = torch.empty_like(order)
-    out.scatter_(0, order, torch.arange(scores.numel(), device=scores.device))
-    return out
+    """rank = 0 for the highest score along the last dim, 1 for the next, ... (ties by position)."""
+    order = scores.argsort(dim=-1, descending=True, stable=True)
+    positions = torch.arange(scores.shape[-1], device=scores.device).expand_as(order)
+    return torch.empty_like(order).scatter_(-1, order, positions)
 
 
 def rank_weights(scores: torch.Tensor, sharpness: float) -> torch.Tensor:
+    """Eq. 8 along the last dim (batched over leading dims)."""
     w = torch.sigmoid(-sharpness * ranks(scores).to(torch.float32))
-    return w / w.sum()
+    return w / w.sum(dim=-1, keepdim=True)
 
 
 class LayerImportance:
-    """EMA importance of the vision tokens still in the sequence, within one forward pass."""
+    """EMA importance of the vision tokens still in the sequence, within one forward pass.
+
+    Layers' scores are queued by ``update`` and folded into the EMA in one batched computation
+    when it is read (at a dropping layer): S_L = (1-b)^L S_0 + sum_j b (1-b)^(L-1-j) s_j, which
+    equals L sequential updates at a fraction of the kernel launches.
+    """
 
     def __init__(self, num_tokens: int, beta: float, sharpness: float,
                  device: torch.device | str = "cpu") -> None:
         self.beta = beta
         self.sharpness = sharpness
-        self.ema = torch.zeros(num_tokens, dtype=torch.float32, device=device)
+        self._ema = torch.zeros(num_tokens, dtype=torch.float32, device=device)
+        self._scores: list[torch.Tensor] = []
+        self._confidence: list[torch.Tensor] = []
 
     def __len__(self) -> int:
-        return self.ema.numel()
+        return self._ema.numel()
 
-    def update(self, scores: torch.Tensor, confidence: torch.Tensor) -> torch.Tensor:
-        """Fold one layer's scores (over the remaining vision tokens) into the EMA."""
-        if scores.shape != self.ema.shape:
-            raise ValueError(f"{scores.numel()} scores for {self.ema.numel()} remaining vision tokens")
-        instant = rank_weights(scores, self.sharpness) * confidence
-        self.ema.mul_(1.0 - self.beta).add_(instant, alpha=self.beta)
-        return self.ema
+    def update(self, scores: torch.Tensor, confidence: torch.Tensor) -> None:
+        """Queue the scores (over the remaining vision tokens) and confidence of one layer,
+        or of several consecutive layers at once: scores (L, n), confidence (L,)."""
+        if scores.shape[-1:] != self._ema.shape or scores.dim() > 2:
+            raise ValueError(f"{scores.shape[-1]} scores for {self._ema.numel()} remaining vision tokens")
+        self._scores.append(scores.reshape(-1, scores.shape[-1]))
+        self._confidence.append(confidence.reshape(-1))
+
+    @property
+    def ema(self) -> torch.Tensor:
+        if self._scores:
+            scores = torch.cat(self._scores)
+            layers = scores.shape[0]
+            instant = rank_weights(scores, self.sharpness) * torch.cat(self._confidence)[:, None]
+            decay = torch.tensor([self.beta * (1.0 - self.beta) ** (layers - 1 - j) for j in range(layers)],
+                                 device=instant.device)
+            self._ema = self._ema * (1.0 - self.beta) ** layers + (decay[:, None] * instant).sum(dim=0)
+            self._scores, self._confidence = [], []
+        return self._ema
 
     def drop(self, ratio: float) -> torch.Tensor:
         """Drop floor(ratio * n) lowest-EMA tokens; return the kept ones' indices (sorted, local).
 
         The count is known on the host, so this needs no device->host sync.
         """
-        n = self.ema.numel()
-        keep = n - int(ratio * n)
-        keep_idx = self.ema.topk(keep).indices.sort().values
-        self.ema = self.ema.index_select(0, keep_idx)
+        ema = self.ema
+        n = ema.numel()
+        keep_idx = ema.topk(n - int(ratio * n)).indices.sort().values
+        self._ema = ema.index_select(0, keep_idx)
         return keep_idx

@@ -21,9 +21,12 @@ import torch
 
 from ..config import Config
 from .controller import ActionAwareController, Decision, KBudget, Motion, k_budget
-from .frames import FrameRingBuffer, history_steps, patch_cosine_similarity
+from .frames import FrameRingBuffer, history_steps, patch_unit_vectors
 from .layout import TokenLayout
 from .static import StaticSelection, detect_scene_cut, select_static, union_topk_mask
+
+
+PATCH = 14
 
 
 @dataclass
@@ -44,8 +47,8 @@ class SpecPruneEngine:
                  device: torch.device | str = "cpu") -> None:
         self.layout = layout
         self.device = torch.device(device)
-        self.frames = FrameRingBuffer(config.pruning.history_capacity(), layout.num_cameras, frame_shape,
-                                      device=self.device)
+        self.frame_shape = frame_shape
+        self.frames = self._history(config)
         self.controller = ActionAwareController(config.controller)
         self.config = config
         self.prior: torch.Tensor | None = None            # (G, C, N) scores, -inf = no score
@@ -55,13 +58,19 @@ class SpecPruneEngine:
     def configure(self, config: Config) -> None:
         """Take new knobs between steps (ToMe-style: plain state, read at the next step)."""
         if config.pruning.history_capacity() != self.frames.capacity:
-            old = self.frames
-            self.frames = FrameRingBuffer(config.pruning.history_capacity(), self.layout.num_cameras,
-                                          tuple(old.frames.shape[2:]), device=self.device)
+            self.frames = self._history(config)
         if config.pruning.global_layers != self.config.pruning.global_layers:
             self.prior = None
         self.controller.config = config.controller
         self.config = config
+
+    def _history(self, config: Config) -> FrameRingBuffer:
+        """Unit patch vectors of the last frames: each step normalizes only its own frame."""
+        _, height, width = self.frame_shape
+        patches = (height // PATCH) * (width // PATCH)
+        return FrameRingBuffer(config.pruning.history_capacity(),
+                               (self.layout.num_cameras, patches, self.frame_shape[0] * PATCH * PATCH),
+                               device=self.device)
 
     def reset(self) -> None:
         """Episode start: no prior, no history, coarse mode."""
@@ -79,7 +88,7 @@ class SpecPruneEngine:
     def begin_step(self, frames: torch.Tensor, previous_action: np.ndarray | None) -> StepPlan:
         """Push this step's frames, decide the mode and the K values, compute frame differences."""
         p = self.config.pruning
-        self.frames.push(frames)
+        self.frames.push(patch_unit_vectors(frames, PATCH))
         motion = None if previous_action is None else Motion.from_action(previous_action)
         decision = self.controller.update(motion)
         budget = k_budget(p, self.config.controller, decision.fine, self.layout.tokens_per_camera)
@@ -88,9 +97,8 @@ class SpecPruneEngine:
         similarity = scene_cut = None
         if history:
             current = self.frames.latest()
-            similarity = patch_cosine_similarity(current, self.frames.lookback(history))
-            primary_now, primary_before = current[:1], self.frames.lookback(1)[:1]
-            step_change = similarity[:1] if history == 1 else patch_cosine_similarity(primary_now, primary_before)
+            similarity = (current * self.frames.lookback(history)).sum(-1)
+            step_change = similarity[:1] if history == 1 else (current[:1] * self.frames.lookback(1)[:1]).sum(-1)
             scene_cut = detect_scene_cut(step_change, p.frame_similarity_threshold, p.scene_cut_fraction)
         if not p.enabled:
             reason = "disabled"

@@ -2,7 +2,8 @@
 
 Frames are the model-resolution images (after resize / rotation / crop, before per-backbone
 normalization), uint8 or float, shape (cameras, 3, H, W). Similarity is per 14 x 14 patch on
-raw pixels, as in the authors' code.
+raw pixels, as in the authors' code. The history stores each frame's unit patch vectors, so
+a step normalizes only its own frame and a comparison is one multiply-sum.
 """
 from __future__ import annotations
 
@@ -13,27 +14,31 @@ import torch
 EPS = 1e-8
 
 
-def patch_cosine_similarity(current: torch.Tensor, past: torch.Tensor, patch: int = 14) -> torch.Tensor:
-    """Cosine similarity of co-located patches: (cameras, grid_h * grid_w), row-major grid."""
-    if current.shape != past.shape:
-        raise ValueError(f"frames differ in shape: {tuple(current.shape)} vs {tuple(past.shape)}")
-    if current.dim() != 4:
-        raise ValueError(f"expected frames (cameras, channels, H, W), got {tuple(current.shape)}")
-    cams, chans, height, width = current.shape
+def patch_unit_vectors(frames: torch.Tensor, patch: int = 14) -> torch.Tensor:
+    """(cameras, grid_h * grid_w, 3 * patch^2) unit vectors of the row-major patches.
+
+    An all-black patch has no direction; it gets the uniform direction, so black and black
+    (and black and any uniform grey, which raw-pixel cosine similarity cannot tell apart anyway)
+    compare as identical instead of 0/0.
+    """
+    if frames.dim() != 4:
+        raise ValueError(f"expected frames (cameras, channels, H, W), got {tuple(frames.shape)}")
+    cams, chans, height, width = frames.shape
     if height % patch or width % patch:
         raise ValueError(f"frame size {height}x{width} is not a multiple of the {patch}px patch")
     gh, gw = height // patch, width // patch
+    x = frames.float().view(cams, chans, gh, patch, gw, patch)
+    x = x.permute(0, 2, 4, 1, 3, 5).reshape(cams, gh * gw, chans * patch * patch)
+    norm = x.norm(dim=-1, keepdim=True)
+    uniform = torch.full_like(x, x.shape[-1] ** -0.5)
+    return torch.where(norm > EPS, x / norm.clamp_min(EPS), uniform)
 
-    def patches(x: torch.Tensor) -> torch.Tensor:
-        x = x.float().view(cams, chans, gh, patch, gw, patch)
-        return x.permute(0, 2, 4, 1, 3, 5).reshape(cams, gh * gw, chans * patch * patch)
 
-    a, b = patches(current), patches(past)
-    dot = (a * b).sum(-1)
-    norm = a.norm(dim=-1) * b.norm(dim=-1)
-    # Two black patches are identical: similarity 1, not 0/0.
-    both_zero = norm <= EPS
-    return torch.where(both_zero, torch.ones_like(dot), dot / norm.clamp_min(EPS))
+def patch_cosine_similarity(current: torch.Tensor, past: torch.Tensor, patch: int = 14) -> torch.Tensor:
+    """Cosine similarity of co-located patches of two frame batches: (cameras, grid_h * grid_w)."""
+    if current.shape != past.shape:
+        raise ValueError(f"frames differ in shape: {tuple(current.shape)} vs {tuple(past.shape)}")
+    return (patch_unit_vectors(current, patch) * patch_unit_vectors(past, patch)).sum(-1)
 
 
 def history_steps(speed: float, base: float, slope: float, offset: int, available: int) -> int:
@@ -47,19 +52,19 @@ def history_steps(speed: float, base: float, slope: float, offset: int, availabl
 
 
 class FrameRingBuffer:
-    """The last ``capacity`` frames of every camera, one slot per inference step, on the device.
+    """The last ``capacity`` per-step items (all cameras' frames or patch vectors) on the device.
 
-    Preallocated: pushing never allocates, and the look-back frame is an index into the buffer.
-    ``capacity`` must cover the longest look-back plus the current frame
+    Preallocated: pushing never allocates, and a look-back is an index into the buffer.
+    ``capacity`` must cover the longest look-back plus the current step
     (``PruningConfig.history_capacity()``).
     """
 
-    def __init__(self, capacity: int, num_cameras: int, frame_shape: tuple[int, int, int] = (3, 224, 224),
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.uint8) -> None:
+    def __init__(self, capacity: int, item_shape: tuple[int, ...], device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32) -> None:
         if capacity < 2:
             raise ValueError(f"capacity must be >= 2 (current frame + one past), got {capacity}")
         self.capacity = capacity
-        self.frames = torch.zeros((capacity, num_cameras, *frame_shape), dtype=dtype, device=device)
+        self.frames = torch.zeros((capacity, *item_shape), dtype=dtype, device=device)
         self._count = 0
         self._head = -1  # slot of the newest frame
 
@@ -76,7 +81,7 @@ class FrameRingBuffer:
 
     def push(self, frames: torch.Tensor) -> None:
         if frames.shape != self.frames.shape[1:]:
-            raise ValueError(f"frame batch has shape {tuple(frames.shape)}, buffer holds "
+            raise ValueError(f"item has shape {tuple(frames.shape)}, buffer holds "
                              f"{tuple(self.frames.shape[1:])}")
         self._head = (self._head + 1) % self.capacity
         self.frames[self._head].copy_(frames, non_blocking=True)

@@ -3,7 +3,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from specprune_ros.pruning import FrameRingBuffer, history_steps, patch_cosine_similarity
+from specprune_ros.pruning import FrameRingBuffer, history_steps, patch_cosine_similarity, patch_unit_vectors
 
 
 def test_identical_frames_are_fully_similar_including_black_patches():
@@ -21,7 +21,17 @@ def test_similarity_is_per_patch_in_row_major_order():
     sim = patch_cosine_similarity(a, b)[0]
     expected = 2 / (3 ** 0.5 * 2 ** 0.5)
     assert sim[1].item() == pytest.approx(expected, rel=1e-5)
-    assert torch.all(sim[[0, 2, 3]] == 1)
+    torch.testing.assert_close(sim[[0, 2, 3]], torch.ones(3))
+
+
+def test_unit_patch_vectors_give_the_same_similarity():
+    a = torch.randint(0, 255, (2, 3, 28, 28), dtype=torch.uint8)
+    b = torch.randint(0, 255, (2, 3, 28, 28), dtype=torch.uint8)
+    va, vb = patch_unit_vectors(a), patch_unit_vectors(b)
+    torch.testing.assert_close(va.norm(dim=-1), torch.ones(2, 4))
+    pa = a.float().view(2, 3, 2, 14, 2, 14).permute(0, 2, 4, 1, 3, 5).reshape(2, 4, -1)
+    pb = b.float().view(2, 3, 2, 14, 2, 14).permute(0, 2, 4, 1, 3, 5).reshape(2, 4, -1)
+    torch.testing.assert_close((va * vb).sum(-1), torch.nn.functional.cosine_similarity(pa, pb, dim=-1))
 
 
 def test_bad_frame_shapes_are_rejected():
@@ -49,7 +59,7 @@ def test_faster_motion_never_looks_further_back(speed, available):
 
 
 def test_ring_buffer_looks_back_by_steps_and_wraps():
-    buf = FrameRingBuffer(capacity=4, num_cameras=2, frame_shape=(3, 14, 14))
+    buf = FrameRingBuffer(capacity=4, item_shape=(2, 3, 14, 14), dtype=torch.uint8)
     assert buf.available_history == 0
     for i in range(6):
         buf.push(torch.full((2, 3, 14, 14), i, dtype=torch.uint8))
@@ -58,7 +68,7 @@ def test_ring_buffer_looks_back_by_steps_and_wraps():
     assert [int(buf.lookback(t)[1, 0, 0, 0]) for t in range(4)] == [5, 4, 3, 2]
     with pytest.raises(IndexError, match="4 steps back"):
         buf.lookback(4)
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(ValueError, match="item has shape"):
         buf.push(torch.zeros(1, 3, 14, 14, dtype=torch.uint8))
     buf.reset()
     assert len(buf) == 0 and buf.available_history == 0

@@ -103,3 +103,18 @@ def test_scores_are_a_probability_share(heads, m, n_vis, extra, d):
     assert s.shape == (n_vis,)
     assert torch.all(s >= 0)
     assert s.sum().item() <= 1.0 + 1e-5          # vision tokens share part of each softmax row
+
+
+@settings(max_examples=30, deadline=None)
+@given(layers=st.integers(1, 3), heads=st.integers(1, 4), m=st.integers(1, 5), n_vis=st.integers(2, 40),
+       sharp=st.floats(0.1, 8.0), seed=st.integers(0, 999))
+def test_log_space_entropy_equals_the_direct_computation(layers, heads, m, n_vis, sharp, seed):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(layers, heads, m, 8, generator=g) * sharp
+    k = torch.randn(layers, heads, n_vis + 7, 8, generator=g)
+    vision = torch.arange(3, 3 + n_vis)
+    fast = score_layer(q, k, slice(3, 3 + n_vis), "entropy")
+    attn = text_to_vision_attention(q, k, vision)
+    torch.testing.assert_close(fast.scores, attn.mean(dim=(-3, -2)))
+    torch.testing.assert_close(fast.confidence, layer_confidence(attn, attn.mean(dim=(-3, -2)), "entropy"),
+                               rtol=1e-4, atol=1e-5)

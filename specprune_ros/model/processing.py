@@ -1,0 +1,152 @@
+"""Observation -> model inputs: image preprocessing, proprio and action (un)normalization.
+
+Images: optional per-camera rotation (multiples of 90 degrees; LIBERO frames are rotated 180),
+antialiased bicubic resize to 224 ("resize-naive"), optional center crop of 90 % area resized
+back (models trained with image augmentation), rounded to uint8 like the reference. The uint8
+frames feed the frame-difference history; the 6-channel pixels (DINOv2-normalized, then
+SigLIP-normalized) feed the vision backbone. All on the model's device.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# The released processor's constants (ImageNet values rounded to bf16) and SigLIP's.
+DINO_MEAN = (0.484375, 0.455078125, 0.40625)
+DINO_STD = (0.228515625, 0.2236328125, 0.224609375)
+SIGLIP_MEAN = (0.5, 0.5, 0.5)
+SIGLIP_STD = (0.5, 0.5, 0.5)
+CROP_SCALE = 0.9
+
+
+class ObservationError(ValueError):
+    """An observation that must not produce an action (malformed image, bad proprio, ...)."""
+
+
+def check_image(image: Any, name: str) -> np.ndarray:
+    if not isinstance(image, np.ndarray):
+        raise ObservationError(f"{name}: expected an HxWx3 uint8 array, got {type(image).__name__}")
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ObservationError(f"{name}: expected an HxWx3 uint8 RGB array, got {image.dtype} {image.shape}")
+    if image.shape[0] < 14 or image.shape[1] < 14:
+        raise ObservationError(f"{name}: image of {image.shape[1]}x{image.shape[0]} px is too small")
+    return image
+
+
+class ImageProcessor:
+    def __init__(self, size: int = 224, center_crop: bool = True, rotations: Sequence[int] = (),
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
+        for r in rotations:
+            if r % 90:
+                raise ValueError(f"camera rotation must be a multiple of 90 degrees, got {r}")
+        self.size, self.center_crop, self.rotations = size, center_crop, tuple(rotations)
+        self.device, self.dtype = torch.device(device), dtype
+        mean = torch.tensor(DINO_MEAN + SIGLIP_MEAN, device=self.device).view(1, 6, 1, 1)
+        std = torch.tensor(DINO_STD + SIGLIP_STD, device=self.device).view(1, 6, 1, 1)
+        # pixels = (frame / 255 - mean) / std  ==  frame * scale + shift
+        self._scale = (1.0 / (255.0 * std)).to(dtype)
+        self._shift = (-mean / std).to(dtype)
+
+    def frames(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """(cameras, 3, size, size) uint8 frames at model resolution."""
+        out = []
+        for cam, image in enumerate(images):
+            image = check_image(image, f"camera {cam}")
+            x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device, non_blocking=True)
+            x = x.permute(2, 0, 1).unsqueeze(0).float()
+            rotation = self.rotations[cam] if cam < len(self.rotations) else 0
+            if rotation % 360:
+                x = torch.rot90(x, k=(rotation // 90) % 4, dims=(2, 3))
+            if x.shape[-2:] != (self.size, self.size):
+                x = F.interpolate(x, size=(self.size, self.size), mode="bicubic", antialias=True,
+                                  align_corners=False).clamp_(0, 255).round_()
+            if self.center_crop:
+                x = center_crop_resize(x, CROP_SCALE, self.size).clamp_(0, 255).round_()
+            out.append(x.to(torch.uint8))
+        return torch.cat(out, dim=0)
+
+    def pixels(self, frames: torch.Tensor) -> torch.Tensor:
+        """(cameras, 6, size, size): each frame normalized for DINOv2 (0-2) and SigLIP (3-5)."""
+        x = frames.to(self.dtype).repeat(1, 2, 1, 1)
+        return x * self._scale + self._shift
+
+
+def center_crop_resize(x: torch.Tensor, area: float, size: int) -> torch.Tensor:
+    """Central crop of ``area`` of the image (side sqrt(area)), bilinearly resized to size x size."""
+    h, w = x.shape[-2:]
+    side = math.sqrt(area)
+    ch, cw = h * side, w * side
+    top, left = (h - ch) / 2, (w - cw) / 2
+    # Sample the crop box like tf.image.crop_and_resize (box corners map to pixel centres).
+    ys = top + torch.arange(size, device=x.device, dtype=torch.float32) * (ch - 1) / (size - 1)
+    xs = left + torch.arange(size, device=x.device, dtype=torch.float32) * (cw - 1) / (size - 1)
+    gy = ys / (h - 1) * 2 - 1
+    gx = xs / (w - 1) * 2 - 1
+    grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1).unsqueeze(0)
+    return F.grid_sample(x, grid.expand(x.shape[0], -1, -1, -1), mode="bilinear", align_corners=True)
+
+
+@dataclass(frozen=True)
+class NormStats:
+    """BOUNDS_Q99 statistics of one dataset key (dataset_statistics.json)."""
+
+    action_low: np.ndarray
+    action_high: np.ndarray
+    action_mask: np.ndarray
+    proprio_low: np.ndarray | None
+    proprio_high: np.ndarray | None
+    key: str = ""
+
+    @classmethod
+    def from_statistics(cls, stats: Mapping[str, Any], key: str, source: str, action_dim: int,
+                        proprio_dim: int | None) -> "NormStats":
+        if not isinstance(stats, Mapping) or not stats:
+            raise ValueError(f"{source}: no dataset statistics")
+        if not key:
+            if len(stats) != 1:
+                raise ValueError(f"{source}: {len(stats)} dataset keys ({', '.join(sorted(stats))}); "
+                                 f"choose one with unnorm_key")
+            key = next(iter(stats))
+        if key not in stats:
+            raise ValueError(f"{source}: unnorm_key {key!r} not found (available: {', '.join(sorted(stats))})")
+        entry = stats[key]
+
+        def vec(section: str, name: str, dim: int) -> np.ndarray:
+            try:
+                v = np.asarray(entry[section][name], dtype=np.float64)
+            except (KeyError, TypeError, ValueError):
+                raise ValueError(f"{source}: {key}.{section}.{name} is missing or not numeric") from None
+            if v.shape != (dim,):
+                raise ValueError(f"{source}: {key}.{section}.{name} has {v.size} values, the model needs {dim}")
+            return v
+
+        mask = entry.get("action", {}).get("mask")
+        mask = np.ones(action_dim, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+        if mask.shape != (action_dim,):
+            raise ValueError(f"{source}: {key}.action.mask has {mask.size} values, the model needs {action_dim}")
+        proprio = proprio_dim is not None and "proprio" in entry
+        if proprio_dim is not None and not proprio:
+            raise ValueError(f"{source}: {key}.proprio statistics are missing (the model uses proprio)")
+        return cls(vec("action", "q01", action_dim), vec("action", "q99", action_dim), mask,
+                   vec("proprio", "q01", proprio_dim) if proprio else None,
+                   vec("proprio", "q99", proprio_dim) if proprio else None, key)
+
+    def normalize_proprio(self, proprio: np.ndarray) -> np.ndarray:
+        p = np.asarray(proprio, dtype=np.float64)
+        if self.proprio_low is None:
+            raise ObservationError("no proprio statistics")
+        if p.shape != self.proprio_low.shape:
+            raise ObservationError(f"proprio has {p.size} values, the model needs {self.proprio_low.size}")
+        if not np.all(np.isfinite(p)):
+            raise ObservationError("proprio contains non-finite values")
+        return np.clip(2 * (p - self.proprio_low) / (self.proprio_high - self.proprio_low + 1e-8) - 1, -1, 1)
+
+    def unnormalize_actions(self, actions: np.ndarray) -> np.ndarray:
+        a = np.asarray(actions, dtype=np.float64)
+        real = 0.5 * (a + 1) * (self.action_high - self.action_low + 1e-8) + self.action_low
+        return np.where(self.action_mask, real, a)

@@ -1,0 +1,218 @@
+"""The policy: OpenVLA-OFT + SpecPrune state across control steps.
+
+    policy = SpecPrunePolicy.from_config(Config.from_yaml("config/rizon4.yaml"))
+    policy.reset()                                  # episode start
+    out = policy.step(Observation(images=[primary, wrist], proprio=q, instruction="..."))
+    out.actions        # (chunk_size, action_dim) un-normalized, float32
+    out.stats          # everything PruningStats carries
+
+Configuration changes (``set_config``, e.g. from ``ros2 param set``) are queued and applied
+at the start of the next step, never during one. The node, replay and bench all use this class.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .config import Config, ConfigError, iter_specs
+from .model.checkpoint import LoadedPolicyModel, load_checkpoint
+from .model.flops import flops_ratio
+from .model.openvla_oft import Stopwatch
+from .model.processing import ImageProcessor, ObservationError
+from .model.prompt import EncodedPrompt, encode_prompt
+from .pruning.engine import SpecPruneEngine
+
+READ_ONLY = frozenset(name for name, spec in iter_specs() if spec.read_only)
+
+
+@dataclass
+class Observation:
+    images: Sequence[np.ndarray]          # HxWx3 uint8 RGB, primary camera first
+    proprio: np.ndarray | None = None     # raw robot state (normalized with the dataset statistics)
+    instruction: str = ""
+    stamp: float = 0.0                    # seconds (ROS time of the primary image)
+    # Measured end-effector motion (dx dy dz droll dpitch dyaw, normalized action units) for the
+    # controller; None uses the previous predicted action, as the paper does.
+    motion: np.ndarray | None = None
+
+
+@dataclass
+class StepStats:
+    """One step's pruning report; field names follow specprune_ros/PruningStats."""
+
+    step: int = 0
+    stamp: float = 0.0
+    pruning_enabled: bool = False
+    fine_mode: bool = False
+    entered_fine: bool = False
+    alpha: float = 0.0
+    vision_tokens_total: int = 0
+    vision_tokens_kept: int = 0
+    global_selected: int = 0
+    local_selected: int = 0
+    dynamic_selected: int = 0
+    tokens_per_layer: list[int] = field(default_factory=list)
+    history_frames: int = 0
+    translation_speed: float = 0.0
+    rotation_speed: float = 0.0
+    global_recall: float = math.nan
+    flops_ratio: float = 1.0
+    latency_ms: float = 0.0
+    overhead_ms: float = 0.0
+    fallback_reason: str = ""
+
+
+@dataclass
+class PolicyOutput:
+    actions: np.ndarray                   # (chunk_size, action_dim) un-normalized
+    actions_normalized: np.ndarray        # what the model predicted, in [-1, 1] units
+    stats: StepStats
+    frames: torch.Tensor | None = None    # (cameras, 3, 224, 224) uint8 model-resolution frames
+    kept_mask: np.ndarray | None = None   # (cameras, patches) bool after static pruning, if pruned
+
+
+class SpecPrunePolicy:
+    def __init__(self, loaded: LoadedPolicyModel, config: Config, rotations: Sequence[int] = ()) -> None:
+        self.loaded = loaded
+        self.model = loaded.model
+        self.config = config
+        self.device = next(self.model.parameters()).device
+        mcfg = self.model.config
+        self.processor = ImageProcessor(mcfg.image_size, mcfg.center_crop, rotations, self.device,
+                                        dtype=self.model.llm.embed_tokens.weight.dtype)
+        self._pending: Config | None = None
+        self._lock = threading.Lock()
+        self._engine: SpecPruneEngine | None = None
+        self._prompt: tuple[str, EncodedPrompt] | None = None
+        self._previous_action: np.ndarray | None = None
+        self._step = 0
+
+    @classmethod
+    def from_config(cls, config: Config, rotations: Sequence[int] = ()) -> "SpecPrunePolicy":
+        node = config.node
+        loaded = load_checkpoint(node.model_path, node.device, node.dtype, node.unnorm_key)
+        return cls(loaded, config, rotations)
+
+    # ---- configuration and episodes ---------------------------------------------------------------
+    def set_config(self, config: Config) -> None:
+        """Queue a new configuration for the next step (thread-safe). Read-only knobs must not change."""
+        old, new = self.config.flat(), config.flat()
+        changed = sorted(n for n in READ_ONLY if old[n] != new[n])
+        if changed:
+            raise ConfigError(f"{', '.join(changed)} cannot change while running (read-only)")
+        with self._lock:
+            self._pending = config
+
+    def reset(self) -> None:
+        """Episode start: no prior attention, no frame history, coarse mode, step counter 0."""
+        if self._engine is not None:
+            self._engine.reset()
+        self._previous_action = None
+        self._step = 0
+
+    def _apply_pending(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, None
+        if pending is not None:
+            self.config = pending
+            if self._engine is not None:
+                self._engine.configure(pending)
+
+    def _encoded(self, instruction: str) -> EncodedPrompt:
+        if self._prompt is None or self._prompt[0] != instruction:
+            encoded = encode_prompt(self.loaded.tokenizer, instruction)
+            if self._prompt is not None and self._engine is not None:
+                self._engine.reset()   # a new task: the attention prior belongs to the old one
+            self._prompt = (instruction, encoded)
+        return self._prompt[1]
+
+    # ---- the step ------------------------------------------------------------------------------------
+    def predict_action_chunk(self, obs: Observation) -> np.ndarray:
+        return self.step(obs).actions
+
+    @torch.inference_mode()
+    def step(self, obs: Observation) -> PolicyOutput:
+        start = time.perf_counter()
+        self._apply_pending()
+        cfg = self.config
+        mcfg = self.model.config
+        if len(obs.images) != cfg.node.num_images:
+            raise ObservationError(f"got {len(obs.images)} images, num_images is {cfg.node.num_images}")
+        instruction = obs.instruction or cfg.node.instruction
+        prompt = self._encoded(instruction)
+        proprio = None
+        if self.model.proprio_projector is not None:
+            if obs.proprio is None:
+                raise ObservationError("the model needs the proprio state and the observation has none")
+            proprio = torch.as_tensor(self.loaded.stats.normalize_proprio(obs.proprio), dtype=torch.float32,
+                                      device=self.device)
+        frames = self.processor.frames(obs.images)
+        pixels = self.processor.pixels(frames)
+        layout = self.model.layout(prompt, len(obs.images))
+
+        watch = Stopwatch(self.device)
+        stats = StepStats(step=self._step, stamp=obs.stamp, pruning_enabled=cfg.pruning.enabled,
+                          alpha=cfg.pruning.alpha, vision_tokens_total=layout.num_vision)
+        if cfg.pruning.enabled:
+            engine = self._engine_for(layout)
+            with watch:
+                motion = self._previous_action if obs.motion is None else obs.motion
+                plan = engine.begin_step(frames, motion)
+            actions, info = self.model.predict(pixels, proprio, prompt, cfg.pruning, engine, plan, watch)
+            stats.fine_mode, stats.entered_fine = plan.decision.fine, plan.decision.entered_fine
+            stats.translation_speed = plan.decision.motion.translation_speed
+            stats.rotation_speed = plan.decision.motion.rotation_speed
+            stats.history_frames = plan.history_frames
+            stats.fallback_reason = plan.reason if plan.reason != "disabled" else ""
+            if info.fallback:
+                stats.fallback_reason = "scene cut"
+        else:
+            if self._engine is not None:
+                self._engine.reset()   # re-enabling starts from a fresh prior
+            actions, info = self.model.predict(pixels, proprio, prompt)
+            plan = None
+
+        # One transfer at the end of the step: actions and the small stats tensors.
+        extras = [actions.reshape(-1)]
+        selection = info.selection
+        if selection is not None:
+            extras += [selection.counts().float(), selection.kept.reshape(-1).float()]
+        if info.recall is not None:
+            extras.append(info.recall.float().view(1))
+        host = torch.cat([e.to(torch.float32) for e in extras]).cpu().numpy()
+        n_act = mcfg.chunk_size * mcfg.action_dim
+        normalized = host[:n_act].reshape(mcfg.chunk_size, mcfg.action_dim)
+        offset = n_act
+        kept_mask = None
+        if selection is not None:
+            kept, g, loc, dyn = (int(v) for v in host[offset:offset + 4])
+            offset += 4
+            stats.vision_tokens_kept, stats.global_selected = kept, g
+            stats.local_selected, stats.dynamic_selected = loc, dyn
+            kept_mask = host[offset:offset + selection.kept.numel()].reshape(selection.kept.shape) > 0.5
+            offset += selection.kept.numel()
+        else:
+            stats.vision_tokens_kept = layout.num_vision
+        if info.recall is not None:
+            stats.global_recall = float(host[offset])
+        stats.tokens_per_layer = info.tokens_per_layer
+        stats.flops_ratio = flops_ratio(self.model.config.llm, info.tokens_per_layer)
+        actions_out = self.loaded.stats.unnormalize_actions(normalized).astype(np.float32)
+
+        self._previous_action = normalized
+        self._step += 1
+        stats.overhead_ms = watch.total_ms()
+        stats.latency_ms = (time.perf_counter() - start) * 1e3
+        return PolicyOutput(actions_out, normalized, stats, frames, kept_mask)
+
+    def _engine_for(self, layout) -> SpecPruneEngine:
+        if self._engine is None or self._engine.layout.num_cameras != layout.num_cameras:
+            size = self.model.config.image_size
+            self._engine = SpecPruneEngine(self.config, layout, (3, size, size), self.device)
+        return self._engine

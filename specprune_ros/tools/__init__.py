@@ -1,0 +1,1 @@
+"""Offline tools: benchmarks, replay, synthetic bags (they use the policy; no ROS node)."""

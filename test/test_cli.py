@@ -1,4 +1,6 @@
 import json
+
+import pytest
 import subprocess
 import sys
 from pathlib import Path
@@ -28,3 +30,46 @@ def test_module_entry_point_prints_help():
     out = subprocess.run([sys.executable, "-m", "specprune_ros", "--help"], capture_output=True, text=True,
                          check=True).stdout
     assert "demo" in out and "params" in out
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "specprune_ros", *args], capture_output=True, text=True)
+
+
+def test_bench_json_has_the_interface_keys():
+    out = run_cli("bench", "--model-config", "tiny", "--device", "cpu", "--steps", "3", "--warmup", "1", "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    for key in ("device", "model_config", "speedup", "flops_ratio"):
+        assert key in result
+    assert result["device"] == "cpu" and result["model_config"] == "tiny" and result["steps"] == 3
+    for arm in ("pruned", "unpruned"):
+        assert result["latency_ms"][arm]["median"] > 0
+    assert result["overhead_ms"]["median"] > 0
+    assert 0 < result["flops_ratio"] < 1
+
+
+def test_flops_json_has_the_interface_keys(capsys):
+    assert main(["flops", "--steps", "6", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert 0 < result["flops_ratio"] < 1 and result["model_config"] == "openvla-7b"
+    assert 0 < result["vision_tokens"]["kept_mean"] < result["vision_tokens"]["total"] == 512
+    assert result["unpruned_steps"] == 1           # the first step has no prior
+    assert result["tflops_unpruned"] == pytest.approx(7.96, rel=0.05)   # ~600 tokens through Llama-2-7B
+
+
+def test_write_tiny_checkpoint_then_bench_it(tmp_path, capsys):
+    assert main(["write-tiny-checkpoint", str(tmp_path / "ckpt"), "--json"]) == 0
+    files = json.loads(capsys.readouterr().out)["files"]
+    assert "model.safetensors.index.json" in files
+    out = run_cli("bench", "--model", str(tmp_path / "ckpt"), "--device", "cpu", "--steps", "2", "--warmup", "1",
+                  "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["model_config"] == str(tmp_path / "ckpt")
+
+
+def test_errors_are_one_line_without_traceback(tmp_path):
+    out = run_cli("bench", "--model", str(tmp_path / "missing"), "--device", "cpu")
+    assert out.returncode == 2 and out.stdout == ""
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "checkpoint directory not found" in lines[0] and "Traceback" not in out.stderr

@@ -375,4 +375,6 @@ def write_tiny_checkpoint(directory: str | Path, seed: int = 0, step: int = 1000
     tokenizer = build_tiny_tokenizer()
     tokenizer.save_pretrained(str(directory))
     (directory / "added_tokens.json").write_text(json.dumps({"<PAD>": tokenizer.pad_token_id}))
+    (directory / "special_tokens_map.json").write_text(json.dumps(
+        {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<PAD>"}, indent=2))
     return directory

@@ -109,3 +109,11 @@ class LlamaBackbone(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.layers))
         self.norm = RMSNorm(cfg.hidden, cfg.rms_eps)
         self.rotary = RotaryTable(cfg.head_dim, cfg.max_positions, cfg.rope_theta)
+
+    def forward(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        """The plain bidirectional forward: (1, n, D) embeddings -> final-normed hidden states."""
+        x = inputs_embeds
+        cos, sin = self.rotary(torch.arange(x.shape[1], device=x.device), x.dtype)
+        for layer in self.layers:
+            x, _ = layer(x, cos, sin)
+        return self.norm(x)

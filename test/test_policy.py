@@ -1,0 +1,112 @@
+import math
+
+import numpy as np
+import pytest
+
+from specprune_ros.config import Config, ConfigError
+from specprune_ros.model.checkpoint import load_tiny_random
+from specprune_ros.model.processing import ObservationError
+from specprune_ros.policy import Observation, SpecPrunePolicy
+from specprune_ros.synthetic import INSTRUCTION, episode
+
+EPISODE = episode(8)
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    return load_tiny_random("cpu")
+
+
+@pytest.fixture
+def policy(loaded):
+    return SpecPrunePolicy(loaded, Config())
+
+
+def obs(i, **kw):
+    s = EPISODE[i]
+    return Observation([s.primary, s.wrist], s.proprio, INSTRUCTION, stamp=float(i), **kw)
+
+
+def test_first_step_unpruned_then_pruned_with_consistent_stats(policy):
+    first = policy.step(obs(0))
+    assert first.actions.shape == (8, 7) and first.actions.dtype == np.float32
+    s = first.stats
+    assert s.step == 0 and s.fallback_reason == "no prior (first step)"
+    assert s.vision_tokens_kept == s.vision_tokens_total == 512 and s.flops_ratio == pytest.approx(1.0)
+    assert math.isnan(s.global_recall)
+
+    out = policy.step(obs(1))
+    s = out.stats
+    k = policy.config.pruning
+    assert s.step == 1 and s.fallback_reason == "" and s.pruning_enabled and s.alpha == 0.8
+    non_vision = s.tokens_per_layer[0] - 512
+    assert len(s.tokens_per_layer) == 32 and s.tokens_per_layer[2] == non_vision + s.vision_tokens_kept
+    assert s.vision_tokens_kept == int(out.kept_mask.sum()) < 512
+    kg = round(k.alpha * k.k_global * (k_scale := (40 / 24 if s.fine_mode else 1.0)))
+    assert s.global_selected <= 2 * 2 * kg                          # 2 global layers x 2 cameras
+    assert s.local_selected <= 2 * 2 * round(k.alpha * k.k_local * k_scale)
+    assert s.dynamic_selected <= 2 * round(k.alpha * k.k_dynamic * k_scale)
+    assert max(s.global_selected, s.local_selected, s.dynamic_selected) <= s.vision_tokens_kept
+    assert 0 < s.flops_ratio < 1 and 0 <= s.global_recall <= 1
+    assert s.history_frames == 1 and s.latency_ms > s.overhead_ms > 0
+    # Actions are un-normalized with the statistics: gripper (mask false) passes through.
+    np.testing.assert_allclose(out.actions[:, 6], out.actions_normalized[:, 6], rtol=1e-6)
+
+
+def test_live_changes_apply_from_the_next_step(policy):
+    policy.step(obs(0))
+    policy.set_config(policy.config.replace(**{"pruning.alpha": 0.4}))
+    assert policy.config.pruning.alpha == 0.8            # not yet: between steps only
+    s = policy.step(obs(1)).stats
+    assert s.alpha == 0.4
+    policy.set_config(policy.config.replace(**{"pruning.enabled": False}))
+    s = policy.step(obs(2)).stats
+    assert not s.pruning_enabled and s.vision_tokens_kept == 512 and s.flops_ratio == pytest.approx(1.0)
+
+
+def test_read_only_parameters_cannot_change_while_running(policy):
+    with pytest.raises(ConfigError, match="model_path cannot change while running"):
+        policy.set_config(policy.config.replace(model_path="/other"))
+
+
+def test_reset_and_a_new_instruction_drop_the_prior(policy):
+    policy.step(obs(0))
+    assert policy.step(obs(1)).stats.fallback_reason == ""
+    policy.reset()
+    s = policy.step(obs(2)).stats
+    assert s.step == 0 and s.fallback_reason == "no prior (first step)"
+    policy.step(obs(3))
+    other = obs(4)
+    other.instruction = "open the drawer"
+    assert policy.step(other).stats.fallback_reason == "no prior (first step)"
+
+
+def test_measured_motion_drives_the_controller(policy):
+    policy.step(obs(0))
+    slow_down = np.array([0.05, 0.0, -0.05, 0.0, 0.0, 0.0])
+    s = policy.step(obs(1, motion=slow_down)).stats
+    assert s.fine_mode and s.translation_speed == pytest.approx(np.linalg.norm([0.05, 0.05]))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda o: o.images.pop(), "got 1 images, num_images is 2"),
+    (lambda o: o.images.__setitem__(0, np.zeros((10, 10, 3), np.uint8)), "too small"),
+    (lambda o: o.images.__setitem__(1, np.zeros((64, 64, 4), np.uint8)), "expected an HxWx3 uint8 RGB"),
+    (lambda o: o.images.__setitem__(1, np.zeros((64, 64, 3), np.float32)), "expected an HxWx3 uint8 RGB"),
+    (lambda o: setattr(o, "proprio", np.full(8, np.nan)), "non-finite"),
+    (lambda o: setattr(o, "proprio", np.zeros(5)), "proprio has 5 values, the model needs 8"),
+    (lambda o: setattr(o, "proprio", None), "needs the proprio state"),
+])
+def test_malformed_observations_produce_no_action_and_no_state_change(policy, change, message):
+    policy.step(obs(0))
+    bad = obs(1)
+    bad.images = list(bad.images)
+    change(bad)
+    with pytest.raises(ObservationError, match=message):
+        policy.step(bad)
+    assert policy.step(obs(1)).stats.step == 1           # the bad one was not counted
+
+
+def test_empty_instruction_is_rejected(policy):
+    with pytest.raises(ValueError, match="instruction is empty"):
+        policy.step(Observation([EPISODE[0].primary, EPISODE[0].wrist], EPISODE[0].proprio, ""))

@@ -8,6 +8,7 @@ layers), costed at the chosen model geometry.
 """
 from __future__ import annotations
 
+import os
 import platform
 from dataclasses import replace
 from typing import Any
@@ -24,6 +25,16 @@ from ..model.processing import NormStats
 from ..model.prompt import build_tiny_tokenizer
 from ..policy import Observation, SpecPrunePolicy, StepStats
 from ..synthetic import INSTRUCTION, episode
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -79,7 +90,7 @@ def run_bench(config: Config, model_config: str | None, model_path: str | None, 
     over = [s.overhead_ms for s in p]
     return {
         "device": dev.type,
-        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "model_config": label,

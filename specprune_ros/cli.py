@@ -84,6 +84,12 @@ def cmd_write_tiny_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_node(args: argparse.Namespace) -> int:
+    from .ros.action_node import main as node_main
+
+    return node_main(["specprune-node", *args.ros_args])
+
+
 def cmd_params(args: argparse.Namespace) -> int:
     """Validate a parameter file (or the defaults) and print the resolved parameters."""
     cfg = Config.from_yaml(args.params) if args.params else Config()
@@ -109,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("params", cmd_params, "validate a ROS parameter file and print every resolved knob")
     p.add_argument("params", nargs="?", help="config/*.yaml (action_node: ros__parameters: ...)")
 
+    p = sub.add_parser("node", help="start the action node (as `ros2 run specprune_ros action_node`)",
+                       description="start the action node; arguments after `node` go to ROS (--ros-args ...)")
+    p.add_argument("ros_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_node, json=False)
+
     p = add("bench", cmd_bench, "latency of pruned vs unpruned in one run on the same observations")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--model-config", choices=sorted(PRESETS), default=None,
@@ -132,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["node"] and "--help" not in argv[1:2] and "-h" not in argv[1:2]:
+        # ROS owns everything after `node` (--ros-args ...), which argparse would reject.
+        return cmd_node(argparse.Namespace(ros_args=argv[1:]))
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -152,6 +152,22 @@ class NodeConfig:
     control_rate_hz: float = knob(10.0, "Inference steps per second.", low=0.1, high=1000.0)
     max_observation_age_s: float = knob(0.5, "Observations older than this are dropped, never acted on.",
                                         low=0.001, high=60.0)
+    match_tolerance_s: float = knob(0.05, "Largest stamp difference between the primary image and the wrist "
+                                    "image / joint state of one observation.", low=0.0, high=5.0)
+    action_dt: float = knob(0.1, "Seconds between consecutive actions of a chunk (ActionChunk.dt, trajectory "
+                            "timing).", low=0.001, high=10.0)
+    sensor_qos: str = knob("sensor_data", "QoS of the camera and joint-state subscriptions.",
+                           choices=("sensor_data", "reliable"), read_only=True)
+    joint_names: tuple[str, ...] = knob((), "Joints read from joint_states for proprio, in order (empty: the "
+                                        "message's order); also the joint_trajectory joint names.",
+                                        read_only=True, max_len=64)
+    rotation_primary: int = knob(0, "Rotation applied to the primary image, degrees.", choices=(0, 90, 180, 270),
+                                 read_only=True)
+    rotation_wrist: int = knob(0, "Rotation applied to the wrist image, degrees.", choices=(0, 90, 180, 270),
+                               read_only=True)
+    publish_trajectory: bool = knob(False, "Also publish joint_trajectory (joint-space action models).",
+                                    read_only=True)
+    debug_image: bool = knob(False, "Publish kept_tokens_image, an overlay of the kept patches.", read_only=True)
 
     def __post_init__(self) -> None:
         _validate_section(self, "")
@@ -294,6 +310,14 @@ def coerce(name: str, value: Any, spec: Spec, section_cls: type) -> Any:
             if not isinstance(value, str):
                 raise TypeError("expected a string")
             out = value
+        elif ftype.startswith("tuple[str"):
+            if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__") \
+                    or not all(isinstance(v, str) and v for v in value):
+                raise TypeError("expected a list of non-empty strings")
+            out = tuple(value)
+            if len(set(out)) != len(out) or len(out) > spec.max_len:
+                raise ConfigError(f"{name} = {list(out)}: needs up to {spec.max_len} distinct names")
+            return out
         elif ftype.startswith("tuple"):
             if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
                 raise TypeError("expected a list of integers")

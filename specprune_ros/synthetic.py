@@ -14,7 +14,6 @@ import numpy as np
 
 INSTRUCTION = "pick up the red block and place it on the blue plate"
 JOINT_NAMES = tuple(f"joint{i}" for i in range(1, 8))
-DIMENSION_NAMES = ("x", "y", "z", "roll", "pitch", "yaw", "gripper")
 
 
 @dataclass

@@ -88,6 +88,14 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
 
+LIBERO_DIMENSIONS = ("x", "y", "z", "roll", "pitch", "yaw", "gripper")
+
+
+def dimension_names(action_dim: int) -> tuple[str, ...]:
+    """Names of the action dimensions: LIBERO's end-effector deltas + gripper for 7, else a0.."""
+    return LIBERO_DIMENSIONS if action_dim == 7 else tuple(f"a{i}" for i in range(action_dim))
+
+
 def _vit(base: ViTConfig, values: Mapping[str, Any] | None) -> ViTConfig:
     return dataclasses.replace(base, **dict(values)) if values else base
 

@@ -1,0 +1,290 @@
+"""The action node: camera + joint-state streams in, OpenVLA-OFT action chunks out.
+
+Threads: the executor thread only stores incoming messages and answers parameter requests;
+a worker thread runs the control loop at ``control_rate_hz`` (assemble the freshest complete
+observation, run the policy, publish). Nothing is queued beyond small bounded buffers, and
+nothing is published from a malformed, stale or incomplete observation: the reason is logged
+(throttled) and counted in /diagnostics.
+
+    ros2 run specprune_ros action_node --ros-args --params-file config/rizon4.yaml
+    specprune node --ros-args -p model_path:=tiny-random      # without the ros2 CLI
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections import deque
+from typing import Sequence
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.time import Time
+from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data)
+from sensor_msgs.msg import CompressedImage, Image, JointState
+from std_msgs.msg import String
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from ..config import NODE_NAME, Config, ConfigError
+from ..model.checkpoint import CheckpointError, LoadedPolicyModel, load_checkpoint
+from ..model.config import dimension_names
+from ..model.processing import ObservationError
+from ..msg import ActionChunk, PruningStats
+from ..policy import PolicyOutput, SpecPrunePolicy
+from ..sensing.assembly import ObservationAssembler, stamp_seconds
+from .parameters import declare_all, from_ros
+
+CAMERA_TOPICS = ("image_primary", "image_wrist", "image_extra")
+
+
+class ActionNode(Node):
+    def __init__(self, loaded: LoadedPolicyModel | None = None, **node_kwargs) -> None:
+        """``loaded``: an already loaded model (tests); by default ``model_path`` is loaded."""
+        super().__init__(NODE_NAME, **node_kwargs)
+        self.config = declare_all(self, Config())
+        node = self.config.node
+        if loaded is None:
+            self.get_logger().info(f"loading {node.model_path} on {node.device} ...")
+            loaded = load_checkpoint(node.model_path, node.device, node.dtype, node.unnorm_key)
+        self.policy = SpecPrunePolicy(loaded, self.config, rotations=(node.rotation_primary, node.rotation_wrist))
+        self.assembler = ObservationAssembler(node.num_images, node.match_tolerance_s, node.max_observation_age_s,
+                                              node.joint_names)
+        self.assembler.set_instruction(node.instruction)
+        self._lock = threading.Lock()            # guards self.config between callback and worker
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+        sensor_qos = qos_profile_sensor_data if node.sensor_qos == "sensor_data" else QoSProfile(
+            depth=5, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+        image_type = CompressedImage if node.compressed_images else Image
+        inputs = MutuallyExclusiveCallbackGroup()
+        for camera in range(node.num_images):
+            self.create_subscription(image_type, CAMERA_TOPICS[camera], self._image_callback(camera), sensor_qos,
+                                     callback_group=inputs)
+        self.create_subscription(JointState, "joint_states", self._on_joint_state, sensor_qos, callback_group=inputs)
+        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                             reliability=ReliabilityPolicy.RELIABLE)
+        self.create_subscription(String, "instruction", self._on_instruction, latched, callback_group=inputs)
+
+        self.chunk_pub = self.create_publisher(ActionChunk, "action_chunk", 10)
+        self.stats_pub = self.create_publisher(PruningStats, "pruning_stats", 10)
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.trajectory_pub = (self.create_publisher(JointTrajectory, "joint_trajectory", 10)
+                               if node.publish_trajectory else None)
+        self.debug_pub = self.create_publisher(Image, "kept_tokens_image", 2) if node.debug_image else None
+
+        self._latencies: deque[float] = deque(maxlen=100)
+        self._end_to_end: deque[float] = deque(maxlen=100)
+        self._published: deque[float] = deque(maxlen=100)
+        self._last_reason = ""
+        self._errors = 0
+        self._stop = threading.Event()
+        self._worker = threading.Thread(target=self._control_loop, name="specprune-inference", daemon=True)
+        self._worker.start()
+        self.create_timer(1.0, self._publish_diagnostics)
+        self.get_logger().info(f"action_node ready: model {node.model_path}, {node.num_images} camera(s), "
+                               f"{node.control_rate_hz:g} Hz, pruning {'on' if self.config.pruning.enabled else 'off'}")
+
+    # ---- inputs (executor thread: store only) ------------------------------------------------------
+    def _image_callback(self, camera: int):
+        def callback(msg) -> None:
+            self.assembler.add_image(camera, stamp_seconds(msg.header), msg)
+        return callback
+
+    def _on_joint_state(self, msg: JointState) -> None:
+        self.assembler.add_joint_state(stamp_seconds(msg.header), list(msg.name), list(msg.position))
+
+    def _on_instruction(self, msg: String) -> None:
+        if msg.data.strip() != self.assembler.instruction:
+            self.get_logger().info(f"instruction: {msg.data.strip()!r}")
+        self.assembler.set_instruction(msg.data)
+
+    # ---- live parameters -------------------------------------------------------------------------------
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        """Validate through the configuration object; apply atomically from the next step."""
+        with self._lock:
+            try:
+                new = self.config.replace(**{p.name: from_ros(p) for p in params})
+                self.policy.set_config(new)
+            except (ConfigError, ValueError) as exc:
+                return SetParametersResult(successful=False, reason=str(exc))
+            self.config = new
+            node = new.node
+            self.assembler.set_limits(node.match_tolerance_s, node.max_observation_age_s)
+            if any(p.name == "instruction" for p in params):
+                self.assembler.set_instruction(node.instruction)
+        return SetParametersResult(successful=True)
+
+    # ---- the control loop (worker thread) ---------------------------------------------------------------
+    def _control_loop(self) -> None:
+        next_tick = time.monotonic()
+        while not self._stop.is_set():
+            with self._lock:
+                period = 1.0 / self.config.node.control_rate_hz
+            next_tick += period
+            try:
+                self._tick()
+            except Exception as exc:  # never let one bad step kill the robot's node
+                self._errors += 1
+                self.get_logger().error(f"inference step failed: {type(exc).__name__}: {exc}",
+                                        throttle_duration_sec=5.0)
+            delay = next_tick - time.monotonic()
+            if delay < 0:                        # overrun: skip ticks instead of bursting
+                next_tick = time.monotonic()
+                delay = 0.0
+            self._stop.wait(delay)
+
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _tick(self) -> None:
+        assembled = self.assembler.assemble(self._now())
+        if assembled.observation is None:
+            if assembled.dropped:
+                self._note_drop(assembled.reason)
+            return
+        obs = assembled.observation
+        try:
+            out = self.policy.step(obs)
+        except ObservationError as exc:
+            self.assembler.drops["malformed"] += 1
+            self._note_drop(f"malformed: {exc}")
+            return
+        # The step took time: never publish an action computed from data that is now too old.
+        age = self._now() - obs.stamp
+        if age > self.config.node.max_observation_age_s:
+            self.assembler.drops["stale"] += 1
+            self._note_drop(f"stale: the action would be based on data {age:.3f} s old")
+            return
+        self._publish(out, obs.stamp)
+        self._latencies.append(out.stats.latency_ms)
+        self._end_to_end.append(age * 1e3)
+        self._published.append(time.monotonic())
+
+    def _note_drop(self, reason: str) -> None:
+        self._last_reason = reason
+        self.get_logger().warning(f"no action: {reason}", throttle_duration_sec=2.0)
+
+    # ---- outputs ---------------------------------------------------------------------------------
+    def _publish(self, out: PolicyOutput, stamp: float) -> None:
+        node = self.config.node
+        header_stamp = Time(nanoseconds=int(round(stamp * 1e9))).to_msg()
+        chunk = ActionChunk()
+        chunk.header.stamp, chunk.header.frame_id = header_stamp, "camera_primary"
+        chunk.step = out.stats.step
+        chunk.chunk_size, chunk.action_dim = out.actions.shape
+        chunk.dt = node.action_dt
+        chunk.dimension_names = list(dimension_names(chunk.action_dim))
+        chunk.actions = out.actions.astype(np.float32).ravel().tolist()
+        self.chunk_pub.publish(chunk)
+        self.stats_pub.publish(stats_message(out, header_stamp))
+        if self.trajectory_pub is not None:
+            self.trajectory_pub.publish(trajectory_message(out.actions, node.joint_names, node.action_dt,
+                                                           header_stamp))
+        if self.debug_pub is not None and out.kept_mask is not None and out.frames is not None:
+            self.debug_pub.publish(overlay_message(out, header_stamp))
+
+    def _publish_diagnostics(self) -> None:
+        now = time.monotonic()
+        recent = [t for t in self._published if now - t <= 5.0]
+        rate = len(recent) / 5.0
+        status = DiagnosticStatus(name=f"{self.get_name()}: inference", hardware_id=self.config.node.model_path)
+        if not recent:
+            status.level = DiagnosticStatus.WARN
+            status.message = f"not publishing: {self._last_reason or 'waiting for inputs'}"
+        else:
+            status.level = DiagnosticStatus.OK
+            status.message = f"publishing at {rate:.1f} Hz"
+        values = {
+            "rate_hz": f"{rate:.2f}",
+            "policy_latency_ms_median": f"{np.median(self._latencies):.1f}" if self._latencies else "",
+            "end_to_end_latency_ms_median": f"{np.median(self._end_to_end):.1f}" if self._end_to_end else "",
+            "step_errors": str(self._errors),
+            "last_drop_reason": self._last_reason,
+        }
+        values.update({f"dropped_{k}": str(v) for k, v in sorted(self.assembler.drops.items())})
+        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self.diag_pub.publish(array)
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._worker.join(timeout)
+
+
+def stats_message(out: PolicyOutput, header_stamp) -> PruningStats:
+    s = out.stats
+    msg = PruningStats()
+    msg.header.stamp, msg.header.frame_id = header_stamp, "camera_primary"
+    for name in ("step", "pruning_enabled", "fine_mode", "alpha", "vision_tokens_total", "vision_tokens_kept",
+                 "global_selected", "local_selected", "dynamic_selected", "history_frames", "translation_speed",
+                 "rotation_speed", "global_recall", "flops_ratio", "latency_ms", "overhead_ms", "fallback_reason"):
+        value = getattr(s, name)
+        setattr(msg, name, type(getattr(msg, name))(value))
+    msg.tokens_per_layer = [int(n) for n in s.tokens_per_layer]
+    return msg
+
+
+def trajectory_message(actions: np.ndarray, joint_names: Sequence[str], dt: float, header_stamp) -> JointTrajectory:
+    """Joint-space action models: the first len(joint_names) dims are joint targets, k*dt apart."""
+    names = list(joint_names) or [f"joint{i + 1}" for i in range(min(7, actions.shape[1]))]
+    msg = JointTrajectory()
+    msg.header.stamp = header_stamp
+    msg.joint_names = names
+    for k, row in enumerate(actions, start=1):
+        point = JointTrajectoryPoint()
+        point.positions = [float(v) for v in row[:len(names)]]
+        t = k * dt
+        point.time_from_start.sec = int(t)
+        point.time_from_start.nanosec = int(round((t - int(t)) * 1e9))
+        msg.points.append(point)
+    return msg
+
+
+def overlay_message(out: PolicyOutput, header_stamp) -> Image:
+    """The model-resolution frames side by side, pruned patches darkened."""
+    frames = out.frames.cpu().numpy().transpose(0, 2, 3, 1).copy()        # (C, H, W, 3)
+    cams, h, w, _ = frames.shape
+    grid = int(round(out.kept_mask.shape[1] ** 0.5))
+    patch = h // grid
+    keep = out.kept_mask.reshape(cams, grid, grid).repeat(patch, axis=1).repeat(patch, axis=2)
+    frames[~keep] //= 4
+    image = np.concatenate(list(frames), axis=1)
+    msg = Image(height=image.shape[0], width=image.shape[1], encoding="rgb8", is_bigendian=0,
+                step=image.shape[1] * 3)
+    msg.header.stamp, msg.header.frame_id = header_stamp, "camera_primary"
+    msg.data = image.tobytes()
+    return msg
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv if argv is None else argv)
+    rclpy.init(args=args)
+    node = None
+    try:
+        try:
+            node = ActionNode()
+        except (CheckpointError, ConfigError, ValueError, OSError) as exc:
+            rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
+            return 1
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.shutdown()
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Camera frames + joint states -> one time-consistent Observation per control step.
+
+The node feeds it messages as they arrive and asks for an observation at every control tick;
+bag replay feeds it the recorded messages in bag-time order and asks at the same ticks, so live
+and replay see the same observations. All buffers are bounded.
+
+Rules, in order (the first that fails names the drop reason):
+* an instruction is known;
+* the newest primary image exists and was not used by an earlier step;
+* it is not older than ``max_age_s`` at the tick (stale data never produces an action);
+* every other camera has an image, and the joint states a message, within ``tolerance_s`` of
+  the primary image's stamp;
+* every image decodes (malformed images never produce an action).
+"""
+from __future__ import annotations
+
+from collections import Counter, deque
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..model.processing import ObservationError
+from ..policy import Observation
+from .images import to_rgb
+
+
+@dataclass(frozen=True)
+class Stamped:
+    stamp: float
+    value: Any
+
+
+@dataclass(frozen=True)
+class Assembled:
+    observation: Observation | None
+    reason: str = ""          # why there is no observation ("" when there is one)
+    dropped: bool = False     # a real drop (stale, incomplete, malformed), not just "nothing new yet"
+
+
+def stamp_seconds(header: Any) -> float:
+    return float(header.stamp.sec) + float(header.stamp.nanosec) * 1e-9
+
+
+class ObservationAssembler:
+    def __init__(self, num_images: int, tolerance_s: float = 0.05, max_age_s: float = 0.5,
+                 joint_names: Sequence[str] = (), history: int = 8) -> None:
+        self.num_images = num_images
+        self.tolerance_s = tolerance_s
+        self.max_age_s = max_age_s
+        self.joint_names = tuple(joint_names)
+        self.images: list[deque[Stamped]] = [deque(maxlen=history) for _ in range(num_images)]
+        self.joints: deque[Stamped] = deque(maxlen=4 * history)
+        self.instruction = ""
+        self.drops: Counter[str] = Counter()
+        self.last_used: float | None = None
+
+    def set_limits(self, tolerance_s: float, max_age_s: float) -> None:
+        self.tolerance_s, self.max_age_s = tolerance_s, max_age_s
+
+    def add_image(self, camera: int, stamp: float, msg: Any) -> None:
+        """Store the message; it is decoded only if a step uses it."""
+        self.images[camera].append(Stamped(stamp, msg))
+
+    def add_joint_state(self, stamp: float, names: Sequence[str], positions: Sequence[float]) -> None:
+        self.joints.append(Stamped(stamp, (tuple(names), np.asarray(positions, dtype=np.float64))))
+
+    def set_instruction(self, text: str) -> None:
+        self.instruction = text.strip()
+
+    def clear(self) -> None:
+        for q in self.images:
+            q.clear()
+        self.joints.clear()
+        self.last_used = None
+
+    # ---- assembly ---------------------------------------------------------------------------------
+    def _drop(self, reason: str) -> Assembled:
+        self.drops[reason.split(":")[0]] += 1
+        return Assembled(None, reason, dropped=True)
+
+    def assemble(self, now: float) -> Assembled:
+        if not self.instruction:
+            return Assembled(None, "no instruction yet (topic or parameter)")
+        if not self.images[0]:
+            return Assembled(None, "no primary image yet")
+        primary = max(self.images[0], key=lambda s: s.stamp)
+        if self.last_used is not None and primary.stamp <= self.last_used:
+            return Assembled(None, "no new primary image since the last step")
+        age = now - primary.stamp
+        if age > self.max_age_s:
+            self.last_used = primary.stamp      # never reconsider it
+            return self._drop(f"stale: primary image is {age:.3f} s old (max_observation_age_s "
+                              f"{self.max_age_s:g})")
+        frames = [primary]
+        for camera in range(1, self.num_images):
+            match = _closest(self.images[camera], primary.stamp, self.tolerance_s)
+            if match is None:
+                return self._drop(f"incomplete: no camera {camera} image within {self.tolerance_s:g} s of "
+                                  f"the primary image")
+            frames.append(match)
+        joint = _closest(self.joints, primary.stamp, self.tolerance_s)
+        if joint is None:
+            return self._drop(f"incomplete: no joint state within {self.tolerance_s:g} s of the primary image")
+        self.last_used = primary.stamp
+        try:
+            images = [to_rgb(f.value) for f in frames]
+            proprio = self._proprio(*joint.value)
+        except ObservationError as exc:
+            return self._drop(f"malformed: {exc}")
+        return Assembled(Observation(images, proprio, self.instruction, stamp=primary.stamp))
+
+    def _proprio(self, names: tuple[str, ...], positions: np.ndarray) -> np.ndarray:
+        if len(names) not in (0, len(positions)):
+            raise ObservationError(f"joint state has {len(names)} names for {len(positions)} positions")
+        if not self.joint_names:
+            return positions
+        index = {n: i for i, n in enumerate(names)}
+        missing = [n for n in self.joint_names if n not in index]
+        if missing:
+            raise ObservationError(f"joint state lacks joints {missing} (joint_names)")
+        return positions[[index[n] for n in self.joint_names]]
+
+
+def _closest(items: deque[Stamped], stamp: float, tolerance: float) -> Stamped | None:
+    best = min(items, key=lambda s: abs(s.stamp - stamp), default=None)
+    return best if best is not None and abs(best.stamp - stamp) <= tolerance else None

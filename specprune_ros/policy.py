@@ -37,6 +37,7 @@ class Observation:
     proprio: np.ndarray | None = None     # raw robot state (normalized with the dataset statistics)
     instruction: str = ""
     stamp: float = 0.0                    # seconds (ROS time of the primary image)
+    stamp_ns: int | None = None           # the same stamp exactly, for message headers
     # Measured end-effector motion (dx dy dz droll dpitch dyaw, normalized action units) for the
     # controller; None uses the previous predicted action, as the paper does.
     motion: np.ndarray | None = None

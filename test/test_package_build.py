@@ -20,7 +20,7 @@ VENV = Path(sys.prefix)
 def test_cmake_install_tree_has_messages_code_launch_and_config(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
-    for name in ("CMakeLists.txt", "package.xml", "msg", "launch", "config", "specprune_ros"):
+    for name in ("CMakeLists.txt", "package.xml", "msg", "launch", "config", "specprune_ros", "scripts"):
         path = ROOT / name
         if path.is_dir():
             shutil.copytree(path, src / name, ignore=shutil.ignore_patterns("__pycache__", "msg", "*.so")
@@ -46,6 +46,8 @@ def test_cmake_install_tree_has_messages_code_launch_and_config(tmp_path):
     assert (share / "config" / "rizon4.yaml").is_file()
     assert (share / "msg" / "PruningStats.msg").is_file()
     assert (prefix / "share" / "ament_index" / "resource_index" / "packages" / "specprune_ros").is_file()
+    executable = prefix / "lib" / "specprune_ros" / "action_node"      # what `ros2 run` starts
+    assert executable.is_file() and os.access(executable, os.X_OK)
 
     # The installed tree imports on its own: hand-written code and generated messages together.
     check = ("import specprune_ros, specprune_ros.pruning; from specprune_ros.msg import ActionChunk; "

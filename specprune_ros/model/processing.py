@@ -57,7 +57,9 @@ class ImageProcessor:
         out = []
         for cam, image in enumerate(images):
             image = check_image(image, f"camera {cam}")
-            x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device, non_blocking=True)
+            if not image.flags.writeable or not image.flags.c_contiguous:   # e.g. a view of message bytes
+                image = np.array(image, order="C")
+            x = torch.from_numpy(image).to(self.device, non_blocking=True)
             x = x.permute(2, 0, 1).unsqueeze(0).float()
             rotation = self.rotations[cam] if cam < len(self.rotations) else 0
             if rotation % 360:

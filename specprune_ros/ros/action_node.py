@@ -36,7 +36,7 @@ from ..model.config import dimension_names
 from ..model.processing import ObservationError
 from ..msg import ActionChunk, PruningStats
 from ..policy import PolicyOutput, SpecPrunePolicy
-from ..sensing.assembly import ObservationAssembler, stamp_seconds
+from ..sensing.assembly import ObservationAssembler, stamp_nanoseconds
 from .parameters import declare_all, from_ros
 
 CAMERA_TOPICS = ("image_primary", "image_wrist", "image_extra")
@@ -92,11 +92,11 @@ class ActionNode(Node):
     # ---- inputs (executor thread: store only) ------------------------------------------------------
     def _image_callback(self, camera: int):
         def callback(msg) -> None:
-            self.assembler.add_image(camera, stamp_seconds(msg.header), msg)
+            self.assembler.add_image(camera, stamp_nanoseconds(msg.header), msg)
         return callback
 
     def _on_joint_state(self, msg: JointState) -> None:
-        self.assembler.add_joint_state(stamp_seconds(msg.header), list(msg.name), list(msg.position))
+        self.assembler.add_joint_state(stamp_nanoseconds(msg.header), list(msg.name), list(msg.position))
 
     def _on_instruction(self, msg: String) -> None:
         if msg.data.strip() != self.assembler.instruction:
@@ -138,8 +138,8 @@ class ActionNode(Node):
                 delay = 0.0
             self._stop.wait(delay)
 
-    def _now(self) -> float:
-        return self.get_clock().now().nanoseconds * 1e-9
+    def _now(self) -> int:
+        return self.get_clock().now().nanoseconds
 
     def _tick(self) -> None:
         assembled = self.assembler.assemble(self._now())
@@ -155,12 +155,12 @@ class ActionNode(Node):
             self._note_drop(f"malformed: {exc}")
             return
         # The step took time: never publish an action computed from data that is now too old.
-        age = self._now() - obs.stamp
+        age = (self._now() - obs.stamp_ns) * 1e-9
         if age > self.config.node.max_observation_age_s:
             self.assembler.drops["stale"] += 1
             self._note_drop(f"stale: the action would be based on data {age:.3f} s old")
             return
-        self._publish(out, obs.stamp)
+        self._publish(out, obs.stamp_ns)
         self._latencies.append(out.stats.latency_ms)
         self._end_to_end.append(age * 1e3)
         self._published.append(time.monotonic())
@@ -170,9 +170,9 @@ class ActionNode(Node):
         self.get_logger().warning(f"no action: {reason}", throttle_duration_sec=2.0)
 
     # ---- outputs ---------------------------------------------------------------------------------
-    def _publish(self, out: PolicyOutput, stamp: float) -> None:
+    def _publish(self, out: PolicyOutput, stamp_ns: int) -> None:
         node = self.config.node
-        header_stamp = Time(nanoseconds=int(round(stamp * 1e9))).to_msg()
+        header_stamp = Time(nanoseconds=stamp_ns).to_msg()
         chunk = ActionChunk()
         chunk.header.stamp, chunk.header.frame_id = header_stamp, "camera_primary"
         chunk.step = out.stats.step

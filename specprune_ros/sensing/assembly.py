@@ -27,7 +27,7 @@ from .images import to_rgb
 
 @dataclass(frozen=True)
 class Stamped:
-    stamp: float
+    stamp: int        # nanoseconds: exact header stamps (float seconds lose ~200 ns today)
     value: Any
 
 
@@ -38,8 +38,12 @@ class Assembled:
     dropped: bool = False     # a real drop (stale, incomplete, malformed), not just "nothing new yet"
 
 
-def stamp_seconds(header: Any) -> float:
-    return float(header.stamp.sec) + float(header.stamp.nanosec) * 1e-9
+def stamp_nanoseconds(header: Any) -> int:
+    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+
+def _ns(seconds: float) -> int:
+    return int(round(seconds * 1e9))
 
 
 class ObservationAssembler:
@@ -58,11 +62,11 @@ class ObservationAssembler:
     def set_limits(self, tolerance_s: float, max_age_s: float) -> None:
         self.tolerance_s, self.max_age_s = tolerance_s, max_age_s
 
-    def add_image(self, camera: int, stamp: float, msg: Any) -> None:
+    def add_image(self, camera: int, stamp: int, msg: Any) -> None:
         """Store the message; it is decoded only if a step uses it."""
         self.images[camera].append(Stamped(stamp, msg))
 
-    def add_joint_state(self, stamp: float, names: Sequence[str], positions: Sequence[float]) -> None:
+    def add_joint_state(self, stamp: int, names: Sequence[str], positions: Sequence[float]) -> None:
         self.joints.append(Stamped(stamp, (tuple(names), np.asarray(positions, dtype=np.float64))))
 
     def set_instruction(self, text: str) -> None:
@@ -79,7 +83,8 @@ class ObservationAssembler:
         self.drops[reason.split(":")[0]] += 1
         return Assembled(None, reason, dropped=True)
 
-    def assemble(self, now: float) -> Assembled:
+    def assemble(self, now: int) -> Assembled:
+        """The observation for a control tick at ``now`` (all stamps in nanoseconds)."""
         if not self.instruction:
             return Assembled(None, "no instruction yet (topic or parameter)")
         if not self.images[0]:
@@ -88,18 +93,18 @@ class ObservationAssembler:
         if self.last_used is not None and primary.stamp <= self.last_used:
             return Assembled(None, "no new primary image since the last step")
         age = now - primary.stamp
-        if age > self.max_age_s:
+        if age > _ns(self.max_age_s):
             self.last_used = primary.stamp      # never reconsider it
-            return self._drop(f"stale: primary image is {age:.3f} s old (max_observation_age_s "
+            return self._drop(f"stale: primary image is {age * 1e-9:.3f} s old (max_observation_age_s "
                               f"{self.max_age_s:g})")
         frames = [primary]
         for camera in range(1, self.num_images):
-            match = _closest(self.images[camera], primary.stamp, self.tolerance_s)
+            match = _closest(self.images[camera], primary.stamp, _ns(self.tolerance_s))
             if match is None:
                 return self._drop(f"incomplete: no camera {camera} image within {self.tolerance_s:g} s of "
                                   f"the primary image")
             frames.append(match)
-        joint = _closest(self.joints, primary.stamp, self.tolerance_s)
+        joint = _closest(self.joints, primary.stamp, _ns(self.tolerance_s))
         if joint is None:
             return self._drop(f"incomplete: no joint state within {self.tolerance_s:g} s of the primary image")
         self.last_used = primary.stamp
@@ -108,7 +113,8 @@ class ObservationAssembler:
             proprio = self._proprio(*joint.value)
         except ObservationError as exc:
             return self._drop(f"malformed: {exc}")
-        return Assembled(Observation(images, proprio, self.instruction, stamp=primary.stamp))
+        return Assembled(Observation(images, proprio, self.instruction, stamp=primary.stamp * 1e-9,
+                                     stamp_ns=primary.stamp))
 
     def _proprio(self, names: tuple[str, ...], positions: np.ndarray) -> np.ndarray:
         if len(names) not in (0, len(positions)):
@@ -122,6 +128,6 @@ class ObservationAssembler:
         return positions[[index[n] for n in self.joint_names]]
 
 
-def _closest(items: deque[Stamped], stamp: float, tolerance: float) -> Stamped | None:
+def _closest(items: deque[Stamped], stamp: int, tolerance: int) -> Stamped | None:
     best = min(items, key=lambda s: abs(s.stamp - stamp), default=None)
     return best if best is not None and abs(best.stamp - stamp) <= tolerance else None

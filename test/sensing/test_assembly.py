@@ -19,80 +19,84 @@ def asm():
     return a
 
 
+def ns(seconds):
+    return int(round(seconds * 1e9))
+
+
 def feed(a, t, wrist_dt=0.01, joint_dt=0.005):
-    a.add_image(0, t, image(10))
-    a.add_image(1, t + wrist_dt, image(20))
-    a.add_joint_state(t + joint_dt, ["a", "b"], [1.0, 2.0])
+    a.add_image(0, ns(t), image(10))
+    a.add_image(1, ns(t + wrist_dt), image(20))
+    a.add_joint_state(ns(t + joint_dt), ["a", "b"], [1.0, 2.0])
 
 
 def test_a_complete_fresh_observation(asm):
     feed(asm, 10.0)
-    out = asm.assemble(10.1)
+    out = asm.assemble(ns(10.1))
     obs = out.observation
-    assert obs is not None and obs.stamp == 10.0 and obs.instruction == "pick the cube"
+    assert obs is not None and obs.stamp_ns == ns(10.0) and obs.instruction == "pick the cube"
     assert obs.images[0][0, 0, 0] == 10 and obs.images[1][0, 0, 0] == 20
     np.testing.assert_array_equal(obs.proprio, [1.0, 2.0])
 
 
 def test_the_same_frame_is_never_used_twice(asm):
     feed(asm, 10.0)
-    assert asm.assemble(10.1).observation is not None
-    again = asm.assemble(10.2)
+    assert asm.assemble(ns(10.1)).observation is not None
+    again = asm.assemble(ns(10.2))
     assert again.observation is None and not again.dropped and "no new primary image" in again.reason
 
 
 def test_stale_observations_are_dropped(asm):
     feed(asm, 10.0)
-    out = asm.assemble(10.6)
+    out = asm.assemble(ns(10.6))
     assert out.observation is None and out.dropped and out.reason.startswith("stale")
     assert asm.drops["stale"] == 1
 
 
 def test_wrist_and_joints_must_match_the_primary_stamp(asm):
     feed(asm, 10.0, wrist_dt=0.2)
-    out = asm.assemble(10.05)
+    out = asm.assemble(ns(10.05))
     assert out.dropped and "no camera 1 image within 0.05 s" in out.reason
     feed(asm, 11.0, joint_dt=-0.3)
-    assert "no joint state within" in asm.assemble(11.01).reason
+    assert "no joint state within" in asm.assemble(ns(11.01)).reason
     assert asm.drops["incomplete"] == 2
 
 
 def test_freshest_primary_and_closest_matches_are_used(asm):
     for t in (10.0, 10.05, 10.1):
         feed(asm, t)
-    asm.add_image(1, 10.095, image(99))                            # closer than the one at 10.11
-    obs = asm.assemble(10.15).observation
-    assert obs.stamp == 10.1 and obs.images[1][0, 0, 0] == 99
-    asm.add_image(0, 10.2, image(11))
-    asm.add_image(1, 10.199, image(77))
-    asm.add_joint_state(10.2, ["a", "b"], [0, 0])
-    assert asm.assemble(10.25).observation.images[1][0, 0, 0] == 77
+    asm.add_image(1, ns(10.095), image(99))                            # closer than the one at 10.11
+    obs = asm.assemble(ns(10.15)).observation
+    assert obs.stamp_ns == ns(10.1) and obs.images[1][0, 0, 0] == 99
+    asm.add_image(0, ns(10.2), image(11))
+    asm.add_image(1, ns(10.199), image(77))
+    asm.add_joint_state(ns(10.2), ["a", "b"], [0, 0])
+    assert asm.assemble(ns(10.25)).observation.images[1][0, 0, 0] == 77
 
 
 def test_malformed_images_are_dropped_not_raised(asm):
-    asm.add_image(0, 10.0, image(encoding="yuv422"))
-    asm.add_image(1, 10.0, image())
-    asm.add_joint_state(10.0, ["a", "b"], [0, 0])
-    out = asm.assemble(10.1)
+    asm.add_image(0, ns(10.0), image(encoding="yuv422"))
+    asm.add_image(1, ns(10.0), image())
+    asm.add_joint_state(ns(10.0), ["a", "b"], [0, 0])
+    out = asm.assemble(ns(10.1))
     assert out.observation is None and out.dropped and out.reason.startswith("malformed: unsupported image")
 
 
 def test_joint_names_select_and_order_proprio():
     a = ObservationAssembler(1, joint_names=["b", "a"])
     a.set_instruction("x")
-    a.add_image(0, 1.0, image())
-    a.add_joint_state(1.0, ["a", "b", "c"], [1.0, 2.0, 3.0])
-    np.testing.assert_array_equal(a.assemble(1.1).observation.proprio, [2.0, 1.0])
-    a.add_image(0, 2.0, image())
-    a.add_joint_state(2.0, ["a", "c"], [1.0, 3.0])
-    assert "lacks joints ['b']" in a.assemble(2.1).reason
+    a.add_image(0, ns(1.0), image())
+    a.add_joint_state(ns(1.0), ["a", "b", "c"], [1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(a.assemble(ns(1.1)).observation.proprio, [2.0, 1.0])
+    a.add_image(0, ns(2.0), image())
+    a.add_joint_state(ns(2.0), ["a", "c"], [1.0, 3.0])
+    assert "lacks joints ['b']" in a.assemble(ns(2.1)).reason
 
 
 def test_nothing_without_an_instruction():
     a = ObservationAssembler(1)
     feed_one = image()
-    a.add_image(0, 1.0, feed_one)
-    out = a.assemble(1.0)
+    a.add_image(0, ns(1.0), feed_one)
+    out = a.assemble(ns(1.0))
     assert out.observation is None and "no instruction" in out.reason and not out.dropped
 
 

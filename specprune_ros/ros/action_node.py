@@ -158,7 +158,8 @@ class ActionNode(Node):
         age = (self._now() - obs.stamp_ns) * 1e-9
         if age > self.config.node.max_observation_age_s:
             self.assembler.drops["stale"] += 1
-            self._note_drop(f"stale: the action would be based on data {age:.3f} s old")
+            self._note_drop(f"stale: the action would be based on data {age:.3f} s old (policy step "
+                            f"{out.stats.latency_ms:.0f} ms)")
             return
         self._publish(out, obs.stamp_ns)
         self._latencies.append(out.stats.latency_ms)

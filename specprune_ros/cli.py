@@ -22,18 +22,66 @@ def _emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
     print(json.dumps(payload, sort_keys=True) if args.json else text)
 
 
+def _table(summary: dict) -> str:
+    lat = summary["latency_ms"]
+    lines = [("steps", f"{summary['steps']}"),
+             ("latency p50 pruned", f"{lat['pruned']['p50']:.1f} ms")]
+    if "unpruned" in lat:
+        lines += [("latency p50 unpruned", f"{lat['unpruned']['p50']:.1f} ms"),
+                  ("speedup p50", f"{summary['speedup_p50']:.2f}x")]
+    lines += [("vision tokens kept", f"{summary['vision_tokens']['kept_mean']:.1f} / {summary['vision_tokens']['total']}"),
+              ("LLM FLOPs ratio", f"{summary['flops_ratio_mean']:.3f}"),
+              ("fine-mode share", f"{100 * summary['fine_mode_fraction']:.0f} %")]
+    if "action_l1_vs_unpruned" in summary:
+        lines.append(("action L1 vs unpruned", f"{summary['action_l1_vs_unpruned']['mean']:.4f} (mean), "
+                                               f"{summary['action_l1_vs_unpruned']['max']:.4f} (max)"))
+    if "action_l1_vs_recorded" in summary:
+        lines.append(("action L1 vs recorded", f"{summary['action_l1_vs_recorded']['pruned']:.4f} (pruned)"))
+    width = max(len(k) for k, _ in lines)
+    return "\n".join(f"  {k:<{width}}  {v}" for k, v in lines)
+
+
+def cmd_make_bag(args: argparse.Namespace) -> int:
+    from .tools.bags import write_synthetic_bag
+
+    path = write_synthetic_bag(args.out, steps=args.steps, storage=args.storage, seed=args.seed)
+    _emit(args, {"bag": str(path), "steps": args.steps, "storage": args.storage},
+          f"wrote a {args.steps}-step synthetic episode ({args.storage}) to {path}")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from .tools.replay import replay
+
+    cfg = _config(args)
+    if args.model:
+        cfg = cfg.replace(model_path=args.model)
+    summary = replay(args.bag, args.out, cfg, compare=not args.no_compare, output_bag=args.output_bag,
+                     show_progress=not args.json and sys.stderr.isatty(), motion=args.motion)
+    _emit(args, summary, f"replayed {summary['steps']} steps of {args.bag}\n{_table(summary)}\n"
+                         f"report: {summary['report']}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    # The replay issue turns this into: make-bag -> replay (tiny-random, pruned vs unpruned) -> table.
-    plan = [
-        "write a synthetic, seeded episode bag (specprune make-bag)",
-        "replay it with the built-in tiny model, pruned and unpruned (specprune replay)",
-        "print speedup, kept tokens, FLOPs ratio, fine-mode share and action deviation",
-    ]
-    cfg = Config()
-    text = ("specprune demo: not available yet - it will\n" + "\n".join(f"  {i + 1}. {s}" for i, s in enumerate(plan))
-            + f"\nThe pruning engine is installed; defaults: alpha={cfg.pruning.alpha}, "
-            f"K_G/K_L/K_D={cfg.pruning.k_global}/{cfg.pruning.k_local}/{cfg.pruning.k_dynamic}.")
-    _emit(args, {"status": "placeholder", "plan": plan}, text)
+    """make-bag -> replay with tiny-random (pruned vs unpruned) -> table."""
+    import shutil
+    from pathlib import Path
+
+    from .tools.bags import write_synthetic_bag
+    from .tools.replay import replay
+
+    out = Path(args.out)
+    bag = out / "episode"
+    if bag.exists():
+        shutil.rmtree(bag)
+    write_synthetic_bag(bag, steps=args.steps, storage="mcap", seed=0)
+    cfg = Config().replace(model_path="tiny-random", device="cpu")
+    # The random tiny model's predictions carry no motion: the controller reads the recorded command.
+    summary = replay(bag, out / "replay", cfg, compare=True, show_progress=not args.json and sys.stderr.isatty(),
+                     motion="recorded")
+    _emit(args, summary, f"SpecPrune-VLA demo: {args.steps}-step synthetic episode, built-in tiny model, "
+                         f"pruned vs unpruned\n{_table(summary)}\nreport: {summary['report']}")
     return 0
 
 
@@ -111,7 +159,25 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    add("demo", cmd_demo, "the main job on the embedded default (synthetic bag, tiny model, pruned vs unpruned)")
+    p = add("demo", cmd_demo, "the main job on the embedded default (synthetic bag, tiny model, pruned vs unpruned)")
+    p.add_argument("--out", default="demo_out", help="output directory (default demo_out/)")
+    p.add_argument("--steps", type=int, default=60, help="episode length (default 60)")
+
+    p = add("make-bag", cmd_make_bag, "write a synthetic, seeded episode as a rosbag2 on the node's topics")
+    p.add_argument("out", help="new bag directory")
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = add("replay", cmd_replay, "offline evaluation of a rosbag2 episode: pruned vs unpruned")
+    p.add_argument("bag", help="rosbag2 directory (MCAP or sqlite3), or a storage file inside one")
+    p.add_argument("--out", required=True, help="output directory (summary.json, steps.csv, plots, report.html)")
+    p.add_argument("--params", help="the node's ROS parameter file (config/*.yaml)")
+    p.add_argument("--model", help="checkpoint directory or tiny-random (overrides model_path)")
+    p.add_argument("--no-compare", action="store_true", help="run only the pruned policy")
+    p.add_argument("--output-bag", help="also write the predicted ActionChunk / PruningStats to this new bag")
+    p.add_argument("--motion", choices=("predicted", "recorded"), default="predicted",
+                   help="controller input: the previous prediction (paper) or the bag's recorded command")
     p = add("params", cmd_params, "validate a ROS parameter file and print every resolved knob")
     p.add_argument("params", nargs="?", help="config/*.yaml (action_node: ros__parameters: ...)")
 
@@ -151,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (CliError, ConfigError, FileNotFoundError, ValueError, OSError) as exc:
+    except (CliError, ConfigError, FileNotFoundError, ValueError, OSError, ImportError) as exc:
         if args.debug:
             raise
         print(f"specprune {args.command}: error: {exc}", file=sys.stderr)

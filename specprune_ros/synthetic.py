@@ -13,14 +13,14 @@ from dataclasses import dataclass
 import numpy as np
 
 INSTRUCTION = "pick up the red block and place it on the blue plate"
-JOINT_NAMES = tuple(f"joint{i}" for i in range(1, 8))
+JOINT_NAMES = tuple(f"joint{i}" for i in range(1, 8)) + ("gripper",)
 
 
 @dataclass
 class EpisodeStep:
     primary: np.ndarray        # HxWx3 uint8 RGB
     wrist: np.ndarray          # HxWx3 uint8 RGB
-    joints: np.ndarray         # (7,) joint positions, rad
+    joints: np.ndarray         # (8,) 7 arm joint positions (rad) + gripper opening (m)
     proprio: np.ndarray        # (8,) eef xyz, axis-angle, gripper qpos x2
     action: np.ndarray         # (7,) commanded normalized deltas + gripper (1 open, -1 closed)
     phase: str
@@ -127,7 +127,7 @@ def episode(steps: int = 60, seed: int = 0, size: int = 256) -> list[EpisodeStep
         # Normalized like BOUNDS_Q99 deltas: 0.04 m per step is full scale.
         action = np.concatenate([np.clip(delta / 0.04, -1, 1), np.zeros(3), [grip]])
         joints = np.array([np.arctan2(pos[1], pos[0]), 0.6 - pos[2], 1.2 - pos[0], 0.1 * pos[1],
-                           0.9 + pos[2], 0.0, 0.04 if closed else 0.0])
+                           0.9 + pos[2], 0.0, 0.04 if closed else 0.0, 0.0 if closed else 0.04])
         proprio = np.concatenate([pos, [np.pi, 0.0, 0.0], [0.0, 0.0] if closed else [0.04, -0.04]])
         out.append(EpisodeStep(primary, wrist, joints, proprio, action, phase))
     return out

@@ -1,0 +1,294 @@
+"""`specprune replay`: run the pruned (and unpruned) policy over a recorded rosbag2 episode.
+
+Observations are assembled by the node's own code (``sensing.assembly``) at the node's control
+ticks in bag time, so replay sees what the live node would have seen. Writes summary.json,
+steps.csv, plots and report.html; optionally a bag with the predicted ActionChunk and
+PruningStats messages.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..config import Config
+from ..model.checkpoint import load_checkpoint
+from ..model.config import dimension_names
+from ..model.processing import ObservationError
+from ..policy import PolicyOutput, SpecPrunePolicy
+from ..sensing.assembly import ObservationAssembler, stamp_nanoseconds
+from .bags import (IMAGE_TYPES, TOPIC_EXPERT, TOPIC_INSTRUCTION, TOPIC_JOINTS, TOPIC_PRIMARY, TOPIC_WRIST, BagError,
+                   BagReader)
+
+CAMERA_TOPICS = (TOPIC_PRIMARY, TOPIC_WRIST)
+EXPERT_TYPES = ("std_msgs/msg/Float64MultiArray", "std_msgs/msg/Float32MultiArray")
+
+
+@dataclass
+class ReplayStep:
+    """What one control tick produced (kept for the plots)."""
+
+    tick_ns: int
+    stamp_ns: int
+    pruned: PolicyOutput
+    unpruned: PolicyOutput | None
+    expert: np.ndarray | None
+
+
+@dataclass
+class ReplayRun:
+    steps: list[ReplayStep] = field(default_factory=list)
+    drops: dict[str, int] = field(default_factory=dict)
+    instruction: str = ""
+    last_drop: str = ""
+
+
+def _bag_dir(path: Path) -> Path:
+    """A bag directory, or a storage file inside one (rosbags reads the directory's metadata)."""
+    if path.is_file():
+        if (path.parent / "metadata.yaml").is_file():
+            return path.parent
+        raise BagError(f"{path}: a storage file without metadata.yaml beside it; give the bag directory")
+    return path
+
+
+def run_replay(bag: Path, config: Config, compare: bool = True,
+               progress: Callable[[int, int], None] | None = None, motion: str = "predicted") -> ReplayRun:
+    """``motion="recorded"`` gives the controller the bag's recorded command as the measured
+    end-effector motion (instead of the previous prediction), e.g. for random-weight models."""
+    node = config.node
+    with BagReader(_bag_dir(bag)) as reader:
+        cameras = CAMERA_TOPICS[:node.num_images]
+        for topic in cameras:
+            reader.require(topic, IMAGE_TYPES)
+        reader.require(TOPIC_JOINTS, ("sensor_msgs/msg/JointState",))
+        if not node.instruction:
+            reader.require(TOPIC_INSTRUCTION, ("std_msgs/msg/String",))
+        expert_topic = TOPIC_EXPERT if reader.topics.get(TOPIC_EXPERT) in EXPERT_TYPES else None
+        topics = [*cameras, TOPIC_JOINTS, TOPIC_INSTRUCTION, *([expert_topic] if expert_topic else [])]
+        total = sum(c.msgcount for c in reader.reader.connections if c.topic == TOPIC_PRIMARY)
+
+        loaded = load_checkpoint(node.model_path, node.device, node.dtype, node.unnorm_key)
+        rotations = (node.rotation_primary, node.rotation_wrist)
+        pruned = SpecPrunePolicy(loaded, config, rotations)
+        unpruned = SpecPrunePolicy(loaded, config.replace(**{"pruning.enabled": False}), rotations) if compare else None
+        assembler = ObservationAssembler(node.num_images, node.match_tolerance_s, node.max_observation_age_s,
+                                         node.joint_names)
+        assembler.set_instruction(node.instruction)
+        run = ReplayRun()
+        experts: list[tuple[int, np.ndarray]] = []
+        period = int(round(1e9 / node.control_rate_hz))
+        next_tick: int | None = None
+
+        def tick(now: int) -> None:
+            assembled = assembler.assemble(now)
+            obs = assembled.observation
+            if obs is None:
+                run.last_drop = assembled.reason if assembled.dropped else run.last_drop
+                return
+            expert = _nearest(experts, obs.stamp_ns, period)
+            if motion == "recorded" and expert is not None:
+                obs.motion = expert[:6]
+            try:
+                out_p = pruned.step(obs)
+                out_u = unpruned.step(obs) if unpruned is not None else None
+            except ObservationError as exc:
+                assembler.drops["malformed"] += 1
+                run.last_drop = f"malformed: {exc}"
+                return
+            run.steps.append(ReplayStep(now, obs.stamp_ns, out_p, out_u, expert))
+            if progress:
+                progress(len(run.steps), total)
+
+        last = 0
+        for m in reader.messages(topics):
+            if next_tick is None:
+                next_tick = m.timestamp + period
+            while m.timestamp > next_tick:
+                tick(next_tick)
+                next_tick += period
+            last = m.timestamp
+            if m.topic == TOPIC_INSTRUCTION:
+                assembler.set_instruction(m.msg.data)
+                run.instruction = m.msg.data
+            elif m.topic == TOPIC_JOINTS:
+                assembler.add_joint_state(stamp_nanoseconds(m.msg.header), list(m.msg.name), list(m.msg.position))
+            elif m.topic == expert_topic:
+                experts.append((m.timestamp, np.asarray(m.msg.data, dtype=np.float64)))
+            else:
+                assembler.add_image(cameras.index(m.topic), stamp_nanoseconds(m.msg.header), m.msg)
+        while next_tick is not None and next_tick <= last + period:
+            tick(next_tick)
+            next_tick += period
+    run.drops = dict(assembler.drops)
+    run.instruction = run.instruction or node.instruction
+    if not run.steps:
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(run.drops.items())) or "no complete observation"
+        last = f"; last: {run.last_drop}" if run.last_drop else ""
+        raise BagError(f"{bag}: no observation produced an action (dropped: {reasons}{last})")
+    return run
+
+
+def _nearest(items: list[tuple[int, np.ndarray]], stamp: int, window: int) -> np.ndarray | None:
+    best = min(items, key=lambda item: abs(item[0] - stamp), default=None)
+    return best[1] if best is not None and abs(best[0] - stamp) <= window else None
+
+
+# ---- results ---------------------------------------------------------------------------------------
+
+def step_rows(run: ReplayRun) -> list[dict[str, Any]]:
+    rows = []
+    for s in run.steps:
+        st = s.pruned.stats
+        dims = dimension_names(s.pruned.actions.shape[1])
+        row: dict[str, Any] = {
+            "step": st.step, "stamp_s": s.stamp_ns * 1e-9,
+            "latency_pruned_ms": st.latency_ms,
+            "latency_unpruned_ms": s.unpruned.stats.latency_ms if s.unpruned else math.nan,
+            "overhead_ms": st.overhead_ms, "vision_tokens_total": st.vision_tokens_total,
+            "vision_tokens_kept": st.vision_tokens_kept, "global_selected": st.global_selected,
+            "local_selected": st.local_selected, "dynamic_selected": st.dynamic_selected,
+            "fine_mode": int(st.fine_mode), "translation_speed": st.translation_speed,
+            "rotation_speed": st.rotation_speed, "history_frames": st.history_frames,
+            "global_recall": st.global_recall, "flops_ratio": st.flops_ratio, "fallback": st.fallback_reason,
+        }
+        if s.unpruned is not None:
+            deviation = np.abs(s.pruned.actions - s.unpruned.actions).mean(axis=0)
+            row.update({f"deviation_{d}": float(v) for d, v in zip(dims, deviation)})
+            row["action_l1_vs_unpruned"] = float(deviation.mean())
+        if s.expert is not None:
+            n = min(len(s.expert), s.pruned.actions.shape[1])
+            row["expert_l1_pruned"] = float(np.abs(s.pruned.actions[0, :n] - s.expert[:n]).mean())
+            if s.unpruned is not None:
+                row["expert_l1_unpruned"] = float(np.abs(s.unpruned.actions[0, :n] - s.expert[:n]).mean())
+        rows.append(row)
+    return rows
+
+
+def _pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else math.nan
+
+
+def summarize(run: ReplayRun, rows: list[dict[str, Any]], bag: Path, config: Config, compare: bool,
+              motion: str = "predicted") -> dict[str, Any]:
+    lat_p = [r["latency_pruned_ms"] for r in rows]
+    summary: dict[str, Any] = {
+        "bag": str(bag), "model": config.node.model_path, "instruction": run.instruction,
+        "steps": len(rows),
+        "latency_ms": {"pruned": {"p50": _pct(lat_p, 50), "p95": _pct(lat_p, 95)}},
+        "overhead_ms": {"p50": _pct([r["overhead_ms"] for r in rows], 50)},
+        "vision_tokens": {"total": rows[0]["vision_tokens_total"],
+                          "kept_mean": float(np.mean([r["vision_tokens_kept"] for r in rows]))},
+        "flops_ratio_mean": float(np.mean([r["flops_ratio"] for r in rows])),
+        "fine_mode_fraction": float(np.mean([r["fine_mode"] for r in rows])),
+        "global_recall_mean": float(np.nanmean([r["global_recall"] for r in rows]))
+        if any(not math.isnan(r["global_recall"]) for r in rows) else None,
+        "unpruned_fallback_steps": sum(1 for r in rows if r["fallback"]),
+        "controller_motion": motion,
+        "dropped_observations": run.drops,
+        "params": config.flat(),
+    }
+    if compare:
+        lat_u = [r["latency_unpruned_ms"] for r in rows]
+        summary["latency_ms"]["unpruned"] = {"p50": _pct(lat_u, 50), "p95": _pct(lat_u, 95)}
+        summary["speedup_p50"] = _pct(lat_u, 50) / _pct(lat_p, 50)
+        dims = [k.removeprefix("deviation_") for k in rows[0] if k.startswith("deviation_")]
+        summary["action_l1_vs_unpruned"] = {
+            "mean": float(np.mean([r["action_l1_vs_unpruned"] for r in rows])),
+            "max": float(np.max([r["action_l1_vs_unpruned"] for r in rows])),
+            "per_dimension": {d: float(np.mean([r[f"deviation_{d}"] for r in rows])) for d in dims},
+        }
+    experts = [r for r in rows if "expert_l1_pruned" in r]
+    if experts:
+        summary["action_l1_vs_recorded"] = {"topic": TOPIC_EXPERT, "steps": len(experts),
+                                            "pruned": float(np.mean([r["expert_l1_pruned"] for r in experts]))}
+        if compare:
+            summary["action_l1_vs_recorded"]["unpruned"] = float(np.mean([r["expert_l1_unpruned"] for r in experts]))
+    return summary
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def replay(bag: str | Path, out: str | Path, config: Config, compare: bool = True, output_bag: str | None = None,
+           show_progress: bool = False, motion: str = "predicted") -> dict[str, Any]:
+    """The whole job; nothing is written to ``out`` unless the replay succeeded."""
+    from .report import write_plots, write_report
+
+    bag, out = Path(bag), Path(out)
+    progress = _progress_bar if show_progress else None
+    run = run_replay(bag, config, compare, progress, motion)
+    if show_progress:
+        print(file=sys.stderr)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = step_rows(run)
+    summary = summarize(run, rows, bag, config, compare, motion)
+    write_csv(rows, out / "steps.csv")
+    summary["plots"] = write_plots(run, rows, out)
+    if output_bag:
+        summary["output_bag"] = str(write_output_bag(run, Path(output_bag), config.node.action_dt))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=_json_default))
+    write_report(summary, out)
+    summary["report"] = str(out / "report.html")
+    return summary
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(type(value).__name__)
+
+
+def _progress_bar(done: int, total: int) -> None:
+    width = 30
+    filled = int(width * done / max(total, 1))
+    print(f"\rreplay [{'#' * filled}{'.' * (width - filled)}] {done}/{total} steps", end="", file=sys.stderr,
+          flush=True)
+
+
+def write_output_bag(run: ReplayRun, path: Path, dt: float) -> Path:
+    """The predicted ActionChunk and PruningStats (pruned policy) as a rosbag2 (MCAP)."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    from .bags import typestore
+
+    if path.exists():
+        raise BagError(f"{path}: already exists (choose a new path for --output-bag)")
+    store = typestore()
+    T = store.types
+    Chunk, Stats = T["specprune_ros/msg/ActionChunk"], T["specprune_ros/msg/PruningStats"]
+    Header, Time = T["std_msgs/msg/Header"], T["builtin_interfaces/msg/Time"]
+    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        c_chunk = writer.add_connection("/action_chunk", Chunk.__msgtype__, typestore=store)
+        c_stats = writer.add_connection("/pruning_stats", Stats.__msgtype__, typestore=store)
+        for s in run.steps:
+            header = Header(stamp=Time(sec=s.stamp_ns // 10**9, nanosec=s.stamp_ns % 10**9), frame_id="camera_primary")
+            st, actions = s.pruned.stats, s.pruned.actions
+            chunk = Chunk(header=header, step=st.step, chunk_size=actions.shape[0], action_dim=actions.shape[1],
+                          dt=dt, dimension_names=list(dimension_names(actions.shape[1])),
+                          actions=actions.astype(np.float32).ravel())
+            stats = Stats(header=header, step=st.step, pruning_enabled=st.pruning_enabled, fine_mode=st.fine_mode,
+                          alpha=st.alpha, vision_tokens_total=st.vision_tokens_total,
+                          vision_tokens_kept=st.vision_tokens_kept, global_selected=st.global_selected,
+                          local_selected=st.local_selected, dynamic_selected=st.dynamic_selected,
+                          tokens_per_layer=np.asarray(st.tokens_per_layer, dtype=np.uint32),
+                          history_frames=st.history_frames, translation_speed=st.translation_speed,
+                          rotation_speed=st.rotation_speed, global_recall=st.global_recall,
+                          flops_ratio=st.flops_ratio, latency_ms=st.latency_ms, overhead_ms=st.overhead_ms,
+                          fallback_reason=st.fallback_reason)
+            writer.write(c_chunk, s.tick_ns, store.serialize_cdr(chunk, Chunk.__msgtype__))
+            writer.write(c_stats, s.tick_ns, store.serialize_cdr(stats, Stats.__msgtype__))
+    return path

@@ -36,11 +36,9 @@ from ..model.config import dimension_names
 from ..model.processing import ObservationError
 from ..msg import ActionChunk, PruningStats
 from ..policy import PolicyOutput, SpecPrunePolicy
-from ..sensing.assembly import ObservationAssembler, stamp_nanoseconds
+from ..sensing.assembly import (CAMERA_TOPICS, INSTRUCTION_TOPIC, JOINT_STATES_TOPIC, ObservationAssembler,
+                                stamp_nanoseconds)
 from .parameters import declare_all, from_ros
-
-CAMERA_TOPICS = ("image_primary", "image_wrist", "image_extra")
-
 
 class ActionNode(Node):
     def __init__(self, loaded: LoadedPolicyModel | None = None, **node_kwargs) -> None:
@@ -65,10 +63,10 @@ class ActionNode(Node):
         for camera in range(node.num_images):
             self.create_subscription(image_type, CAMERA_TOPICS[camera], self._image_callback(camera), sensor_qos,
                                      callback_group=inputs)
-        self.create_subscription(JointState, "joint_states", self._on_joint_state, sensor_qos, callback_group=inputs)
+        self.create_subscription(JointState, JOINT_STATES_TOPIC, self._on_joint_state, sensor_qos, callback_group=inputs)
         latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
                              reliability=ReliabilityPolicy.RELIABLE)
-        self.create_subscription(String, "instruction", self._on_instruction, latched, callback_group=inputs)
+        self.create_subscription(String, INSTRUCTION_TOPIC, self._on_instruction, latched, callback_group=inputs)
 
         self.chunk_pub = self.create_publisher(ActionChunk, "action_chunk", 10)
         self.stats_pub = self.create_publisher(PruningStats, "pruning_stats", 10)

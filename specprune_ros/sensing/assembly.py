@@ -25,6 +25,12 @@ from ..policy import Observation
 from .images import to_rgb
 
 
+# The node's input topics (relative names; replay reads them in the root namespace).
+CAMERA_TOPICS = ("image_primary", "image_wrist", "image_extra")
+JOINT_STATES_TOPIC = "joint_states"
+INSTRUCTION_TOPIC = "instruction"
+
+
 @dataclass(frozen=True)
 class Stamped:
     stamp: int        # nanoseconds: exact header stamps (float seconds lose ~200 ns today)

@@ -10,13 +10,14 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from ..sensing.assembly import CAMERA_TOPICS, INSTRUCTION_TOPIC, JOINT_STATES_TOPIC
 from ..synthetic import INSTRUCTION, JOINT_NAMES, episode
 
 # The node's topics in the root namespace.
-TOPIC_PRIMARY = "/image_primary"
-TOPIC_WRIST = "/image_wrist"
-TOPIC_JOINTS = "/joint_states"
-TOPIC_INSTRUCTION = "/instruction"
+TOPIC_CAMERAS = tuple("/" + t for t in CAMERA_TOPICS)
+TOPIC_PRIMARY, TOPIC_WRIST = TOPIC_CAMERAS[:2]
+TOPIC_JOINTS = "/" + JOINT_STATES_TOPIC
+TOPIC_INSTRUCTION = "/" + INSTRUCTION_TOPIC
 TOPIC_EXPERT = "/expert_action"          # recorded command the synthetic episode followed
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 STEP_NS = 100_000_000                    # the synthetic episode runs at 10 Hz

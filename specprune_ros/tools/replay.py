@@ -23,10 +23,8 @@ from ..model.config import dimension_names
 from ..model.processing import ObservationError
 from ..policy import PolicyOutput, SpecPrunePolicy
 from ..sensing.assembly import ObservationAssembler, stamp_nanoseconds
-from .bags import (IMAGE_TYPES, TOPIC_EXPERT, TOPIC_INSTRUCTION, TOPIC_JOINTS, TOPIC_PRIMARY, TOPIC_WRIST, BagError,
+from .bags import (IMAGE_TYPES, TOPIC_CAMERAS, TOPIC_EXPERT, TOPIC_INSTRUCTION, TOPIC_JOINTS, TOPIC_PRIMARY, BagError,
                    BagReader)
-
-CAMERA_TOPICS = (TOPIC_PRIMARY, TOPIC_WRIST)
 EXPERT_TYPES = ("std_msgs/msg/Float64MultiArray", "std_msgs/msg/Float32MultiArray")
 
 
@@ -64,7 +62,7 @@ def run_replay(bag: Path, config: Config, compare: bool = True,
     end-effector motion (instead of the previous prediction), e.g. for random-weight models."""
     node = config.node
     with BagReader(_bag_dir(bag)) as reader:
-        cameras = CAMERA_TOPICS[:node.num_images]
+        cameras = TOPIC_CAMERAS[:node.num_images]
         for topic in cameras:
             reader.require(topic, IMAGE_TYPES)
         reader.require(TOPIC_JOINTS, ("sensor_msgs/msg/JointState",))

@@ -1,0 +1,191 @@
+"""make-bag -> replay round trips on both storages, summary vs steps.csv, and every bad input."""
+import csv
+import json
+import math
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from specprune_ros.cli import main
+from specprune_ros.config import Config
+from specprune_ros.tools.bags import BagError, BagReader, write_synthetic_bag
+from specprune_ros.tools.replay import replay
+
+STEPS = 12
+
+
+@pytest.fixture(scope="module", params=["mcap", "sqlite3"])
+def bag(request, tmp_path_factory):
+    return write_synthetic_bag(tmp_path_factory.mktemp(request.param) / "episode", STEPS, request.param)
+
+
+@pytest.fixture(scope="module")
+def replayed(bag, tmp_path_factory):
+    out = tmp_path_factory.mktemp("replay")
+    summary = replay(bag, out / "report", Config(), compare=True, output_bag=str(out / "predicted"),
+                     motion="recorded")
+    return summary, out / "report", out / "predicted"
+
+
+def read_rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_round_trip_writes_every_output(replayed):
+    summary, out, _ = replayed
+    for name in ("summary.json", "steps.csv", "report.html", "latency.png", "kept_tokens.png",
+                 "action_deviation.png", "overlays.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    on_disk = json.loads((out / "summary.json").read_text())
+    for key in ("steps", "speedup_p50", "flops_ratio_mean", "fine_mode_fraction"):
+        assert key in on_disk
+    assert on_disk["latency_ms"]["pruned"]["p50"] > 0 and on_disk["latency_ms"]["unpruned"]["p95"] > 0
+    assert on_disk["vision_tokens"]["total"] == 512 and "mean" in on_disk["action_l1_vs_unpruned"]
+    html = (out / "report.html").read_text()
+    assert all(f'src="{p}"' in html for p in summary["plots"])
+
+
+def test_summary_agrees_with_steps_csv(replayed):
+    summary, out, _ = replayed
+    rows = read_rows(out / "steps.csv")
+    assert summary["steps"] == len(rows) == STEPS        # one observation per camera frame at 10 Hz
+    kept = [float(r["vision_tokens_kept"]) for r in rows]
+    assert summary["vision_tokens"]["kept_mean"] == pytest.approx(sum(kept) / len(kept))
+    assert summary["flops_ratio_mean"] == pytest.approx(sum(float(r["flops_ratio"]) for r in rows) / len(rows))
+    assert summary["fine_mode_fraction"] == pytest.approx(sum(int(r["fine_mode"]) for r in rows) / len(rows))
+    l1 = [float(r["action_l1_vs_unpruned"]) for r in rows]
+    assert summary["action_l1_vs_unpruned"]["mean"] == pytest.approx(sum(l1) / len(l1))
+    assert [int(r["step"]) for r in rows] == list(range(STEPS))
+    assert rows[0]["fallback"].startswith("no prior") and all(r["fallback"] == "" for r in rows[1:])
+    assert math.isnan(float(rows[0]["global_recall"])) and 0 <= float(rows[1]["global_recall"]) <= 1
+    assert summary["action_l1_vs_recorded"]["steps"] == STEPS
+
+
+def test_output_bag_holds_the_predictions(replayed):
+    summary, out, predicted = replayed
+    with BagReader(predicted) as reader:
+        assert reader.topics == {"/action_chunk": "specprune_ros/msg/ActionChunk",
+                                 "/pruning_stats": "specprune_ros/msg/PruningStats"}
+        messages = list(reader.messages(["/action_chunk", "/pruning_stats"]))
+    chunks = [m.msg for m in messages if m.topic == "/action_chunk"]
+    stats = [m.msg for m in messages if m.topic == "/pruning_stats"]
+    assert len(chunks) == len(stats) == STEPS
+    assert chunks[3].chunk_size == 8 and chunks[3].action_dim == 7 and len(chunks[3].actions) == 56
+    rows = read_rows(out / "steps.csv")
+    assert [int(s.vision_tokens_kept) for s in stats] == [int(r["vision_tokens_kept"]) for r in rows]
+    assert chunks[3].header.stamp == stats[3].header.stamp
+
+
+def test_no_compare_leaves_out_the_unpruned_fields(bag, tmp_path):
+    summary = replay(bag, tmp_path / "out", Config(), compare=False)
+    assert "action_l1_vs_unpruned" not in summary and "unpruned" not in summary["latency_ms"]
+    assert "speedup_p50" not in summary
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "specprune_ros", *args], capture_output=True, text=True)
+
+
+def assert_one_line_error(result, message, out_dir=None):
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+    if out_dir is not None:
+        assert not (out_dir / "summary.json").exists()
+
+
+def test_missing_bag(tmp_path):
+    assert_one_line_error(run_cli("replay", str(tmp_path / "nope"), "--out", str(tmp_path / "o")), "no such bag",
+                          tmp_path / "o")
+
+
+def test_not_a_bag(tmp_path):
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "metadata.yaml").write_text("not: a bag\n")
+    assert_one_line_error(run_cli("replay", str(tmp_path / "junk"), "--out", str(tmp_path / "o")),
+                          "cannot open the bag", tmp_path / "o")
+
+
+def test_truncated_bag(tmp_path):
+    bag = write_synthetic_bag(tmp_path / "b", 4, "mcap")
+    data = next(bag.glob("*.mcap"))
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 3])
+    result = run_cli("replay", str(bag), "--out", str(tmp_path / "o"))
+    assert_one_line_error(result, str(bag), tmp_path / "o")
+
+
+def test_unknown_storage(tmp_path):
+    result = run_cli("make-bag", str(tmp_path / "b"), "--storage", "rosbag1")
+    assert result.returncode == 2 and "invalid choice" in result.stderr
+    with pytest.raises(BagError, match="unknown storage 'rosbag1'"):
+        write_synthetic_bag(tmp_path / "c", 4, "rosbag1")
+
+
+def test_missing_topics(tmp_path):
+    bag = write_synthetic_bag(tmp_path / "b", 4, "mcap")
+    params = tmp_path / "p.yaml"
+    params.write_text("action_node:\n  ros__parameters:\n    num_images: 3\n")
+    result = run_cli("replay", str(bag), "--out", str(tmp_path / "o"), "--params", str(params))
+    assert_one_line_error(result, "topic /image_extra is missing", tmp_path / "o")
+
+
+def test_wrong_encoding_means_no_complete_observation(tmp_path):
+    from rosbags.rosbag2 import Reader, Writer
+    from specprune_ros.tools.bags import typestore
+
+    src = write_synthetic_bag(tmp_path / "src", 4, "mcap")
+    store = typestore()
+    dst = tmp_path / "yuv"
+    with Reader(src) as reader, Writer(dst, version=9) as writer:
+        conns = {c.id: writer.add_connection(c.topic, c.msgtype, typestore=store) for c in reader.connections}
+        for conn, t, raw in reader.messages():
+            if conn.topic == "/image_primary":
+                msg = store.deserialize_cdr(raw, conn.msgtype)
+                msg.encoding = "yuv422"
+                raw = store.serialize_cdr(msg, conn.msgtype)
+            writer.write(conns[conn.id], t, raw)
+    result = run_cli("replay", str(dst), "--out", str(tmp_path / "o"))
+    assert_one_line_error(result, "no observation produced an action (dropped: malformed 4; last: malformed: "
+                                  "unsupported image encoding 'yuv422'", tmp_path / "o")
+
+
+def test_empty_bag(tmp_path):
+    from rosbags.rosbag2 import Writer
+    from specprune_ros.tools.bags import typestore
+    with Writer(tmp_path / "empty", version=9) as writer:
+        writer.add_connection("/image_primary", "sensor_msgs/msg/Image", typestore=typestore())
+    assert_one_line_error(run_cli("replay", str(tmp_path / "empty"), "--out", str(tmp_path / "o")),
+                          "holds no messages", tmp_path / "o")
+
+
+def test_storage_file_path_and_existing_output(tmp_path, capsys):
+    bag = write_synthetic_bag(tmp_path / "b", 4, "sqlite3")
+    assert main(["replay", str(next(bag.glob("*.db3"))), "--out", str(tmp_path / "o"), "--no-compare",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["steps"] == 4
+    with pytest.raises(BagError, match="already exists"):
+        write_synthetic_bag(bag, 4)
+
+
+def test_make_bag_is_deterministic(tmp_path):
+    a = write_synthetic_bag(tmp_path / "a", 5, "sqlite3", seed=3)
+    b = write_synthetic_bag(tmp_path / "b", 5, "sqlite3", seed=3)
+    with BagReader(a) as ra, BagReader(b) as rb:
+        ma = [(m.topic, m.timestamp, bytes(getattr(m.msg, "data", b"") if m.topic.startswith("/image") else b""))
+              for m in ra.messages(list(ra.topics))]
+        mb = [(m.topic, m.timestamp, bytes(getattr(m.msg, "data", b"") if m.topic.startswith("/image") else b""))
+              for m in rb.messages(list(rb.topics))]
+    assert ma == mb and len(ma) == 1 + 5 * (2 + 5 + 1)
+
+
+def test_demo_prints_the_table(tmp_path):
+    result = run_cli("demo", "--out", str(tmp_path / "demo"), "--steps", "8")
+    assert result.returncode == 0, result.stderr
+    for label in ("speedup p50", "vision tokens kept", "LLM FLOPs ratio", "fine-mode share", "action L1 vs unpruned"):
+        assert label in result.stdout
+    assert (tmp_path / "demo" / "replay" / "report.html").is_file()
+    shutil.rmtree(tmp_path / "demo")

@@ -13,7 +13,7 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -22,7 +22,7 @@ from ..model.checkpoint import load_checkpoint
 from ..model.config import dimension_names
 from ..model.processing import ObservationError
 from ..policy import PolicyOutput, SpecPrunePolicy
-from ..sensing.assembly import ObservationAssembler, stamp_nanoseconds
+from ..sensing.assembly import Assembled, ObservationAssembler, stamp_nanoseconds
 from .bags import (IMAGE_TYPES, TOPIC_CAMERAS, TOPIC_EXPERT, TOPIC_INSTRUCTION, TOPIC_JOINTS, TOPIC_PRIMARY, BagError,
                    BagReader)
 EXPERT_TYPES = ("std_msgs/msg/Float64MultiArray", "std_msgs/msg/Float32MultiArray")
@@ -56,76 +56,107 @@ def _bag_dir(path: Path) -> Path:
     return path
 
 
-def run_replay(bag: Path, config: Config, compare: bool = True,
-               progress: Callable[[int, int], None] | None = None, motion: str = "predicted") -> ReplayRun:
-    """``motion="recorded"`` gives the controller the bag's recorded command as the measured
-    end-effector motion (instead of the previous prediction), e.g. for random-weight models."""
+@dataclass
+class BagTick:
+    now: int                        # the control tick, bag time (ns)
+    assembled: Assembled            # what the node's assembly rules make of the data so far
+    expert: np.ndarray | None       # the recorded command nearest the observation, if any
+
+
+def open_episode(bag: Path, config: Config) -> tuple[BagReader, list[str]]:
+    """Open a bag and check it has what the node would subscribe to; returns the topics to read."""
     node = config.node
-    with BagReader(_bag_dir(bag)) as reader:
-        cameras = TOPIC_CAMERAS[:node.num_images]
+    reader = BagReader(_bag_dir(bag))
+    try:
+        cameras = list(TOPIC_CAMERAS[:node.num_images])
         for topic in cameras:
             reader.require(topic, IMAGE_TYPES)
         reader.require(TOPIC_JOINTS, ("sensor_msgs/msg/JointState",))
         if not node.instruction:
             reader.require(TOPIC_INSTRUCTION, ("std_msgs/msg/String",))
-        expert_topic = TOPIC_EXPERT if reader.topics.get(TOPIC_EXPERT) in EXPERT_TYPES else None
-        topics = [*cameras, TOPIC_JOINTS, TOPIC_INSTRUCTION, *([expert_topic] if expert_topic else [])]
-        total = sum(c.msgcount for c in reader.reader.connections if c.topic == TOPIC_PRIMARY)
+    except BagError:
+        reader.close()
+        raise
+    expert = [TOPIC_EXPERT] if reader.topics.get(TOPIC_EXPERT) in EXPERT_TYPES else []
+    return reader, [*cameras, TOPIC_JOINTS, TOPIC_INSTRUCTION, *expert]
 
+
+def bag_ticks(reader: BagReader, topics: list[str], config: Config,
+              assembler: ObservationAssembler) -> Iterator[BagTick]:
+    """The node's control ticks replayed in bag time: every message received up to a tick is
+    fed to the node's assembler, then the tick asks it for an observation."""
+    cameras = [t for t in topics if t in TOPIC_CAMERAS]
+    period = int(round(1e9 / config.node.control_rate_hz))
+    experts: list[tuple[int, np.ndarray]] = []
+    next_tick: int | None = None
+    last = 0
+
+    def tick(now: int) -> BagTick:
+        assembled = assembler.assemble(now)
+        stamp = assembled.observation.stamp_ns if assembled.observation is not None else now
+        return BagTick(now, assembled, _nearest(experts, stamp, period))
+
+    for m in reader.messages(topics):
+        if next_tick is None:
+            next_tick = m.timestamp + period
+        while m.timestamp > next_tick:
+            yield tick(next_tick)
+            next_tick += period
+        last = m.timestamp
+        if m.topic == TOPIC_INSTRUCTION:
+            assembler.set_instruction(m.msg.data)
+        elif m.topic == TOPIC_JOINTS:
+            assembler.add_joint_state(stamp_nanoseconds(m.msg.header), list(m.msg.name), list(m.msg.position))
+        elif m.topic == TOPIC_EXPERT:
+            experts.append((m.timestamp, np.asarray(m.msg.data, dtype=np.float64)))
+        else:
+            assembler.add_image(cameras.index(m.topic), stamp_nanoseconds(m.msg.header), m.msg)
+    while next_tick is not None and next_tick <= last + period:
+        yield tick(next_tick)
+        next_tick += period
+
+
+def node_assembler(config: Config) -> ObservationAssembler:
+    node = config.node
+    assembler = ObservationAssembler(node.num_images, node.match_tolerance_s, node.max_observation_age_s,
+                                     node.joint_names)
+    assembler.set_instruction(node.instruction)
+    return assembler
+
+
+def run_replay(bag: Path, config: Config, compare: bool = True,
+               progress: Callable[[int, int], None] | None = None, motion: str = "predicted") -> ReplayRun:
+    """``motion="recorded"`` gives the controller the bag's recorded command as the measured
+    end-effector motion (instead of the previous prediction), e.g. for random-weight models."""
+    node = config.node
+    reader, topics = open_episode(bag, config)
+    with reader:
+        total = sum(c.msgcount for c in reader.reader.connections if c.topic == TOPIC_PRIMARY)
         loaded = load_checkpoint(node.model_path, node.device, node.dtype, node.unnorm_key)
         rotations = (node.rotation_primary, node.rotation_wrist)
         pruned = SpecPrunePolicy(loaded, config, rotations)
         unpruned = SpecPrunePolicy(loaded, config.replace(**{"pruning.enabled": False}), rotations) if compare else None
-        assembler = ObservationAssembler(node.num_images, node.match_tolerance_s, node.max_observation_age_s,
-                                         node.joint_names)
-        assembler.set_instruction(node.instruction)
+        assembler = node_assembler(config)
         run = ReplayRun()
-        experts: list[tuple[int, np.ndarray]] = []
-        period = int(round(1e9 / node.control_rate_hz))
-        next_tick: int | None = None
-
-        def tick(now: int) -> None:
-            assembled = assembler.assemble(now)
-            obs = assembled.observation
+        for t in bag_ticks(reader, topics, config, assembler):
+            obs = t.assembled.observation
             if obs is None:
-                run.last_drop = assembled.reason if assembled.dropped else run.last_drop
-                return
-            expert = _nearest(experts, obs.stamp_ns, period)
-            if motion == "recorded" and expert is not None:
-                obs.motion = expert[:6]
+                run.last_drop = t.assembled.reason if t.assembled.dropped else run.last_drop
+                continue
+            if motion == "recorded" and t.expert is not None:
+                obs.motion = t.expert[:6]
             try:
                 out_p = pruned.step(obs)
                 out_u = unpruned.step(obs) if unpruned is not None else None
             except ObservationError as exc:
                 assembler.drops["malformed"] += 1
                 run.last_drop = f"malformed: {exc}"
-                return
-            run.steps.append(ReplayStep(now, obs.stamp_ns, out_p, out_u, expert))
+                continue
+            run.steps.append(ReplayStep(t.now, obs.stamp_ns, out_p, out_u, t.expert))
             if progress:
                 progress(len(run.steps), total)
-
-        last = 0
-        for m in reader.messages(topics):
-            if next_tick is None:
-                next_tick = m.timestamp + period
-            while m.timestamp > next_tick:
-                tick(next_tick)
-                next_tick += period
-            last = m.timestamp
-            if m.topic == TOPIC_INSTRUCTION:
-                assembler.set_instruction(m.msg.data)
-                run.instruction = m.msg.data
-            elif m.topic == TOPIC_JOINTS:
-                assembler.add_joint_state(stamp_nanoseconds(m.msg.header), list(m.msg.name), list(m.msg.position))
-            elif m.topic == expert_topic:
-                experts.append((m.timestamp, np.asarray(m.msg.data, dtype=np.float64)))
-            else:
-                assembler.add_image(cameras.index(m.topic), stamp_nanoseconds(m.msg.header), m.msg)
-        while next_tick is not None and next_tick <= last + period:
-            tick(next_tick)
-            next_tick += period
     run.drops = dict(assembler.drops)
-    run.instruction = run.instruction or node.instruction
+    run.instruction = assembler.instruction
     if not run.steps:
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(run.drops.items())) or "no complete observation"
         last = f"; last: {run.last_drop}" if run.last_drop else ""

@@ -25,6 +25,7 @@ class Spinner:
 
     def __init__(self, context):
         self.executor = MultiThreadedExecutor(num_threads=2, context=context)
+        self.nodes = []
         self.thread = threading.Thread(target=self._spin, daemon=True)
         self.thread.start()
 
@@ -35,12 +36,17 @@ class Spinner:
             pass
 
     def add(self, node):
+        self.nodes.append(node)
         self.executor.add_node(node)
         return node
 
     def shutdown(self):
         self.executor.shutdown(timeout_sec=2.0)
         self.thread.join(5.0)
+        for node in self.nodes:     # no publisher (a latched instruction!) may outlive its test
+            if hasattr(node, "shutdown"):
+                node.shutdown()
+            node.destroy_node()
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from typing import Any, Callable, Sequence
 
@@ -18,8 +19,26 @@ class CliError(Exception):
     """A user-facing failure: printed as one line, exit status 2."""
 
 
+def _finite(value: Any) -> Any:
+    """JSON has no NaN/inf: not-available numbers become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
-    print(json.dumps(payload, sort_keys=True) if args.json else text)
+    print(json.dumps(_finite(payload), sort_keys=True, allow_nan=False, default=str) if args.json else text)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _table(summary: dict) -> str:
@@ -161,11 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("demo", cmd_demo, "the main job on the embedded default (synthetic bag, tiny model, pruned vs unpruned)")
     p.add_argument("--out", default="demo_out", help="output directory (default demo_out/)")
-    p.add_argument("--steps", type=int, default=60, help="episode length (default 60)")
+    p.add_argument("--steps", type=positive_int, default=60, help="episode length (default 60)")
 
     p = add("make-bag", cmd_make_bag, "write a synthetic, seeded episode as a rosbag2 on the node's topics")
     p.add_argument("out", help="new bag directory")
-    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--steps", type=positive_int, default=60)
     p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
     p.add_argument("--seed", type=int, default=0)
 
@@ -192,13 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="random weights of this geometry (default: scaled)")
     group.add_argument("--model", help="a checkpoint directory (released layout) or tiny-random")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), help="default: the parameter file's, else auto")
-    p.add_argument("--steps", type=int, default=20, help="measured steps (default 20)")
+    p.add_argument("--steps", type=positive_int, default=20, help="measured steps (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="steps run before measuring (default 3)")
     p.add_argument("--params", help="ROS parameter file with the pruning settings")
 
     p = add("flops", cmd_flops, "LLM FLOPs of the default pruning schedule on the synthetic episode")
     p.add_argument("--model-config", choices=sorted(PRESETS), default="openvla-7b")
-    p.add_argument("--steps", type=int, default=60, help="episode length (default 60)")
+    p.add_argument("--steps", type=positive_int, default=60, help="episode length (default 60)")
     p.add_argument("--params", help="ROS parameter file with the pruning settings")
 
     p = add("write-tiny-checkpoint", cmd_write_tiny_checkpoint,

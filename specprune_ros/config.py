@@ -106,8 +106,8 @@ class PruningConfig:
                 f"{self.local_layers} local layers (range [{self.local_layers + 1}, num_layers])")
 
     def history_capacity(self) -> int:
-        """Frames a ring buffer must hold: the current one plus the longest look-back T."""
-        return int(math.floor(self.history_base)) + self.history_offset + 1
+        """Frames a ring buffer must hold: the current one plus the longest look-back T (>= 1)."""
+        return max(int(math.floor(self.history_base)) + self.history_offset, 1) + 1
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import torch
 from .config import Config, ConfigError, iter_specs
 from .model.checkpoint import LoadedPolicyModel, load_checkpoint
 from .model.flops import flops_ratio
-from .model.openvla_oft import Stopwatch
+from .model.openvla_oft import Stopwatch, check_layers
 from .model.processing import ImageProcessor, ObservationError
 from .model.prompt import EncodedPrompt, encode_prompt
 from .pruning.engine import SpecPruneEngine
@@ -85,6 +85,7 @@ class SpecPrunePolicy:
         self.config = config
         self.device = next(self.model.parameters()).device
         mcfg = self.model.config
+        check_layers(config.pruning, mcfg.llm.layers)
         self.processor = ImageProcessor(mcfg.image_size, mcfg.center_crop, rotations, self.device,
                                         dtype=self.model.llm.embed_tokens.weight.dtype)
         self._pending: Config | None = None
@@ -107,6 +108,7 @@ class SpecPrunePolicy:
         changed = sorted(n for n in READ_ONLY if old[n] != new[n])
         if changed:
             raise ConfigError(f"{', '.join(changed)} cannot change while running (read-only)")
+        check_layers(config.pruning, self.model.config.llm.layers)   # reject now, not at every step
         with self._lock:
             self._pending = config
 
@@ -121,15 +123,15 @@ class SpecPrunePolicy:
         with self._lock:
             pending, self._pending = self._pending, None
         if pending is not None:
-            self.config = pending
             if self._engine is not None:
                 self._engine.configure(pending)
+            self.config = pending
 
     def _encoded(self, instruction: str) -> EncodedPrompt:
         if self._prompt is None or self._prompt[0] != instruction:
             encoded = encode_prompt(self.loaded.tokenizer, instruction)
-            if self._prompt is not None and self._engine is not None:
-                self._engine.reset()   # a new task: the attention prior belongs to the old one
+            if self._prompt is not None:
+                self.reset()           # a new task: prior, history, controller and step count restart
             self._prompt = (instruction, encoded)
         return self._prompt[1]
 
@@ -163,7 +165,7 @@ class SpecPrunePolicy:
         if cfg.pruning.enabled:
             engine = self._engine_for(layout)
             with watch:
-                motion = self._previous_action if obs.motion is None else obs.motion
+                motion = self._previous_action if obs.motion is None else _checked_motion(obs.motion)
                 plan = engine.begin_step(frames, motion)
             actions, info = self.model.predict(pixels, proprio, prompt, cfg.pruning, engine, plan, watch)
             stats.fine_mode, stats.entered_fine = plan.decision.fine, plan.decision.entered_fine
@@ -189,6 +191,10 @@ class SpecPrunePolicy:
         host = torch.cat([e.to(torch.float32) for e in extras]).cpu().numpy()
         n_act = mcfg.chunk_size * mcfg.action_dim
         normalized = host[:n_act].reshape(mcfg.chunk_size, mcfg.action_dim)
+        if not np.all(np.isfinite(normalized)):
+            # Never act on it, and never feed it to the controller: the next step starts afresh.
+            self.reset()
+            raise ObservationError("the model produced non-finite actions; the episode state was reset")
         offset = n_act
         kept_mask = None
         if selection is not None:
@@ -217,3 +223,10 @@ class SpecPrunePolicy:
             size = self.model.config.image_size
             self._engine = SpecPruneEngine(self.config, layout, (3, size, size), self.device)
         return self._engine
+
+
+def _checked_motion(motion) -> np.ndarray:
+    m = np.asarray(motion, dtype=np.float64).reshape(-1)
+    if m.size < 6 or not np.all(np.isfinite(m[:6])):
+        raise ObservationError(f"motion must hold 6 finite values (dx dy dz droll dpitch dyaw), got {m.size} values")
+    return m

@@ -110,3 +110,31 @@ def test_malformed_observations_produce_no_action_and_no_state_change(policy, ch
 def test_empty_instruction_is_rejected(policy):
     with pytest.raises(ValueError, match="instruction is empty"):
         policy.step(Observation([EPISODE[0].primary, EPISODE[0].wrist], EPISODE[0].proprio, ""))
+
+
+def test_non_finite_actions_are_never_returned_and_reset_the_episode(loaded):
+    import copy
+
+    import torch
+    broken = copy.copy(loaded)
+    broken.model = copy.deepcopy(loaded.model)
+    with torch.no_grad():
+        broken.model.action_head.model.fc2.bias.fill_(float("nan"))
+    policy = SpecPrunePolicy(broken, Config())
+    with pytest.raises(ObservationError, match="non-finite actions"):
+        policy.step(obs(0))
+    assert policy._previous_action is None and policy._step == 0
+
+
+def test_layer_knobs_beyond_the_model_are_rejected_before_they_apply(policy):
+    with pytest.raises(ValueError, match=r"pruning.global_layers = \[15, 40\]: the model has 32 layers"):
+        policy.set_config(policy.config.replace(**{"pruning.global_layers": [15, 40]}))
+    with pytest.raises(ValueError, match=r"pruning.dynamic_layers = \[5, 32\].*range \[3, 31\]"):
+        policy.set_config(policy.config.replace(**{"pruning.dynamic_layers": [5, 32]}))
+    assert policy.step(obs(0)).stats.alpha == 0.8
+
+
+def test_bad_motion_is_an_observation_error(policy):
+    policy.step(obs(0))
+    with pytest.raises(ObservationError, match="motion must hold 6 finite values"):
+        policy.step(obs(1, motion=np.array([np.nan] * 6)))

@@ -40,11 +40,11 @@ class RotaryTable(nn.Module):
         self.register_buffer("cos", emb.cos(), persistent=False)
         self.register_buffer("sin", emb.sin(), persistent=False)
 
-    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        if positions.numel() and int(positions.max()) >= self.cos.shape[0]:
-            raise ValueError(f"sequence position {int(positions.max())} exceeds max_position_embeddings "
-                             f"{self.cos.shape[0]}")
-        return self.cos[positions].to(dtype), self.sin[positions].to(dtype)
+    def forward(self, length: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tables for positions 0..length-1 (pruning later indexes them by original position)."""
+        if length > self.cos.shape[0]:
+            raise ValueError(f"a sequence of {length} tokens exceeds max_position_embeddings {self.cos.shape[0]}")
+        return self.cos[:length].to(dtype), self.sin[:length].to(dtype)
 
 
 class Attention(nn.Module):
@@ -113,7 +113,7 @@ class LlamaBackbone(nn.Module):
     def forward(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
         """The plain bidirectional forward: (1, n, D) embeddings -> final-normed hidden states."""
         x = inputs_embeds
-        cos, sin = self.rotary(torch.arange(x.shape[1], device=x.device), x.dtype)
+        cos, sin = self.rotary(x.shape[1], x.dtype)
         for layer in self.layers:
             x, _ = layer(x, cos, sin)
         return self.norm(x)

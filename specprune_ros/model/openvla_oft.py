@@ -24,7 +24,7 @@ from ..config import PruningConfig
 from ..pruning.dynamic import LayerImportance
 from ..pruning.engine import SpecPruneEngine, StepPlan
 from ..pruning.layout import TokenLayout
-from ..pruning.scores import score_layer
+from ..pruning.scores import score_logits, text_logits
 from ..pruning.static import StaticSelection
 from .config import ModelConfig
 from .heads import FusedGeluProjector, L1RegressionActionHead, ProprioProjector
@@ -141,11 +141,10 @@ class OpenVLAOFT(nn.Module):
         """
         llm, info = self.llm, ForwardInfo()
         n_layers = len(llm.layers)
-        positions = torch.arange(x.shape[1], device=x.device)
-        cos, sin = llm.rotary(positions, x.dtype)
+        cos, sin = llm.rotary(x.shape[1], x.dtype)
         run = None
         if pruning is not None and engine is not None and plan is not None:
-            _check_layers(pruning, n_layers)
+            check_layers(pruning, n_layers)
             run = _PrunedRun(pruning, engine, plan, layout, watch or Stopwatch(x.device), info)
 
         for number, layer in enumerate(llm.layers, start=1):
@@ -178,12 +177,14 @@ class OpenVLAOFT(nn.Module):
         return self.action_head.model.fc1.weight.dtype
 
 
-def _check_layers(pruning: PruningConfig, n_layers: int) -> None:
-    for name, layers in (("pruning.global_layers", pruning.global_layers),
-                         ("pruning.dynamic_layers", pruning.dynamic_layers)):
-        bad = [n for n in layers if n > n_layers]
+def check_layers(pruning: PruningConfig, n_layers: int) -> None:
+    """Layer-indexed knobs against this model (the configuration alone cannot know its depth)."""
+    for name, layers, top in (("pruning.global_layers", pruning.global_layers, n_layers),
+                              ("pruning.dynamic_layers", pruning.dynamic_layers, n_layers - 1)):
+        bad = [n for n in layers if n > top]
         if bad:
-            raise ValueError(f"{name} = {list(layers)}: the model has {n_layers} layers (range [1, {n_layers}])")
+            raise ValueError(f"{name} = {list(layers)}: the model has {n_layers} layers "
+                             f"(range [{pruning.local_layers + 1}, {top}])")
     if pruning.local_layers >= n_layers:
         raise ValueError(f"pruning.local_layers = {pruning.local_layers}: the model has only {n_layers} layers")
 
@@ -193,9 +194,9 @@ class _PrunedRun:
 
     Vision tokens stay one contiguous block starting at ``vision_start`` (pruning removes only
     vision tokens and keeps the order), so text positions just shift by the number removed.
-    Scores are queued per layer as (instruction queries, keys) and computed in one batched
-    call per segment of equal sequence length (before static pruning, at each dropping layer,
-    at the end): a handful of kernels instead of one set per layer.
+    Each scored layer contributes its m x n text logits; softmax, scores and entropy are
+    computed in one batched call per segment of equal sequence length (before static pruning,
+    at each dropping layer, at the end): a handful of kernels instead of one set per layer.
     """
 
     def __init__(self, pruning: PruningConfig, engine: SpecPruneEngine, plan: StepPlan, layout: TokenLayout,
@@ -212,7 +213,7 @@ class _PrunedRun:
         self.importance: LayerImportance | None = None
         self.local: list[torch.Tensor] = []
         self.global_scores: dict[int, torch.Tensor] = {}
-        self._queue: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+        self._queue: list[tuple[int, torch.Tensor]] = []     # (layer, text logits (H, m, n))
 
     def in_ema(self, number: int) -> bool:
         return self.importance is not None and number <= self.last_dynamic
@@ -222,7 +223,8 @@ class _PrunedRun:
                 or self.in_ema(number))
 
     def add_scores(self, number: int, q_text: torch.Tensor, keys: torch.Tensor) -> None:
-        self._queue.append((number, q_text, keys))
+        with self.watch:      # the m x n logits now (keys are not kept), the rest batched at flush
+            self._queue.append((number, text_logits(q_text, keys)))
         if not self.in_ema(number) and number > self.cfg.local_layers:
             self.flush()     # a lone global layer outside the EMA range: nothing to batch it with
 
@@ -230,12 +232,11 @@ class _PrunedRun:
         if not self._queue:
             return
         with self.watch:
-            numbers = [n for n, _, _ in self._queue]
-            q = torch.stack([q for _, q, _ in self._queue])
-            k = torch.stack([k for _, _, k in self._queue])
+            numbers = [n for n, _ in self._queue]
+            logits = torch.stack([lg for _, lg in self._queue])
             self._queue = []
             ema = self.in_ema(numbers[-1])
-            scores = score_layer(q, k, slice(self.vs, self.vs + self.n_vis), self.cfg.confidence if ema else None)
+            scores = score_logits(logits, slice(self.vs, self.vs + self.n_vis), self.cfg.confidence if ema else None)
             if ema:
                 self.importance.update(scores.scores, scores.confidence)
             for i, number in enumerate(numbers):
@@ -261,8 +262,11 @@ class _PrunedRun:
             layout = self.layout
             selection = self.engine.select(self.plan, torch.stack(self.local).view(len(self.local),
                                                                                      layout.num_cameras, -1))
-            kept_vision = selection.kept.reshape(-1).nonzero().squeeze(1)     # the step's one sync
-            self.info.selection, self.info.fallback = selection, bool(selection.fallback)
+            # The step's one sync: the kept indices, with the scene-cut flag as one extra entry.
+            flagged = torch.cat([selection.kept.reshape(-1), selection.fallback.view(1)]).nonzero().squeeze(1)
+            fallback = bool(flagged.numel()) and int(flagged[-1]) == self.layout.num_vision
+            kept_vision = flagged[:-1] if fallback else flagged
+            self.info.selection, self.info.fallback = selection, fallback
             keep = self._shrink(kept_vision, seq_len)
             self.info.vision_kept = self.n_vis
             if self.info.fallback:

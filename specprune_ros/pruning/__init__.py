@@ -12,8 +12,8 @@ from .dynamic import LayerImportance, rank_weights, ranks
 from .engine import SpecPruneEngine, StepPlan
 from .frames import FrameRingBuffer, history_steps, patch_cosine_similarity, patch_unit_vectors
 from .layout import TokenLayout
-from .scores import (LayerScores, layer_confidence, rotate_half_rope, score_layer, scores_from_hidden_states,
-                     text_to_vision_attention)
+from .scores import (LayerScores, layer_confidence, rotate_half_rope, score_layer, score_logits,
+                     scores_from_hidden_states, text_logits, text_to_vision_attention)
 from .static import (StaticSelection, changed_patch_mask, detect_scene_cut, select_static, topk_mask,
                      union_topk_mask)
 
@@ -21,7 +21,8 @@ __all__ = [
     "ActionAwareController", "Decision", "KBudget", "Motion", "k_budget", "scaled_k",
     "LayerImportance", "rank_weights", "ranks", "SpecPruneEngine", "StepPlan",
     "FrameRingBuffer", "history_steps", "patch_cosine_similarity", "patch_unit_vectors", "TokenLayout",
-    "LayerScores", "layer_confidence", "rotate_half_rope", "score_layer", "scores_from_hidden_states",
+    "LayerScores", "layer_confidence", "rotate_half_rope", "score_layer", "score_logits", "text_logits",
+    "scores_from_hidden_states",
     "text_to_vision_attention", "StaticSelection", "changed_patch_mask", "detect_scene_cut",
     "select_static", "topk_mask", "union_topk_mask",
 ]

@@ -83,13 +83,17 @@ def layer_confidence(attn: torch.Tensor, scores: torch.Tensor, method: str = "en
 def score_layer(q_text: torch.Tensor, keys: torch.Tensor, vision: Vision,
                 confidence: str | None = "entropy", scale: float | None = None) -> LayerScores:
     """Score_l(i) = 1/(H m) sum_h sum_j A_l^h(t_j -> v_i), plus the layer's confidence
-    (skipped when ``confidence`` is None: only the dynamic-pruning EMA needs it).
+    (skipped when ``confidence`` is None: only the dynamic-pruning EMA needs it)."""
+    return score_logits(text_logits(q_text, keys, scale), vision, confidence)
+
+
+def score_logits(logits: torch.Tensor, vision: Vision, confidence: str | None = "entropy") -> LayerScores:
+    """Scores and confidence from text logits (..., H, m, n), e.g. several layers stacked.
 
     Works in log space: A = exp(logit - logsumexp(all logits)) on the vision columns only,
     and the entropy of A renormalized over them is lse + log S - sum(A * logit) / S with
     S = sum(A), which needs no log of the attention map (same value as layer_confidence).
     """
-    logits = text_logits(q_text, keys, scale)
     lse = torch.logsumexp(logits, dim=-1, keepdim=True)
     vision_logits = _columns(logits, vision)
     attn = torch.exp(vision_logits - lse)

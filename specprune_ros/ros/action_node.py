@@ -50,6 +50,10 @@ class ActionNode(Node):
             self.get_logger().info(f"loading {node.model_path} on {node.device} ...")
             loaded = load_checkpoint(node.model_path, node.device, node.dtype, node.unnorm_key)
         self.policy = SpecPrunePolicy(loaded, self.config, rotations=(node.rotation_primary, node.rotation_wrist))
+        action_dim = loaded.model.config.action_dim
+        if node.publish_trajectory and not 0 < len(node.joint_names) <= action_dim:
+            raise ValueError(f"publish_trajectory needs joint_names with 1 to {action_dim} joints (the first "
+                             f"action dimensions must be joint targets); got {list(node.joint_names)}")
         self.assembler = ObservationAssembler(node.num_images, node.match_tolerance_s, node.max_observation_age_s,
                                               node.joint_names)
         self.assembler.set_instruction(node.instruction)
@@ -189,7 +193,7 @@ class ActionNode(Node):
 
     def _publish_diagnostics(self) -> None:
         now = time.monotonic()
-        recent = [t for t in self._published if now - t <= 5.0]
+        recent = [t for t in list(self._published) if now - t <= 5.0]      # copies: the worker appends
         rate = len(recent) / 5.0
         status = DiagnosticStatus(name=f"{self.get_name()}: inference", hardware_id=self.config.node.model_path)
         if not recent:
@@ -200,12 +204,12 @@ class ActionNode(Node):
             status.message = f"publishing at {rate:.1f} Hz"
         values = {
             "rate_hz": f"{rate:.2f}",
-            "policy_latency_ms_median": f"{np.median(self._latencies):.1f}" if self._latencies else "",
-            "end_to_end_latency_ms_median": f"{np.median(self._end_to_end):.1f}" if self._end_to_end else "",
+            "policy_latency_ms_median": _median(self._latencies),
+            "end_to_end_latency_ms_median": _median(self._end_to_end),
             "step_errors": str(self._errors),
             "last_drop_reason": self._last_reason,
         }
-        values.update({f"dropped_{k}": str(v) for k, v in sorted(self.assembler.drops.items())})
+        values.update({f"dropped_{k}": str(v) for k, v in sorted(dict(self.assembler.drops).items())})
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()
@@ -214,6 +218,11 @@ class ActionNode(Node):
     def shutdown(self, timeout: float = 5.0) -> None:
         self._stop.set()
         self._worker.join(timeout)
+
+
+def _median(values: deque) -> str:
+    snapshot = list(values)
+    return f"{np.median(snapshot):.1f}" if snapshot else ""
 
 
 def stats_message(out: PolicyOutput, header_stamp) -> PruningStats:
@@ -231,7 +240,7 @@ def stats_message(out: PolicyOutput, header_stamp) -> PruningStats:
 
 def trajectory_message(actions: np.ndarray, joint_names: Sequence[str], dt: float, header_stamp) -> JointTrajectory:
     """Joint-space action models: the first len(joint_names) dims are joint targets, k*dt apart."""
-    names = list(joint_names) or [f"joint{i + 1}" for i in range(min(7, actions.shape[1]))]
+    names = list(joint_names)
     msg = JointTrajectory()
     msg.header.stamp = header_stamp
     msg.joint_names = names

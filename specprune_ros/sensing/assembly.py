@@ -7,13 +7,15 @@ and replay see the same observations. All buffers are bounded.
 Rules, in order (the first that fails names the drop reason):
 * an instruction is known;
 * the newest primary image exists and was not used by an earlier step;
-* it is not older than ``max_age_s`` at the tick (stale data never produces an action);
+* it is not older than ``max_age_s`` at the tick (stale data never produces an action), nor
+  stamped in the future beyond ``tolerance_s`` (a wrong clock must not freeze later frames);
 * every other camera has an image, and the joint states a message, within ``tolerance_s`` of
   the primary image's stamp;
 * every image decodes (malformed images never produce an action).
 """
 from __future__ import annotations
 
+import threading
 from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -60,29 +62,37 @@ class ObservationAssembler:
         self.max_age_s = max_age_s
         self.joint_names = tuple(joint_names)
         self.images: list[deque[Stamped]] = [deque(maxlen=history) for _ in range(num_images)]
-        self.joints: deque[Stamped] = deque(maxlen=4 * history)
+        # Joint states come fast (up to kHz): bounded by count, trimmed by time on arrival.
+        self.joints: deque[Stamped] = deque(maxlen=4096)
+        self._lock = threading.Lock()   # callbacks add while the control loop assembles
         self.instruction = ""
         self.drops: Counter[str] = Counter()
-        self.last_used: float | None = None
+        self.last_used: int | None = None        # stamp (ns) of the last primary image used
 
     def set_limits(self, tolerance_s: float, max_age_s: float) -> None:
         self.tolerance_s, self.max_age_s = tolerance_s, max_age_s
 
     def add_image(self, camera: int, stamp: int, msg: Any) -> None:
         """Store the message; it is decoded only if a step uses it."""
-        self.images[camera].append(Stamped(stamp, msg))
+        with self._lock:
+            self.images[camera].append(Stamped(stamp, msg))
 
     def add_joint_state(self, stamp: int, names: Sequence[str], positions: Sequence[float]) -> None:
-        self.joints.append(Stamped(stamp, (tuple(names), np.asarray(positions, dtype=np.float64))))
+        with self._lock:
+            self.joints.append(Stamped(stamp, (tuple(names), np.asarray(positions, dtype=np.float64))))
+            horizon = stamp - _ns(self.max_age_s + 2 * self.tolerance_s)
+            while len(self.joints) > 1 and self.joints[0].stamp < horizon:
+                self.joints.popleft()
 
     def set_instruction(self, text: str) -> None:
         self.instruction = text.strip()
 
     def clear(self) -> None:
-        for q in self.images:
-            q.clear()
-        self.joints.clear()
-        self.last_used = None
+        with self._lock:
+            for q in self.images:
+                q.clear()
+            self.joints.clear()
+            self.last_used = None
 
     # ---- assembly ---------------------------------------------------------------------------------
     def _drop(self, reason: str) -> Assembled:
@@ -91,11 +101,31 @@ class ObservationAssembler:
 
     def assemble(self, now: int) -> Assembled:
         """The observation for a control tick at ``now`` (all stamps in nanoseconds)."""
+        with self._lock:
+            picked = self._pick(now)
+        if not isinstance(picked, tuple):
+            return picked
+        frames, joint, instruction = picked
+        try:      # decoding happens outside the lock: callbacks are never blocked by it
+            images = [to_rgb(f.value) for f in frames]
+            proprio = self._proprio(*joint.value)
+        except ObservationError as exc:
+            return self._drop(f"malformed: {exc}")
+        return Assembled(Observation(images, proprio, instruction, stamp=frames[0].stamp * 1e-9,
+                                     stamp_ns=frames[0].stamp))
+
+    def _pick(self, now: int) -> Assembled | tuple[list[Stamped], Stamped, str]:
         if not self.instruction:
             return Assembled(None, "no instruction yet (topic or parameter)")
         if not self.images[0]:
             return Assembled(None, "no primary image yet")
-        primary = max(self.images[0], key=lambda s: s.stamp)
+        # Frames stamped ahead of the clock (beyond the tolerance) are never used: a wrong clock
+        # must neither produce an action nor hide the correctly stamped frames behind it.
+        usable = [s for s in self.images[0] if s.stamp - now <= _ns(self.tolerance_s)]
+        if not usable:
+            ahead = min(s.stamp for s in self.images[0]) - now
+            return self._drop(f"future stamp: primary image is {ahead * 1e-9:.3f} s ahead of the clock")
+        primary = max(usable, key=lambda s: s.stamp)
         if self.last_used is not None and primary.stamp <= self.last_used:
             return Assembled(None, "no new primary image since the last step")
         age = now - primary.stamp
@@ -114,13 +144,7 @@ class ObservationAssembler:
         if joint is None:
             return self._drop(f"incomplete: no joint state within {self.tolerance_s:g} s of the primary image")
         self.last_used = primary.stamp
-        try:
-            images = [to_rgb(f.value) for f in frames]
-            proprio = self._proprio(*joint.value)
-        except ObservationError as exc:
-            return self._drop(f"malformed: {exc}")
-        return Assembled(Observation(images, proprio, self.instruction, stamp=primary.stamp * 1e-9,
-                                     stamp_ns=primary.stamp))
+        return frames, joint, self.instruction
 
     def _proprio(self, names: tuple[str, ...], positions: np.ndarray) -> np.ndarray:
         if len(names) not in (0, len(positions)):

@@ -146,8 +146,11 @@ def run_replay(bag: Path, config: Config, compare: bool = True,
             if motion == "recorded" and t.expert is not None:
                 obs.motion = t.expert[:6]
             try:
-                out_p = pruned.step(obs)
-                out_u = unpruned.step(obs) if unpruned is not None else None
+                if unpruned is not None and len(run.steps) % 2:    # alternate the order: no order bias
+                    out_u, out_p = unpruned.step(obs), pruned.step(obs)
+                else:
+                    out_p = pruned.step(obs)
+                    out_u = unpruned.step(obs) if unpruned is not None else None
             except ObservationError as exc:
                 assembler.drops["malformed"] += 1
                 run.last_drop = f"malformed: {exc}"

@@ -233,3 +233,21 @@ def test_launch_description():
     description = module.generate_launch_description()
     nodes = [e for e in description.entities if isinstance(e, launch_ros.actions.Node)]
     assert len(nodes) == 1 and nodes[0].node_executable == "action_node"
+
+
+def test_parameter_descriptors_carry_ranges_and_read_only(ros, loaded_tiny):
+    from rcl_interfaces.srv import DescribeParameters
+    node, driver = start(ros, loaded_tiny)
+    try:
+        names = ["pruning.alpha", "pruning.k_global", "model_path", "pruning.confidence", "pruning.dynamic_layers"]
+        reply = call(driver, DescribeParameters, "/action_node/describe_parameters",
+                     DescribeParameters.Request(names=names))
+        alpha, k_global, model_path, confidence, layers = reply.descriptors
+        assert alpha.floating_point_range[0].from_value == pytest.approx(0.05)
+        assert alpha.floating_point_range[0].to_value == pytest.approx(4.0) and not alpha.read_only
+        assert "K_G" in k_global.description and k_global.integer_range[0].to_value == 4096
+        assert model_path.read_only and "tiny-random" in model_path.description
+        assert "entropy" in confidence.additional_constraints
+        assert layers.type == ParameterType.PARAMETER_INTEGER_ARRAY
+    finally:
+        node.shutdown()

@@ -104,3 +104,22 @@ def test_buffers_are_bounded(asm):
     for i in range(1000):
         feed(asm, float(i))
     assert max(len(q) for q in asm.images) <= 8 and len(asm.joints) <= 32
+
+
+def test_future_stamps_never_act_and_never_block_later_frames(asm):
+    feed(asm, 20.0)                                   # a frame from a clock 10 s ahead
+    out = asm.assemble(ns(10.0))
+    assert out.observation is None and out.dropped and out.reason.startswith("future stamp")
+    feed(asm, 10.05)                                  # a correctly stamped frame still gets through
+    obs = asm.assemble(ns(10.1)).observation
+    assert obs is not None and obs.stamp_ns == ns(10.05)
+
+
+def test_joint_states_are_trimmed_by_time_not_count():
+    a = ObservationAssembler(1, tolerance_s=0.05, max_age_s=0.5)
+    a.set_instruction("x")
+    for i in range(2000):                             # 2 s of 1 kHz joint states
+        a.add_joint_state(ns(10.0 + i * 0.001), ["a"], [float(i)])
+    assert 500 <= len(a.joints) <= 700                # ~0.6 s kept
+    a.add_image(0, ns(11.5), image())                 # a camera frame 0.5 s behind the joints
+    assert a.assemble(ns(11.9)).observation is not None

@@ -2,7 +2,9 @@
 
 Threads: the executor thread only stores incoming messages and answers parameter requests;
 a worker thread runs the control loop at ``control_rate_hz`` (assemble the freshest complete
-observation, run the policy, publish). Nothing is queued beyond small bounded buffers, and
+observation, run the policy, publish). Spin the node with a SingleThreadedExecutor, as main()
+does: rclpy's MultiThreadedExecutor busy-loops in Python and starves the inference thread of
+the GIL (measured here: occasional 1-7 s steps, all then dropped as stale). Nothing is queued beyond small bounded buffers, and
 nothing is published from a malformed, stale or incomplete observation: the reason is logged
 (throttled) and counted in /diagnostics.
 

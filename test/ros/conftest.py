@@ -8,7 +8,7 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy", reason="ROS 2 wheels are installed by `make setup`")
 
-from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 
 os.environ.setdefault("ROS_DOMAIN_ID", str(101 + os.getpid() % 100))
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
@@ -24,7 +24,7 @@ class Spinner:
     """An executor spinning some nodes in a background thread."""
 
     def __init__(self, context):
-        self.executor = MultiThreadedExecutor(num_threads=2, context=context)
+        self.executor = SingleThreadedExecutor(context=context)
         self.nodes = []
         self.thread = threading.Thread(target=self._spin, daemon=True)
         self.thread.start()

@@ -24,7 +24,7 @@ from ..config import PruningConfig
 from ..pruning.dynamic import LayerImportance
 from ..pruning.engine import SpecPruneEngine, StepPlan
 from ..pruning.layout import TokenLayout
-from ..pruning.scores import score_logits, text_logits
+from ..pruning.scores import score_layer
 from ..pruning.static import StaticSelection
 from .config import ModelConfig
 from .heads import FusedGeluProjector, L1RegressionActionHead, ProprioProjector
@@ -194,9 +194,10 @@ class _PrunedRun:
 
     Vision tokens stay one contiguous block starting at ``vision_start`` (pruning removes only
     vision tokens and keeps the order), so text positions just shift by the number removed.
-    Each scored layer contributes its m x n text logits; softmax, scores and entropy are
-    computed in one batched call per segment of equal sequence length (before static pruning,
-    at each dropping layer, at the end): a handful of kernels instead of one set per layer.
+    Each scored layer contributes its instruction queries and keys; logits, softmax, scores
+    and entropy are computed in one batched call per segment of equal sequence length (before
+    static pruning, at each dropping layer, at the end): a handful of kernels instead of one
+    set per layer.
     """
 
     def __init__(self, pruning: PruningConfig, engine: SpecPruneEngine, plan: StepPlan, layout: TokenLayout,
@@ -213,7 +214,7 @@ class _PrunedRun:
         self.importance: LayerImportance | None = None
         self.local: list[torch.Tensor] = []
         self.global_scores: dict[int, torch.Tensor] = {}
-        self._queue: list[tuple[int, torch.Tensor]] = []     # (layer, text logits (H, m, n))
+        self._queue: list[tuple[int, torch.Tensor, torch.Tensor]] = []   # (layer, q_text, keys)
 
     def in_ema(self, number: int) -> bool:
         return self.importance is not None and number <= self.last_dynamic
@@ -223,8 +224,7 @@ class _PrunedRun:
                 or self.in_ema(number))
 
     def add_scores(self, number: int, q_text: torch.Tensor, keys: torch.Tensor) -> None:
-        with self.watch:      # the m x n logits now (keys are not kept), the rest batched at flush
-            self._queue.append((number, text_logits(q_text, keys)))
+        self._queue.append((number, q_text, keys))
         if not self.in_ema(number) and number > self.cfg.local_layers:
             self.flush()     # a lone global layer outside the EMA range: nothing to batch it with
 
@@ -232,11 +232,12 @@ class _PrunedRun:
         if not self._queue:
             return
         with self.watch:
-            numbers = [n for n, _ in self._queue]
-            logits = torch.stack([lg for _, lg in self._queue])
+            numbers = [n for n, _, _ in self._queue]
+            q = torch.stack([q for _, q, _ in self._queue])
+            k = torch.stack([k for _, _, k in self._queue])
             self._queue = []
             ema = self.in_ema(numbers[-1])
-            scores = score_logits(logits, slice(self.vs, self.vs + self.n_vis), self.cfg.confidence if ema else None)
+            scores = score_layer(q, k, slice(self.vs, self.vs + self.n_vis), self.cfg.confidence if ema else None)
             if ema:
                 self.importance.update(scores.scores, scores.confidence)
             for i, number in enumerate(numbers):

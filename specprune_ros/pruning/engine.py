@@ -53,6 +53,8 @@ class SpecPruneEngine:
         self.config = config
         self.prior: torch.Tensor | None = None            # (G, C, N) scores, -inf = no score
         self.prior_selected: torch.Tensor | None = None   # (C, N) V_global chosen this step
+        self._tau_key: tuple[float, float] | None = None
+        self._tau = torch.empty(0)
 
     # ---- configuration and episodes -----------------------------------------------------------
     def configure(self, config: Config) -> None:
@@ -81,9 +83,14 @@ class SpecPruneEngine:
 
     # ---- the step ---------------------------------------------------------------------------------
     def thresholds(self) -> torch.Tensor:
+        """Per-camera tau on the device (made once per configuration)."""
         p = self.config.pruning
-        tau = [p.frame_similarity_threshold] + [p.frame_similarity_threshold_wrist] * (self.layout.num_cameras - 1)
-        return torch.tensor(tau, dtype=torch.float32, device=self.device)
+        key = (p.frame_similarity_threshold, p.frame_similarity_threshold_wrist)
+        if self._tau_key != key:
+            tau = [key[0]] + [key[1]] * (self.layout.num_cameras - 1)
+            self._tau = torch.tensor(tau, dtype=torch.float32, device=self.device)
+            self._tau_key = key
+        return self._tau
 
     def begin_step(self, frames: torch.Tensor, previous_action: np.ndarray | None) -> StepPlan:
         """Push this step's frames, decide the mode and the K values, compute frame differences."""

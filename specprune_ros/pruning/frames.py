@@ -17,9 +17,9 @@ EPS = 1e-8
 def patch_unit_vectors(frames: torch.Tensor, patch: int = 14) -> torch.Tensor:
     """(cameras, grid_h * grid_w, 3 * patch^2) unit vectors of the row-major patches.
 
-    An all-black patch has no direction; it gets the uniform direction, so black and black
-    (and black and any uniform grey, which raw-pixel cosine similarity cannot tell apart anyway)
-    compare as identical instead of 0/0.
+    Pixels are offset by one grey level first, so an all-black patch has a direction (the
+    uniform one) and black vs black compares as identical instead of 0/0; raw-pixel cosine
+    similarity cannot tell black from uniform grey anyway.
     """
     if frames.dim() != 4:
         raise ValueError(f"expected frames (cameras, channels, H, W), got {tuple(frames.shape)}")
@@ -29,9 +29,7 @@ def patch_unit_vectors(frames: torch.Tensor, patch: int = 14) -> torch.Tensor:
     gh, gw = height // patch, width // patch
     x = frames.float().view(cams, chans, gh, patch, gw, patch)
     x = x.permute(0, 2, 4, 1, 3, 5).reshape(cams, gh * gw, chans * patch * patch)
-    norm = x.norm(dim=-1, keepdim=True)
-    uniform = torch.full_like(x, x.shape[-1] ** -0.5)
-    return torch.where(norm > EPS, x / norm.clamp_min(EPS), uniform)
+    return torch.nn.functional.normalize(x.add_(1.0), dim=-1)
 
 
 def patch_cosine_similarity(current: torch.Tensor, past: torch.Tensor, patch: int = 14) -> torch.Tensor:

@@ -19,7 +19,7 @@ def test_similarity_is_per_patch_in_row_major_order():
     b = a.clone()
     b[0, 0, 0:14, 14:28] = 0.0        # top-right patch: red channel off
     sim = patch_cosine_similarity(a, b)[0]
-    expected = 2 / (3 ** 0.5 * 2 ** 0.5)
+    expected = (101 * 1 + 101 * 101 * 2) / (3 ** 0.5 * 101 * (1 + 2 * 101 ** 2) ** 0.5)  # pixels + 1
     assert sim[1].item() == pytest.approx(expected, rel=1e-5)
     torch.testing.assert_close(sim[[0, 2, 3]], torch.ones(3))
 
@@ -31,7 +31,9 @@ def test_unit_patch_vectors_give_the_same_similarity():
     torch.testing.assert_close(va.norm(dim=-1), torch.ones(2, 4))
     pa = a.float().view(2, 3, 2, 14, 2, 14).permute(0, 2, 4, 1, 3, 5).reshape(2, 4, -1)
     pb = b.float().view(2, 3, 2, 14, 2, 14).permute(0, 2, 4, 1, 3, 5).reshape(2, 4, -1)
-    torch.testing.assert_close((va * vb).sum(-1), torch.nn.functional.cosine_similarity(pa, pb, dim=-1))
+    # Raw-pixel cosine similarity, pixels offset by one grey level (so black patches have a direction).
+    expected = torch.nn.functional.cosine_similarity(pa + 1, pb + 1, dim=-1)
+    torch.testing.assert_close((va * vb).sum(-1), expected)
 
 
 def test_bad_frame_shapes_are_rejected():

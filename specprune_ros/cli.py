@@ -141,6 +141,20 @@ def cmd_flops(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_node_latency(args: argparse.Namespace) -> int:
+    from .tools.node_latency import measure
+
+    r = measure(args.chunks, args.camera_hz, args.control_hz, args.model, args.device)
+    _emit(args, r, f"action node over DDS, {r['model']} on {r['device']}, {r['chunks']} chunks, camera "
+                   f"{r['camera_hz']:g} Hz, control {r['control_hz']:g} Hz (medians):\n"
+                   f"  observation stamp -> chunk received  {r['end_to_end_ms']['p50']:.1f} ms "
+                   f"(p95 {r['end_to_end_ms']['p95']:.1f})\n"
+                   f"  = observation age at step start     {r['observation_age_at_step_ms']['p50']:.1f} ms\n"
+                   f"  + policy step                       {r['policy_step_ms']['p50']:.1f} ms\n"
+                   f"  + node (publish, DDS delivery)      {r['node_overhead_ms']['p50']:.1f} ms")
+    return 0
+
+
 def cmd_write_tiny_checkpoint(args: argparse.Namespace) -> int:
     from .model.checkpoint import write_tiny_checkpoint
 
@@ -219,6 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-config", choices=sorted(PRESETS), default="openvla-7b")
     p.add_argument("--steps", type=positive_int, default=60, help="episode length (default 60)")
     p.add_argument("--params", help="ROS parameter file with the pruning settings")
+
+    p = add("node-latency", cmd_node_latency, "end-to-end latency of the action node over DDS with a synthetic robot")
+    p.add_argument("--chunks", type=positive_int, default=40)
+    p.add_argument("--camera-hz", type=float, default=20.0)
+    p.add_argument("--control-hz", type=float, default=5.0)
+    p.add_argument("--model", default="tiny-random")
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
 
     p = add("write-tiny-checkpoint", cmd_write_tiny_checkpoint,
             "write a small random model in exactly the released checkpoint layout")

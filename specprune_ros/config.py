@@ -159,8 +159,10 @@ class NodeConfig:
     sensor_qos: str = knob("sensor_data", "QoS of the camera and joint-state subscriptions.",
                            choices=("sensor_data", "reliable"), read_only=True)
     joint_names: tuple[str, ...] = knob((), "Joints read from joint_states for proprio, in order (empty: the "
-                                        "message's order); also the joint_trajectory joint names.",
-                                        read_only=True, max_len=64)
+                                        "message's order).", read_only=True, max_len=64)
+    trajectory_joints: tuple[str, ...] = knob((), "Joint names of joint_trajectory; the first that many action "
+                                              "dimensions must be joint targets (publish_trajectory).",
+                                              read_only=True, max_len=64)
     rotation_primary: int = knob(0, "Rotation applied to the primary image, degrees.", choices=(0, 90, 180, 270),
                                  read_only=True)
     rotation_wrist: int = knob(0, "Rotation applied to the wrist image, degrees.", choices=(0, 90, 180, 270),

@@ -77,6 +77,16 @@ class PolicyOutput:
     frames: torch.Tensor | None = None    # (cameras, 3, 224, 224) uint8 model-resolution frames
     kept_mask: np.ndarray | None = None   # (cameras, patches) bool after static pruning, if pruned
 
+    def overlay(self) -> np.ndarray:
+        """HxWx3 uint8: the cameras' model-resolution frames side by side, pruned patches darkened."""
+        frames = self.frames.cpu().numpy().transpose(0, 2, 3, 1).copy()
+        cams, height = frames.shape[:2]
+        if self.kept_mask is not None:
+            grid = int(round(self.kept_mask.shape[1] ** 0.5))
+            keep = self.kept_mask.reshape(cams, grid, grid).repeat(height // grid, 1).repeat(height // grid, 2)
+            frames[~keep] //= 4
+        return np.concatenate(list(frames), axis=1)
+
 
 class SpecPrunePolicy:
     def __init__(self, loaded: LoadedPolicyModel, config: Config, rotations: Sequence[int] = ()) -> None:

@@ -53,9 +53,9 @@ class ActionNode(Node):
             loaded = load_checkpoint(node.model_path, node.device, node.dtype, node.unnorm_key)
         self.policy = SpecPrunePolicy(loaded, self.config, rotations=(node.rotation_primary, node.rotation_wrist))
         action_dim = loaded.model.config.action_dim
-        if node.publish_trajectory and not 0 < len(node.joint_names) <= action_dim:
-            raise ValueError(f"publish_trajectory needs joint_names with 1 to {action_dim} joints (the first "
-                             f"action dimensions must be joint targets); got {list(node.joint_names)}")
+        if node.publish_trajectory and not 0 < len(node.trajectory_joints) <= action_dim:
+            raise ValueError(f"publish_trajectory needs trajectory_joints with 1 to {action_dim} joints (the first "
+                             f"action dimensions must be joint targets); got {list(node.trajectory_joints)}")
         self.assembler = ObservationAssembler(node.num_images, node.match_tolerance_s, node.max_observation_age_s,
                                               node.joint_names)
         self.assembler.set_instruction(node.instruction)
@@ -188,7 +188,7 @@ class ActionNode(Node):
         self.chunk_pub.publish(chunk)
         self.stats_pub.publish(stats_message(out, header_stamp))
         if self.trajectory_pub is not None:
-            self.trajectory_pub.publish(trajectory_message(out.actions, node.joint_names, node.action_dt,
+            self.trajectory_pub.publish(trajectory_message(out.actions, node.trajectory_joints, node.action_dt,
                                                            header_stamp))
         if self.debug_pub is not None and out.kept_mask is not None and out.frames is not None:
             self.debug_pub.publish(overlay_message(out, header_stamp))
@@ -258,13 +258,7 @@ def trajectory_message(actions: np.ndarray, joint_names: Sequence[str], dt: floa
 
 def overlay_message(out: PolicyOutput, header_stamp) -> Image:
     """The model-resolution frames side by side, pruned patches darkened."""
-    frames = out.frames.cpu().numpy().transpose(0, 2, 3, 1).copy()        # (C, H, W, 3)
-    cams, h, w, _ = frames.shape
-    grid = int(round(out.kept_mask.shape[1] ** 0.5))
-    patch = h // grid
-    keep = out.kept_mask.reshape(cams, grid, grid).repeat(patch, axis=1).repeat(patch, axis=2)
-    frames[~keep] //= 4
-    image = np.concatenate(list(frames), axis=1)
+    image = out.overlay()
     msg = Image(height=image.shape[0], width=image.shape[1], encoding="rgb8", is_bigendian=0,
                 step=image.shape[1] * 3)
     msg.header.stamp, msg.header.frame_id = header_stamp, "camera_primary"

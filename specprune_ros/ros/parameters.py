@@ -44,9 +44,13 @@ def declare_all(node, config: Config) -> Config:
     values = {}
     for name, spec in iter_specs():
         default = defaults[name]
-        declared = node.declare_parameter(name, default, descriptor(name, spec, default),
-                                          ignore_override=False)
-        values[name] = from_ros(declared)
+        initial = default
+        if isinstance(default, list) and not default:
+            # rclpy would type an empty list as a byte array: declare the type, with no value set.
+            initial = Parameter.Type.STRING_ARRAY
+        declared = node.declare_parameter(name, initial, descriptor(name, spec, default))
+        value = from_ros(declared)
+        values[name] = default if value is None else value
     return Config.from_dict(values)
 
 

@@ -75,7 +75,7 @@ def write_plots(run, rows: list[dict[str, Any]], out: Path) -> list[str]:
         picks = [shown[int(i)] for i in np.linspace(0, len(shown) - 1, min(4, len(shown)))]
         fig, axes = plt.subplots(len(picks), 1, figsize=(6, 3 * len(picks)), squeeze=False)
         for ax, s in zip(axes[:, 0], picks):
-            ax.imshow(overlay(s.pruned))
+            ax.imshow(s.pruned.overlay())
             ax.set_title(f"step {s.pruned.stats.step}: {s.pruned.stats.vision_tokens_kept} of "
                          f"{s.pruned.stats.vision_tokens_total} patches kept"
                          + (" (fine)" if s.pruned.stats.fine_mode else ""), fontsize=9)
@@ -85,16 +85,6 @@ def write_plots(run, rows: list[dict[str, Any]], out: Path) -> list[str]:
         written.append("overlays.png")
     plt.close("all")
     return written
-
-
-def overlay(out) -> np.ndarray:
-    """Model-resolution frames side by side, pruned patches darkened."""
-    frames = out.frames.cpu().numpy().transpose(0, 2, 3, 1).copy()
-    cams, h, _, _ = frames.shape
-    grid = int(round(out.kept_mask.shape[1] ** 0.5))
-    keep = out.kept_mask.reshape(cams, grid, grid).repeat(h // grid, axis=1).repeat(h // grid, axis=2)
-    frames[~keep] //= 4
-    return np.concatenate(list(frames), axis=1)
 
 
 def write_report(summary: dict[str, Any], out: Path) -> Path:

@@ -260,3 +260,34 @@ def test_node_latency_tool_reports_a_consistent_breakdown():
     parts = r["observation_age_at_step_ms"]["p50"] + r["policy_step_ms"]["p50"] + r["node_overhead_ms"]["p50"]
     assert r["end_to_end_ms"]["p50"] == pytest.approx(parts)
     assert 0 < r["policy_step_ms"]["p50"] < r["end_to_end_ms"]["p50"] < 5000
+
+
+def test_trajectory_and_kept_patch_overlay(ros, loaded_tiny):
+    from sensor_msgs.msg import Image
+    from trajectory_msgs.msg import JointTrajectory
+    names = [f"j{i}" for i in range(7)]
+    node, driver = start(ros, loaded_tiny, overrides=[
+        Parameter("publish_trajectory", value=True), Parameter("debug_image", value=True),
+        Parameter("trajectory_joints", value=names), Parameter("action_dt", value=0.05)])
+    trajectories, overlays = [], []
+    driver.create_subscription(JointTrajectory, "joint_trajectory", trajectories.append, 10)
+    driver.create_subscription(Image, "kept_tokens_image", overlays.append, 10)
+    try:
+        assert wait_for(lambda: trajectories and overlays and driver.chunks)
+        traj = trajectories[-1]
+        assert list(traj.joint_names) == names and len(traj.points) == 8
+        last = traj.points[-1].time_from_start
+        assert last.sec + last.nanosec * 1e-9 == pytest.approx(8 * 0.05)
+        chunk = next(c for c in reversed(driver.chunks) if stamp_ns(c) == stamp_ns(traj))
+        assert list(traj.points[0].positions) == pytest.approx(list(chunk.actions[:7]))
+        image = overlays[-1]
+        assert (image.height, image.width, image.encoding) == (224, 448, "rgb8")
+    finally:
+        node.shutdown()
+
+
+def test_trajectory_without_joint_names_is_refused_at_start(ros, loaded_tiny):
+    context, _ = ros
+    with pytest.raises(ValueError, match="publish_trajectory needs trajectory_joints"):
+        ActionNode(loaded=loaded_tiny, context=context, parameter_overrides=[Parameter("publish_trajectory",
+                                                                                       value=True)])

@@ -139,7 +139,10 @@ class SpecPrunePolicy:
 
     def _encoded(self, instruction: str) -> EncodedPrompt:
         if self._prompt is None or self._prompt[0] != instruction:
-            encoded = encode_prompt(self.loaded.tokenizer, instruction)
+            try:
+                encoded = encode_prompt(self.loaded.tokenizer, instruction)
+            except ValueError as exc:      # empty or untokenizable: this observation cannot act
+                raise ObservationError(str(exc)) from None
             if self._prompt is not None:
                 self.reset()           # a new task: prior, history, controller and step count restart
             self._prompt = (instruction, encoded)
@@ -189,7 +192,6 @@ class SpecPrunePolicy:
             if self._engine is not None:
                 self._engine.reset()   # re-enabling starts from a fresh prior
             actions, info = self.model.predict(pixels, proprio, prompt)
-            plan = None
 
         # One transfer at the end of the step: actions and the small stats tensors.
         extras = [actions.reshape(-1)]

@@ -108,7 +108,7 @@ def test_malformed_observations_produce_no_action_and_no_state_change(policy, ch
 
 
 def test_empty_instruction_is_rejected(policy):
-    with pytest.raises(ValueError, match="instruction is empty"):
+    with pytest.raises(ObservationError, match="instruction is empty"):
         policy.step(Observation([EPISODE[0].primary, EPISODE[0].wrist], EPISODE[0].proprio, ""))
 
 

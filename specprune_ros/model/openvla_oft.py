@@ -92,6 +92,7 @@ class OpenVLAOFT(nn.Module):
         self.proprio_projector = ProprioProjector(cfg.proprio_dim, cfg.llm.hidden) if cfg.use_proprio else None
         self.action_head = L1RegressionActionHead(cfg.llm.hidden, cfg.chunk_size, cfg.action_dim,
                                                   cfg.action_head_blocks)
+        self._device_cache: dict[tuple, torch.Tensor] = {}
 
     @property
     def llm(self) -> LlamaBackbone:
@@ -112,18 +113,36 @@ class OpenVLAOFT(nn.Module):
         """(1, seq_len, D) input embeddings; ``pixels`` is (cameras, 6, H, W)."""
         llm = self.llm
         dtype = llm.embed_tokens.weight.dtype
+        ids = self.prompt_ids(prompt, pixels.device)
         patches = self.projector(self.vision_backbone(pixels.to(dtype)))           # (C, P, D)
         patches = patches.reshape(1, -1, patches.shape[-1])
-        ids = torch.tensor(prompt.ids, device=pixels.device)
-        text = llm.embed_tokens(ids).unsqueeze(0)
+        text = llm.embed_tokens(ids).unsqueeze(0)                                 # prompt + </s>
         parts = [text[:, :1], patches]
         if self.proprio_projector is not None:
             if proprio is None:
                 raise ValueError("this model needs the proprio state")
             parts.append(self.proprio_projector(proprio.to(dtype).view(1, 1, -1)))
-        stop = llm.embed_tokens(torch.tensor([STOP_TOKEN_ID], device=pixels.device)).unsqueeze(0)
+        stop = llm.embed_tokens(ids[-1:]).unsqueeze(0)
         slots = torch.zeros(1, self.config.num_action_tokens, text.shape[-1], device=text.device, dtype=dtype)
-        return torch.cat(parts + [text[:, 1:], slots, stop], dim=1)
+        return torch.cat(parts + [text[:, 1:-1], slots, stop], dim=1)
+
+    def _cached(self, key: tuple, make) -> torch.Tensor:
+        """Small device tensors made once per prompt / layout: a host-to-device copy queued
+        behind GPU work would wait for it, a hidden sync in every step."""
+        if key not in self._device_cache:
+            if len(self._device_cache) > 16:
+                self._device_cache.clear()
+            with torch.inference_mode(False):   # usable both in and outside inference mode
+                self._device_cache[key] = make()
+        return self._device_cache[key]
+
+    def prompt_ids(self, prompt: EncodedPrompt, device: torch.device) -> torch.Tensor:
+        """The prompt's ids followed by the </s> id, on the device."""
+        return self._cached(("ids", prompt, device),
+                            lambda: torch.tensor([*prompt.ids, STOP_TOKEN_ID], device=device))
+
+    def text_index(self, layout: TokenLayout, device: torch.device) -> torch.Tensor:
+        return self._cached(("text", layout, device), lambda: layout.text_index(device))
 
     def action_head_input(self, hidden: torch.Tensor) -> torch.Tensor:
         """The shifted slice: last prompt token .. second-to-last action slot (before </s>)."""
@@ -145,7 +164,8 @@ class OpenVLAOFT(nn.Module):
         run = None
         if pruning is not None and engine is not None and plan is not None:
             check_layers(pruning, n_layers)
-            run = _PrunedRun(pruning, engine, plan, layout, watch or Stopwatch(x.device), info)
+            run = _PrunedRun(pruning, engine, plan, layout, watch or Stopwatch(x.device), info,
+                             self.text_index(layout, x.device))
 
         for number, layer in enumerate(llm.layers, start=1):
             if run is not None and run.pruned and number == pruning.local_layers + 1:
@@ -201,12 +221,12 @@ class _PrunedRun:
     """
 
     def __init__(self, pruning: PruningConfig, engine: SpecPruneEngine, plan: StepPlan, layout: TokenLayout,
-                 watch: Stopwatch, info: ForwardInfo) -> None:
+                 watch: Stopwatch, info: ForwardInfo, text_index: torch.Tensor) -> None:
         self.cfg, self.engine, self.plan, self.layout, self.watch, self.info = pruning, engine, plan, layout, watch, info
         device = engine.device
         self.device = device
         self.pruned = plan.prune
-        self.text_index = layout.text_index(device)
+        self.text_index = text_index
         self.vs, self.n_vis = layout.vision_start, layout.num_vision
         self.vision_ids = torch.arange(self.n_vis, device=device)   # camera * N + patch of each vision token
 

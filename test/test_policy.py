@@ -138,3 +138,29 @@ def test_bad_motion_is_an_observation_error(policy):
     policy.step(obs(0))
     with pytest.raises(ObservationError, match="motion must hold 6 finite values"):
         policy.step(obs(1, motion=np.array([np.nan] * 6)))
+
+
+@pytest.mark.parametrize("layers", [16, 24])
+def test_a_shallower_model_runs_unpruned_and_refuses_pruning_until_the_layer_knobs_fit(tmp_path, layers):
+    from specprune_ros.model.checkpoint import load_checkpoint, write_tiny_checkpoint
+
+    loaded = load_checkpoint(write_tiny_checkpoint(tmp_path / "ckpt", llm_layers=layers), device="cpu")
+    assert len(loaded.model.llm.layers) == layers
+    off = Config().replace(**{"pruning.enabled": False})
+    policy = SpecPrunePolicy(loaded, off)
+    out = policy.step(obs(0))
+    assert np.all(np.isfinite(out.actions)) and len(out.stats.tokens_per_layer) == layers
+
+    with pytest.raises(ValueError, match=rf"pruning.global_layers = \[15, 32\]: the model has {layers} layers "
+                                         rf"\(range \[3, {layers}\]"):
+        SpecPrunePolicy(loaded, Config())                                   # at start
+    with pytest.raises(ValueError, match=rf"the model has {layers} layers \(range \[3, {layers}\]"):
+        policy.set_config(off.replace(**{"pruning.enabled": True}))        # live
+    assert policy.step(obs(1)).stats.pruning_enabled is False               # the old config stays
+
+    fitting = off.replace(**{"pruning.enabled": True, "pruning.global_layers": [layers // 2, layers],
+                             "pruning.dynamic_layers": [5, 10]})
+    policy.set_config(fitting)
+    policy.step(obs(2))
+    pruned = policy.step(obs(3)).stats
+    assert pruned.pruning_enabled and pruned.vision_tokens_kept < pruned.vision_tokens_total

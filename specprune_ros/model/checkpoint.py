@@ -333,13 +333,18 @@ def _shards(items: Iterable[tuple[str, torch.Tensor]], count: int) -> list[dict[
 
 
 def write_tiny_checkpoint(directory: str | Path, seed: int = 0, step: int = 1000, num_shards: int = 2,
-                          unnorm_key: str = "tiny_random") -> Path:
-    """A small random model in exactly the released file layout (bf16 weights, ``module.`` heads)."""
+                          unnorm_key: str = "tiny_random", llm_layers: int | None = None) -> Path:
+    """A small random model in exactly the released file layout (bf16 weights, ``module.`` heads).
+
+    ``llm_layers`` makes a shallower (or deeper) LLM than the released 32 layers.
+    """
     from safetensors.torch import save_file
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     cfg = tiny_config()
+    if llm_layers is not None:
+        cfg = replace(cfg, llm=replace(cfg.llm, layers=llm_layers))
     model = random_model(cfg, seed=seed)
     statistics = tiny_statistics(cfg, unnorm_key)
     gen = torch.Generator().manual_seed(seed + 1)

@@ -198,15 +198,23 @@ class OpenVLAOFT(nn.Module):
 
 
 def check_layers(pruning: PruningConfig, n_layers: int) -> None:
-    """Layer-indexed knobs against this model (the configuration alone cannot know its depth)."""
+    """Layer-indexed knobs against this model (the configuration alone cannot know its depth).
+
+    Checked only while pruning is on: the plain forward uses no layer knob, so a model with 16
+    or 24 layers runs unpruned with the default (32-layer) knobs, and enabling pruning is what
+    is refused until the knobs fit.
+    """
+    if not pruning.enabled:
+        return
     for name, layers, top in (("pruning.global_layers", pruning.global_layers, n_layers),
                               ("pruning.dynamic_layers", pruning.dynamic_layers, n_layers - 1)):
         bad = [n for n in layers if n > top]
         if bad:
             raise ValueError(f"{name} = {list(layers)}: the model has {n_layers} layers "
-                             f"(range [{pruning.local_layers + 1}, {top}])")
+                             f"(range [{pruning.local_layers + 1}, {top}]; pruning.enabled needs them to fit)")
     if pruning.local_layers >= n_layers:
-        raise ValueError(f"pruning.local_layers = {pruning.local_layers}: the model has only {n_layers} layers")
+        raise ValueError(f"pruning.local_layers = {pruning.local_layers}: the model has only {n_layers} layers "
+                         f"(range [1, {n_layers - 1}])")
 
 
 class _PrunedRun:

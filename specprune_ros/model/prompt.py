@@ -90,13 +90,33 @@ def build_tiny_tokenizer(vocab_size: int = 1000):
 
 
 def load_tokenizer(directory: str | Path):
-    """The checkpoint's own tokenizer, from local files only."""
-    from transformers import AutoTokenizer
+    """The checkpoint's own tokenizer, from local files only, never running checkpoint code.
+
+    Released checkpoints carry an ``auto_map`` to Python files in ``config.json`` /
+    ``tokenizer_config.json``; ``AutoTokenizer`` would ask on the terminal whether to run them
+    (and run them on "y"). A concrete tokenizer class with ``trust_remote_code=False`` never
+    looks at ``auto_map``: ``tokenizer.json`` is read as it is (the fast tokenizer the reference
+    uses), otherwise ``tokenizer.model`` (SentencePiece) is converted by transformers' Llama
+    converter, which needs the ``sentencepiece`` and ``protobuf`` packages.
+    """
+    import transformers
 
     directory = Path(directory)
-    if not (directory / "tokenizer.json").is_file() and not (directory / "tokenizer.model").is_file():
+    if (directory / "tokenizer.json").is_file():
+        cls, source = transformers.PreTrainedTokenizerFast, directory / "tokenizer.json"
+    elif (directory / "tokenizer.model").is_file():
+        cls, source = transformers.LlamaTokenizerFast, directory / "tokenizer.model"
+    else:
         raise FileNotFoundError(f"{directory}: no tokenizer.json or tokenizer.model")
     try:
-        return AutoTokenizer.from_pretrained(str(directory), local_files_only=True, use_fast=True)
+        tokenizer = cls.from_pretrained(str(directory), local_files_only=True, trust_remote_code=False)
     except Exception as exc:  # transformers raises many types for broken files
-        raise ValueError(f"{directory}: cannot load the tokenizer: {exc}") from None
+        raise ValueError(f"{source}: cannot load the tokenizer: {_first_line(exc)}") from None
+    if tokenizer.bos_token_id is None:
+        raise ValueError(f"{source}: the tokenizer has no BOS token (<s>)")
+    return tokenizer
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

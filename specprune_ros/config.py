@@ -106,7 +106,7 @@ class PruningConfig:
                 f"{self.local_layers} local layers (range [{self.local_layers + 1}, num_layers])")
 
     def history_capacity(self) -> int:
-        """Frames a ring buffer must hold: the current one plus the longest look-back T (>= 1)."""
+        """Action periods the frame history must hold: the longest look-back T (v = 0) plus one."""
         return max(int(math.floor(self.history_base)) + self.history_offset, 1) + 1
 
 
@@ -148,6 +148,10 @@ class NodeConfig:
                            low=1, high=3, read_only=True)
     compressed_images: bool = knob(False, "Subscribe to sensor_msgs/CompressedImage instead of Image.",
                                    read_only=True)
+    image_resize: str = knob("reference", "Resize of frames that are not 224x224: 'reference' = the OpenVLA-OFT "
+                             "deploy path (JPEG q95 round trip + lanczos3, what released models were trained "
+                             "on); 'bicubic' for models trained with an antialiased bicubic resize.",
+                             choices=("reference", "bicubic"), read_only=True)
     instruction: str = knob("", "Task instruction (the instruction topic overrides it when it publishes).")
     control_rate_hz: float = knob(10.0, "Inference steps per second.", low=0.1, high=1000.0)
     max_observation_age_s: float = knob(0.5, "Observations older than this are dropped, never acted on.",

@@ -24,23 +24,13 @@ from .config import Config, ConfigError, iter_specs
 from .model.checkpoint import LoadedPolicyModel, load_checkpoint
 from .model.flops import flops_ratio
 from .model.openvla_oft import Stopwatch, check_layers
-from .model.processing import ImageProcessor, ObservationError
+from .model.processing import ImageProcessor
+from .observation import HistoryFrame, Observation, ObservationError
 from .model.prompt import EncodedPrompt, encode_prompt
 from .pruning.engine import SpecPruneEngine
+from .pruning.frames import executed_actions
 
 READ_ONLY = frozenset(name for name, spec in iter_specs() if spec.read_only)
-
-
-@dataclass
-class Observation:
-    images: Sequence[np.ndarray]          # HxWx3 uint8 RGB, primary camera first
-    proprio: np.ndarray | None = None     # raw robot state (normalized with the dataset statistics)
-    instruction: str = ""
-    stamp: float = 0.0                    # seconds (ROS time of the primary image)
-    stamp_ns: int | None = None           # the same stamp exactly, for message headers
-    # Measured end-effector motion (dx dy dz droll dpitch dyaw, normalized action units) for the
-    # controller; None uses the previous predicted action, as the paper does.
-    motion: np.ndarray | None = None
 
 
 @dataclass
@@ -60,6 +50,7 @@ class StepStats:
     dynamic_selected: int = 0
     tokens_per_layer: list[int] = field(default_factory=list)
     history_frames: int = 0
+    history_age_s: float = 0.0
     translation_speed: float = 0.0
     rotation_speed: float = 0.0
     global_recall: float = math.nan
@@ -67,6 +58,16 @@ class StepStats:
     latency_ms: float = 0.0
     overhead_ms: float = 0.0
     fallback_reason: str = ""
+
+    # The scalar fields of specprune_ros/PruningStats, in one place for the node and replay.
+    MESSAGE_FIELDS = ("step", "pruning_enabled", "fine_mode", "alpha", "vision_tokens_total", "vision_tokens_kept",
+                      "global_selected", "local_selected", "dynamic_selected", "history_frames", "history_age_s",
+                      "translation_speed", "rotation_speed", "global_recall", "flops_ratio", "latency_ms",
+                      "overhead_ms", "fallback_reason")
+
+    def message_fields(self) -> dict[str, object]:
+        """PruningStats' fields except the header and tokens_per_layer."""
+        return {name: getattr(self, name) for name in self.MESSAGE_FIELDS}
 
 
 @dataclass
@@ -97,12 +98,14 @@ class SpecPrunePolicy:
         mcfg = self.model.config
         check_layers(config.pruning, mcfg.llm.layers)
         self.processor = ImageProcessor(mcfg.image_size, mcfg.center_crop, rotations, self.device,
-                                        dtype=self.model.llm.embed_tokens.weight.dtype)
+                                        dtype=self.model.llm.embed_tokens.weight.dtype,
+                                        resize=config.node.image_resize)
         self._pending: Config | None = None
         self._lock = threading.Lock()
         self._engine: SpecPruneEngine | None = None
         self._prompt: tuple[str, EncodedPrompt] | None = None
         self._previous_action: np.ndarray | None = None
+        self._previous_stamp: float | None = None
         self._step = 0
 
     @classmethod
@@ -127,6 +130,7 @@ class SpecPrunePolicy:
         if self._engine is not None:
             self._engine.reset()
         self._previous_action = None
+        self._previous_stamp = None
         self._step = 0
 
     def _apply_pending(self) -> None:
@@ -177,14 +181,14 @@ class SpecPrunePolicy:
                           alpha=cfg.pruning.alpha, vision_tokens_total=layout.num_vision)
         if cfg.pruning.enabled:
             engine = self._engine_for(layout)
+            self._observe_history(engine, obs, watch)
             with watch:
-                motion = self._previous_action if obs.motion is None else _checked_motion(obs.motion)
-                plan = engine.begin_step(frames, motion)
+                plan = engine.begin_step(frames, self._executed_motion(obs), obs.stamp)
             actions, info = self.model.predict(pixels, proprio, prompt, cfg.pruning, engine, plan, watch)
             stats.fine_mode, stats.entered_fine = plan.decision.fine, plan.decision.entered_fine
             stats.translation_speed = plan.decision.motion.translation_speed
             stats.rotation_speed = plan.decision.motion.rotation_speed
-            stats.history_frames = plan.history_frames
+            stats.history_frames, stats.history_age_s = plan.history_frames, plan.history_age_s
             stats.fallback_reason = plan.reason if plan.reason != "disabled" else ""
             if info.fallback:
                 stats.fallback_reason = "scene cut"
@@ -225,10 +229,36 @@ class SpecPrunePolicy:
         actions_out = self.loaded.stats.unnormalize_actions(normalized).astype(np.float32)
 
         self._previous_action = normalized
+        self._previous_stamp = obs.stamp
         self._step += 1
         stats.overhead_ms = watch.total_ms()
         stats.latency_ms = (time.perf_counter() - start) * 1e3
         return PolicyOutput(actions_out, normalized, stats, frames, kept_mask)
+
+    def _observe_history(self, engine: SpecPruneEngine, obs: Observation, watch: Stopwatch) -> None:
+        """Frames that arrived since the previous step join the history (never acted on).
+
+        A frame that cannot be preprocessed is skipped: it would only have been compared with.
+        """
+        for past in obs.history:
+            if past.stamp >= obs.stamp or len(past.images) != len(obs.images):
+                continue
+            try:
+                frames = self.processor.frames(past.images)
+            except ObservationError:
+                continue
+            with watch:
+                engine.observe(past.stamp, frames)
+
+    def _executed_motion(self, obs: Observation) -> np.ndarray | None:
+        """The actions executed since the previous step: measured ones if the observation has
+        them, else the part of the previous predicted chunk that had time to run."""
+        if obs.motion is not None:
+            return _checked_motion(obs.motion)
+        if self._previous_action is None or self._previous_stamp is None:
+            return None
+        return executed_actions(self._previous_action, obs.stamp - self._previous_stamp,
+                                self.config.node.action_dt)
 
     def _engine_for(self, layout) -> SpecPruneEngine:
         if self._engine is None or self._engine.layout.num_cameras != layout.num_cameras:
@@ -238,7 +268,9 @@ class SpecPrunePolicy:
 
 
 def _checked_motion(motion) -> np.ndarray:
-    m = np.asarray(motion, dtype=np.float64).reshape(-1)
-    if m.size < 6 or not np.all(np.isfinite(m[:6])):
-        raise ObservationError(f"motion must hold 6 finite values (dx dy dz droll dpitch dyaw), got {m.size} values")
+    """Rows of >= 6 finite values (one per executed action period)."""
+    m = np.atleast_2d(np.asarray(motion, dtype=np.float64))
+    if m.ndim != 2 or m.shape[0] < 1 or m.shape[1] < 6 or not np.all(np.isfinite(m[:, :6])):
+        raise ObservationError(f"motion must hold rows of 6 finite values (dx dy dz droll dpitch dyaw), "
+                               f"got shape {np.shape(motion)}")
     return m

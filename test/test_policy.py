@@ -136,7 +136,7 @@ def test_layer_knobs_beyond_the_model_are_rejected_before_they_apply(policy):
 
 def test_bad_motion_is_an_observation_error(policy):
     policy.step(obs(0))
-    with pytest.raises(ObservationError, match="motion must hold 6 finite values"):
+    with pytest.raises(ObservationError, match="motion must hold rows of 6 finite values"):
         policy.step(obs(1, motion=np.array([np.nan] * 6)))
 
 

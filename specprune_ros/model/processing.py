@@ -1,14 +1,15 @@
 """Observation -> model inputs: image preprocessing, proprio and action (un)normalization.
 
-Images: optional per-camera rotation (multiples of 90 degrees; LIBERO frames are rotated 180),
-antialiased bicubic resize to 224 ("resize-naive"), optional center crop of 90 % area resized
-back (models trained with image augmentation), rounded to uint8 like the reference. The uint8
-frames feed the frame-difference history; the 6-channel pixels (DINOv2-normalized, then
-SigLIP-normalized) feed the vision backbone. All on the model's device.
+Images, per camera, on the host (``image_ops``: the reference's exact arithmetic): optional
+rotation (multiples of 90 degrees; LIBERO frames are rotated 180), the resize to 224 of frames
+that are not 224 x 224 (``reference``: JPEG round trip + lanczos3 + round, as the OFT deploy code
+and the RLDS builder do; ``bicubic``: an antialiased bicubic resize, for models trained on such
+frames), then the reference's 90 % center crop for models trained with image augmentation. The
+uint8 frames go to the model's device once; they feed the frame-difference history, and the
+6-channel pixels (DINOv2-normalized, then SigLIP-normalized) feed the vision backbone.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -16,16 +17,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..observation import ObservationError
+from . import image_ops
+
 # The released processor's constants (ImageNet values rounded to bf16) and SigLIP's.
 DINO_MEAN = (0.484375, 0.455078125, 0.40625)
 DINO_STD = (0.228515625, 0.2236328125, 0.224609375)
 SIGLIP_MEAN = (0.5, 0.5, 0.5)
 SIGLIP_STD = (0.5, 0.5, 0.5)
-CROP_SCALE = 0.9
-
-
-class ObservationError(ValueError):
-    """An observation that must not produce an action (malformed image, bad proprio, ...)."""
+RESIZE_METHODS = ("reference", "bicubic")
 
 
 def check_image(image: Any, name: str) -> np.ndarray:
@@ -38,13 +38,24 @@ def check_image(image: Any, name: str) -> np.ndarray:
     return image
 
 
+def bicubic_resize(image: np.ndarray, size: int) -> np.ndarray:
+    """Antialiased bicubic resize, rounded (for models trained with torchvision-style resizing)."""
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).unsqueeze(0).float()
+    x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+    return x.clamp_(0, 255).round_().to(torch.uint8)[0].permute(1, 2, 0).numpy()
+
+
 class ImageProcessor:
     def __init__(self, size: int = 224, center_crop: bool = True, rotations: Sequence[int] = (),
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 resize: str = "reference") -> None:
         for r in rotations:
             if r % 90:
                 raise ValueError(f"camera rotation must be a multiple of 90 degrees, got {r}")
+        if resize not in RESIZE_METHODS:
+            raise ValueError(f"image_resize {resize!r} is not one of {', '.join(RESIZE_METHODS)}")
         self.size, self.center_crop, self.rotations = size, center_crop, tuple(rotations)
+        self.resize = image_ops.reference_resize if resize == "reference" else bicubic_resize
         self.device, self.dtype = torch.device(device), dtype
         mean = torch.tensor(DINO_MEAN + SIGLIP_MEAN, device=self.device).view(1, 6, 1, 1)
         std = torch.tensor(DINO_STD + SIGLIP_STD, device=self.device).view(1, 6, 1, 1)
@@ -52,45 +63,27 @@ class ImageProcessor:
         self._scale = (1.0 / (255.0 * std)).to(dtype)
         self._shift = (-mean / std).to(dtype)
 
+    def frame(self, image: np.ndarray, camera: int = 0) -> np.ndarray:
+        """One camera's HxWx3 uint8 RGB frame -> size x size x 3 uint8, as the model saw in training."""
+        image = check_image(image, f"camera {camera}")
+        rotation = self.rotations[camera] if camera < len(self.rotations) else 0
+        if rotation % 360:
+            image = np.rot90(image, k=(rotation // 90) % 4)
+        if image.shape[:2] != (self.size, self.size):
+            image = self.resize(np.ascontiguousarray(image), self.size)
+        if self.center_crop:
+            image = image_ops.center_crop(image, self.size)
+        return image
+
     def frames(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """(cameras, 3, size, size) uint8 frames at model resolution."""
-        out = []
-        for cam, image in enumerate(images):
-            image = check_image(image, f"camera {cam}")
-            if not image.flags.writeable or not image.flags.c_contiguous:   # e.g. a view of message bytes
-                image = np.array(image, order="C")
-            x = torch.from_numpy(image).to(self.device, non_blocking=True)
-            x = x.permute(2, 0, 1).unsqueeze(0).float()
-            rotation = self.rotations[cam] if cam < len(self.rotations) else 0
-            if rotation % 360:
-                x = torch.rot90(x, k=(rotation // 90) % 4, dims=(2, 3))
-            if x.shape[-2:] != (self.size, self.size):
-                x = F.interpolate(x, size=(self.size, self.size), mode="bicubic", antialias=True,
-                                  align_corners=False).clamp_(0, 255).round_()
-            if self.center_crop:
-                x = center_crop_resize(x, CROP_SCALE, self.size).clamp_(0, 255).round_()
-            out.append(x.to(torch.uint8))
-        return torch.cat(out, dim=0)
+        """(cameras, 3, size, size) uint8 frames at model resolution, on the model's device."""
+        host = np.stack([self.frame(image, camera) for camera, image in enumerate(images)])
+        return torch.from_numpy(host).permute(0, 3, 1, 2).to(self.device, non_blocking=True)
 
     def pixels(self, frames: torch.Tensor) -> torch.Tensor:
         """(cameras, 6, size, size): each frame normalized for DINOv2 (0-2) and SigLIP (3-5)."""
         x = frames.to(self.dtype).repeat(1, 2, 1, 1)
         return x * self._scale + self._shift
-
-
-def center_crop_resize(x: torch.Tensor, area: float, size: int) -> torch.Tensor:
-    """Central crop of ``area`` of the image (side sqrt(area)), bilinearly resized to size x size."""
-    h, w = x.shape[-2:]
-    side = math.sqrt(area)
-    ch, cw = h * side, w * side
-    top, left = (h - ch) / 2, (w - cw) / 2
-    # Sample the crop box like tf.image.crop_and_resize (box corners map to pixel centres).
-    ys = top + torch.arange(size, device=x.device, dtype=torch.float32) * (ch - 1) / (size - 1)
-    xs = left + torch.arange(size, device=x.device, dtype=torch.float32) * (cw - 1) / (size - 1)
-    gy = ys / (h - 1) * 2 - 1
-    gx = xs / (w - 1) * 2 - 1
-    grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1).unsqueeze(0)
-    return F.grid_sample(x, grid.expand(x.shape[0], -1, -1, -1), mode="bilinear", align_corners=True)
 
 
 @dataclass(frozen=True)

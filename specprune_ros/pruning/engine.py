@@ -2,7 +2,8 @@
 
 The model calls it in this order every step:
 
-    plan = engine.begin_step(frames, previous_action)    # controller, K, history T, frame diff
+    engine.observe(stamp, frames)                        # frames seen between steps (history only)
+    plan = engine.begin_step(frames, motion, stamp)      # controller, K, history T, frame diff
     ... layers 1..local_layers on all tokens, collect their scores ...
     selection = engine.select(plan, local_scores)         # static pruning (or the fallback)
     ... remaining layers; LayerImportance drops tokens at the dynamic layers ...
@@ -21,7 +22,7 @@ import torch
 
 from ..config import Config
 from .controller import ActionAwareController, Decision, KBudget, Motion, k_budget
-from .frames import FrameRingBuffer, history_steps, patch_unit_vectors
+from .frames import FrameHistory, executed_translation, history_periods, patch_unit_vectors
 from .layout import TokenLayout
 from .static import StaticSelection, detect_scene_cut, select_static, union_topk_mask
 
@@ -35,8 +36,9 @@ class StepPlan:
     reason: str                       # why not pruned ("" when pruned)
     decision: Decision
     k: KBudget
-    history_frames: int               # T used for frame differencing (0 = none available)
-    similarity: torch.Tensor | None   # (C, N) patch similarity to the frame T steps back
+    history_frames: int               # T (action periods) of the history rule (0 = no frame stored)
+    history_age_s: float              # age of the frame compared (closest to t - T * action_dt), 0 if none
+    similarity: torch.Tensor | None   # (C, N) patch similarity to the compared frame
     scene_cut: torch.Tensor | None    # () bool
 
 
@@ -53,6 +55,7 @@ class SpecPruneEngine:
         self.config = config
         self.prior: torch.Tensor | None = None            # (G, C, N) scores, -inf = no score
         self.prior_selected: torch.Tensor | None = None   # (C, N) V_global chosen this step
+        self.previous_vectors: torch.Tensor | None = None  # the previous step's frame, for scene cuts
         self._tau_key: tuple[float, float] | None = None
         self._tau = torch.empty(0)
 
@@ -66,18 +69,19 @@ class SpecPruneEngine:
         self.controller.config = config.controller
         self.config = config
 
-    def _history(self, config: Config) -> FrameRingBuffer:
-        """Unit patch vectors of the last frames: each step normalizes only its own frame."""
+    def _history(self, config: Config) -> FrameHistory:
+        """Unit patch vectors of past frames: each frame is normalized once, when it arrives."""
         _, height, width = self.frame_shape
         patches = (height // PATCH) * (width // PATCH)
-        return FrameRingBuffer(config.pruning.history_capacity(),
-                               (self.layout.num_cameras, patches, self.frame_shape[0] * PATCH * PATCH),
-                               device=self.device)
+        return FrameHistory(config.pruning.history_capacity(),
+                            (self.layout.num_cameras, patches, self.frame_shape[0] * PATCH * PATCH),
+                            device=self.device)
 
     def reset(self) -> None:
         """Episode start: no prior, no history, coarse mode."""
         self.prior = None
         self.prior_selected = None
+        self.previous_vectors = None
         self.frames.reset()
         self.controller.reset()
 
@@ -92,28 +96,45 @@ class SpecPruneEngine:
             self._tau_key = key
         return self._tau
 
-    def begin_step(self, frames: torch.Tensor, previous_action: np.ndarray | None) -> StepPlan:
-        """Push this step's frames, decide the mode and the K values, compute frame differences."""
-        p = self.config.pruning
-        self.frames.push(patch_unit_vectors(frames, PATCH))
-        motion = None if previous_action is None else Motion.from_action(previous_action)
-        decision = self.controller.update(motion)
+    def observe(self, stamp: float, frames: torch.Tensor) -> None:
+        """A frame seen between steps (model resolution, all cameras): history only."""
+        self.frames.add(stamp, patch_unit_vectors(frames, PATCH), self.config.node.action_dt)
+
+    def begin_step(self, frames: torch.Tensor, motion: np.ndarray | None, stamp: float) -> StepPlan:
+        """Decide the mode and the K values, compare with the history, then store this frame.
+
+        ``motion``: the actions executed since the previous step (rows of dx dy dz droll dpitch
+        dyaw ..., normalized units), or None at an episode start. The controller takes their
+        mean; the history rule takes the norm of their summed translation.
+        """
+        p, action_dt = self.config.pruning, self.config.node.action_dt
+        current = patch_unit_vectors(frames, PATCH)
+        decision = self.controller.update(None if motion is None else Motion.from_action(motion))
         budget = k_budget(p, self.config.controller, decision.fine, self.layout.tokens_per_camera)
-        history = history_steps(decision.motion.translation_speed, p.history_base, p.history_slope,
-                                p.history_offset, self.frames.available_history)
+        periods, age = 0, 0.0
         similarity = scene_cut = None
-        if history:
-            current = self.frames.latest()
-            similarity = (current * self.frames.lookback(history)).sum(-1)
-            step_change = similarity[:1] if history == 1 else (current[:1] * self.frames.lookback(1)[:1]).sum(-1)
+        past = None
+        if len(self.frames):
+            periods = history_periods(executed_translation(motion), p.history_base, p.history_slope,
+                                      p.history_offset)
+            past = self.frames.closest(stamp - periods * action_dt, before=stamp)
+        if past is not None:
+            similarity = (current * past[0]).sum(-1)
+            age = stamp - past[1]
+            previous = self.previous_vectors if self.previous_vectors is not None else past[0]
+            step_change = (current[:1] * previous[:1]).sum(-1)
             scene_cut = detect_scene_cut(step_change, p.frame_similarity_threshold, p.scene_cut_fraction)
+        else:
+            periods = 0
+        self.frames.add(stamp, current, action_dt)
+        self.previous_vectors = current
         if not p.enabled:
             reason = "disabled"
         elif self.prior is None:
             reason = "no prior (first step)"
         else:
             reason = ""
-        return StepPlan(not reason, reason, decision, budget, history, similarity, scene_cut)
+        return StepPlan(not reason, reason, decision, budget, periods, age, similarity, scene_cut)
 
     def select(self, plan: StepPlan, local_scores: torch.Tensor) -> StaticSelection:
         """Static selection from this step's local-layer scores (L, C, N)."""

@@ -4,11 +4,16 @@ Frames are the model-resolution images (after resize / rotation / crop, before p
 normalization), uint8 or float, shape (cameras, 3, H, W). Similarity is per 14 x 14 patch on
 raw pixels, as in the authors' code. The history stores each frame's unit patch vectors, so
 a step normalizes only its own frame and a comparison is one multiply-sum.
+
+The history is kept by time, not by policy step: the method's T counts action periods, and the
+compared frame is the one closest to ``t - T * action_dt`` (docs/specprune.md, "History
+distance"), whatever the control rate.
 """
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 EPS = 1e-8
@@ -39,57 +44,82 @@ def patch_cosine_similarity(current: torch.Tensor, past: torch.Tensor, patch: in
     return (patch_unit_vectors(current, patch) * patch_unit_vectors(past, patch)).sum(-1)
 
 
-def history_steps(speed: float, base: float, slope: float, offset: int, available: int) -> int:
-    """T = floor(base + slope * speed) + offset, clamped to [1, available]; 0 if nothing is stored."""
-    if available <= 0:
-        return 0
+def history_periods(speed: float, base: float, slope: float, offset: int) -> int:
+    """T = floor(base + slope * speed) + offset action periods back, at least 1.
+
+    ``speed`` is the translation the robot executed since the previous step (normalized action
+    units summed over the executed actions, see ``executed_translation``), so a fast transport
+    phase compares with a recent frame and a slow grasp with an older one.
+    """
     if not math.isfinite(speed):
         speed = 0.0
-    t = math.floor(base + slope * speed) + offset
-    return max(1, min(int(t), available))
+    return max(1, int(math.floor(base + slope * speed)) + offset)
 
 
-class FrameRingBuffer:
-    """The last ``capacity`` per-step items (all cameras' frames or patch vectors) on the device.
+def executed_translation(motion: np.ndarray | None) -> float:
+    """||sum of (dx, dy, dz)|| over the executed actions (rows), the history rule's v."""
+    if motion is None:
+        return 0.0
+    rows = np.atleast_2d(np.asarray(motion, dtype=np.float64))
+    return float(np.linalg.norm(rows[:, :3].sum(axis=0)))
 
-    Preallocated: pushing never allocates, and a look-back is an index into the buffer.
-    ``capacity`` must cover the longest look-back plus the current step
-    (``PruningConfig.history_capacity()``).
+
+def executed_actions(chunk: np.ndarray, elapsed_s: float, action_dt: float) -> np.ndarray:
+    """The actions of the previous chunk the robot had time to execute since it was predicted.
+
+    k = round(elapsed / action_dt), clamped to 1..chunk_size: a policy queried once per chunk
+    (OFT on LIBERO) executed the whole chunk; one queried every action period, its first action.
+    """
+    chunk = np.atleast_2d(chunk)
+    periods = round(elapsed_s / action_dt) if math.isfinite(elapsed_s) and elapsed_s > 0 else 1
+    return chunk[:min(max(int(periods), 1), len(chunk))]
+
+
+class FrameHistory:
+    """Past frames by time: at most one per ``action_dt`` period, preallocated on the device.
+
+    Items are whatever the caller compares (here all cameras' unit patch vectors). A frame is
+    kept if it is the first of its action period (``floor(stamp / action_dt)``), so frames that
+    arrive at any camera rate are downsampled to one per period; ``closest(t)`` returns the kept
+    frame whose stamp is nearest to ``t``, which clamps a look-back to what the buffer holds.
+    ``capacity`` periods are kept (``PruningConfig.history_capacity()`` covers the longest T).
     """
 
     def __init__(self, capacity: int, item_shape: tuple[int, ...], device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.float32) -> None:
-        if capacity < 2:
-            raise ValueError(f"capacity must be >= 2 (current frame + one past), got {capacity}")
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.capacity = capacity
-        self.frames = torch.zeros((capacity, *item_shape), dtype=dtype, device=device)
-        self._count = 0
-        self._head = -1  # slot of the newest frame
+        self.items = torch.zeros((capacity, *item_shape), dtype=dtype, device=device)
+        self.stamps: list[float] = []     # oldest first; slot of stamps[i] is _slots[i]
+        self._slots: list[int] = []
 
     def reset(self) -> None:
-        self._count, self._head = 0, -1
+        self.stamps, self._slots = [], []
 
     def __len__(self) -> int:
-        return self._count
+        return len(self.stamps)
 
-    @property
-    def available_history(self) -> int:
-        """How many steps back a look-up can go from the newest frame."""
-        return max(0, self._count - 1)
+    def add(self, stamp: float, item: torch.Tensor, action_dt: float) -> bool:
+        """Keep ``item`` if it is the first frame of a later action period; True if kept."""
+        if item.shape != self.items.shape[1:]:
+            raise ValueError(f"item has shape {tuple(item.shape)}, the history holds {tuple(self.items.shape[1:])}")
+        if self.stamps and math.floor(stamp / action_dt) <= math.floor(self.stamps[-1] / action_dt):
+            return False
+        if len(self.stamps) == self.capacity:
+            slot = self._slots.pop(0)
+            self.stamps.pop(0)
+        else:
+            slot = len(self.stamps)
+        self.items[slot].copy_(item, non_blocking=True)
+        self.stamps.append(stamp)
+        self._slots.append(slot)
+        return True
 
-    def push(self, frames: torch.Tensor) -> None:
-        if frames.shape != self.frames.shape[1:]:
-            raise ValueError(f"item has shape {tuple(frames.shape)}, buffer holds "
-                             f"{tuple(self.frames.shape[1:])}")
-        self._head = (self._head + 1) % self.capacity
-        self.frames[self._head].copy_(frames, non_blocking=True)
-        self._count = min(self._count + 1, self.capacity)
-
-    def latest(self) -> torch.Tensor:
-        return self.lookback(0)
-
-    def lookback(self, steps: int) -> torch.Tensor:
-        """The frames pushed ``steps`` pushes before the newest (0 = newest)."""
-        if not 0 <= steps <= self.available_history:
-            raise IndexError(f"cannot look {steps} steps back: {self.available_history} available")
-        return self.frames[(self._head - steps) % self.capacity]
+    def closest(self, target: float, before: float) -> tuple[torch.Tensor, float] | None:
+        """(item, stamp) of the kept frame nearest to ``target`` among those older than ``before``."""
+        best = None
+        for stamp, slot in zip(self.stamps, self._slots):
+            if stamp < before and (best is None or abs(stamp - target) < abs(best[1] - target)):
+                best = (slot, stamp)
+        return None if best is None else (self.items[best[0]], best[1])

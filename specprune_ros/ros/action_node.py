@@ -56,9 +56,7 @@ class ActionNode(Node):
         if node.publish_trajectory and not 0 < len(node.trajectory_joints) <= action_dim:
             raise ValueError(f"publish_trajectory needs trajectory_joints with 1 to {action_dim} joints (the first "
                              f"action dimensions must be joint targets); got {list(node.trajectory_joints)}")
-        self.assembler = ObservationAssembler(node.num_images, node.match_tolerance_s, node.max_observation_age_s,
-                                              node.joint_names)
-        self.assembler.set_instruction(node.instruction)
+        self.assembler = ObservationAssembler.for_node(self.config)
         self._lock = threading.Lock()            # guards self.config between callback and worker
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
@@ -118,7 +116,7 @@ class ActionNode(Node):
                 return SetParametersResult(successful=False, reason=str(exc))
             self.config = new
             node = new.node
-            self.assembler.set_limits(node.match_tolerance_s, node.max_observation_age_s)
+            self.assembler.set_limits(node.match_tolerance_s, node.max_observation_age_s, node.action_dt)
             if any(p.name == "instruction" for p in params):
                 self.assembler.set_instruction(node.instruction)
         return SetParametersResult(successful=True)
@@ -231,10 +229,7 @@ def stats_message(out: PolicyOutput, header_stamp) -> PruningStats:
     s = out.stats
     msg = PruningStats()
     msg.header.stamp, msg.header.frame_id = header_stamp, "camera_primary"
-    for name in ("step", "pruning_enabled", "fine_mode", "alpha", "vision_tokens_total", "vision_tokens_kept",
-                 "global_selected", "local_selected", "dynamic_selected", "history_frames", "translation_speed",
-                 "rotation_speed", "global_recall", "flops_ratio", "latency_ms", "overhead_ms", "fallback_reason"):
-        value = getattr(s, name)
+    for name, value in s.message_fields().items():
         setattr(msg, name, type(getattr(msg, name))(value))
     msg.tokens_per_layer = [int(n) for n in s.tokens_per_layer]
     return msg

@@ -12,6 +12,11 @@ Rules, in order (the first that fails names the drop reason):
 * every other camera has an image, and the joint states a message, within ``tolerance_s`` of
   the primary image's stamp;
 * every image decodes (malformed images never produce an action).
+
+For frame differencing, each camera also keeps the first frame of every action period
+(``floor(stamp / action_dt)``) for the last ``history_periods`` periods; an observation carries
+the complete sets (primary + partners within ``tolerance_s``) that arrived since the previous
+one, so the policy's history sees every period however slowly it is queried.
 """
 from __future__ import annotations
 
@@ -22,8 +27,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..model.processing import ObservationError
-from ..policy import Observation
+from ..config import Config
+from ..observation import HistoryFrame, Observation, ObservationError
 from .images import to_rgb
 
 
@@ -56,12 +61,16 @@ def _ns(seconds: float) -> int:
 
 class ObservationAssembler:
     def __init__(self, num_images: int, tolerance_s: float = 0.05, max_age_s: float = 0.5,
-                 joint_names: Sequence[str] = (), history: int = 8) -> None:
+                 joint_names: Sequence[str] = (), history: int = 8, action_dt: float = 0.1,
+                 history_periods: int = 12) -> None:
         self.num_images = num_images
         self.tolerance_s = tolerance_s
         self.max_age_s = max_age_s
+        self.action_dt = action_dt
         self.joint_names = tuple(joint_names)
         self.images: list[deque[Stamped]] = [deque(maxlen=history) for _ in range(num_images)]
+        # One frame per action period per camera, for frame differencing (bounded by periods).
+        self.period_frames: list[deque[Stamped]] = [deque(maxlen=history_periods) for _ in range(num_images)]
         # Joint states come fast (up to kHz): bounded by count, trimmed by time on arrival.
         self.joints: deque[Stamped] = deque(maxlen=4096)
         self._lock = threading.Lock()   # callbacks add while the control loop assembles
@@ -69,13 +78,31 @@ class ObservationAssembler:
         self.drops: Counter[str] = Counter()
         self.last_used: int | None = None        # stamp (ns) of the last primary image used
 
-    def set_limits(self, tolerance_s: float, max_age_s: float) -> None:
+    @classmethod
+    def for_node(cls, config: Config) -> "ObservationAssembler":
+        """The assembler the action node uses, from the one configuration (replay uses it too)."""
+        node = config.node
+        assembler = cls(node.num_images, node.match_tolerance_s, node.max_observation_age_s, node.joint_names,
+                        action_dt=node.action_dt, history_periods=config.pruning.history_capacity())
+        assembler.set_instruction(node.instruction)
+        return assembler
+
+    def set_limits(self, tolerance_s: float, max_age_s: float, action_dt: float | None = None) -> None:
         self.tolerance_s, self.max_age_s = tolerance_s, max_age_s
+        if action_dt is not None:
+            self.action_dt = action_dt
+
+    def _period(self, stamp: int) -> int:
+        return int(stamp // _ns(self.action_dt))
 
     def add_image(self, camera: int, stamp: int, msg: Any) -> None:
         """Store the message; it is decoded only if a step uses it."""
+        item = Stamped(stamp, msg)
         with self._lock:
-            self.images[camera].append(Stamped(stamp, msg))
+            self.images[camera].append(item)
+            kept = self.period_frames[camera]
+            if not kept or self._period(stamp) > self._period(kept[-1].stamp):
+                kept.append(item)
 
     def add_joint_state(self, stamp: int, names: Sequence[str], positions: Sequence[float]) -> None:
         with self._lock:
@@ -89,7 +116,7 @@ class ObservationAssembler:
 
     def clear(self) -> None:
         with self._lock:
-            for q in self.images:
+            for q in (*self.images, *self.period_frames):
                 q.clear()
             self.joints.clear()
             self.last_used = None
@@ -105,16 +132,39 @@ class ObservationAssembler:
             picked = self._pick(now)
         if not isinstance(picked, tuple):
             return picked
-        frames, joint, instruction = picked
+        frames, joint, instruction, past = picked
         try:      # decoding happens outside the lock: callbacks are never blocked by it
             images = [to_rgb(f.value) for f in frames]
             proprio = self._proprio(*joint.value)
         except ObservationError as exc:
             return self._drop(f"malformed: {exc}")
+        history = []
+        for sets in past:
+            try:
+                history.append(HistoryFrame(sets[0].stamp * 1e-9, [to_rgb(f.value) for f in sets]))
+            except ObservationError:
+                continue          # a malformed past frame is only never compared with
         return Assembled(Observation(images, proprio, instruction, stamp=frames[0].stamp * 1e-9,
-                                     stamp_ns=frames[0].stamp))
+                                     stamp_ns=frames[0].stamp, history=history))
 
-    def _pick(self, now: int) -> Assembled | tuple[list[Stamped], Stamped, str]:
+    def _past_frames(self, primary: Stamped) -> list[list[Stamped]]:
+        """Complete per-period frame sets newer than the previous step's and older than ``primary``."""
+        out = []
+        for first in self.period_frames[0]:
+            if first.stamp >= primary.stamp or self._period(first.stamp) == self._period(primary.stamp) \
+                    or (self.last_used is not None and first.stamp <= self.last_used):
+                continue
+            sets = [first]
+            for camera in range(1, self.num_images):
+                match = _closest(self.period_frames[camera], first.stamp, _ns(self.tolerance_s))
+                if match is None:
+                    break
+                sets.append(match)
+            if len(sets) == self.num_images:
+                out.append(sets)
+        return out
+
+    def _pick(self, now: int) -> Assembled | tuple[list[Stamped], Stamped, str, list[list[Stamped]]]:
         if not self.instruction:
             return Assembled(None, "no instruction yet (topic or parameter)")
         if not self.images[0]:
@@ -143,8 +193,9 @@ class ObservationAssembler:
         joint = _closest(self.joints, primary.stamp, _ns(self.tolerance_s))
         if joint is None:
             return self._drop(f"incomplete: no joint state within {self.tolerance_s:g} s of the primary image")
+        past = self._past_frames(primary)
         self.last_used = primary.stamp
-        return frames, joint, self.instruction
+        return frames, joint, self.instruction, past
 
     def _proprio(self, names: tuple[str, ...], positions: np.ndarray) -> np.ndarray:
         if len(names) not in (0, len(positions)):

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..model.processing import ObservationError
+from ..observation import ObservationError
 
 CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "8uc1": 1, "8uc3": 3,
             "mono16": 1, "16uc1": 1}

@@ -61,6 +61,7 @@ class BagTick:
     now: int                        # the control tick, bag time (ns)
     assembled: Assembled            # what the node's assembly rules make of the data so far
     expert: np.ndarray | None       # the recorded command nearest the observation, if any
+    executed: np.ndarray | None     # recorded commands since the previous observation (rows), if any
 
 
 def open_episode(bag: Path, config: Config) -> tuple[BagReader, list[str]]:
@@ -90,11 +91,16 @@ def bag_ticks(reader: BagReader, topics: list[str], config: Config,
     experts: list[tuple[int, np.ndarray]] = []
     next_tick: int | None = None
     last = 0
+    previous: list[int | None] = [None]        # stamp of the previous observation
 
     def tick(now: int) -> BagTick:
         assembled = assembler.assemble(now)
-        stamp = assembled.observation.stamp_ns if assembled.observation is not None else now
-        return BagTick(now, assembled, _nearest(experts, stamp, period))
+        if assembled.observation is None:
+            return BagTick(now, assembled, _nearest(experts, now, period), None)
+        stamp = assembled.observation.stamp_ns
+        since = [a for t, a in experts if (previous[0] is None or t > previous[0]) and t <= stamp]
+        previous[0] = stamp
+        return BagTick(now, assembled, _nearest(experts, stamp, period), np.stack(since) if since else None)
 
     for m in reader.messages(topics):
         if next_tick is None:
@@ -116,14 +122,6 @@ def bag_ticks(reader: BagReader, topics: list[str], config: Config,
         next_tick += period
 
 
-def node_assembler(config: Config) -> ObservationAssembler:
-    node = config.node
-    assembler = ObservationAssembler(node.num_images, node.match_tolerance_s, node.max_observation_age_s,
-                                     node.joint_names)
-    assembler.set_instruction(node.instruction)
-    return assembler
-
-
 def run_replay(bag: Path, config: Config, compare: bool = True,
                progress: Callable[[int, int], None] | None = None, motion: str = "predicted") -> ReplayRun:
     """``motion="recorded"`` gives the controller the bag's recorded command as the measured
@@ -136,15 +134,16 @@ def run_replay(bag: Path, config: Config, compare: bool = True,
         rotations = (node.rotation_primary, node.rotation_wrist)
         pruned = SpecPrunePolicy(loaded, config, rotations)
         unpruned = SpecPrunePolicy(loaded, config.replace(**{"pruning.enabled": False}), rotations) if compare else None
-        assembler = node_assembler(config)
+        assembler = ObservationAssembler.for_node(config)
         run = ReplayRun()
         for t in bag_ticks(reader, topics, config, assembler):
             obs = t.assembled.observation
             if obs is None:
                 run.last_drop = t.assembled.reason if t.assembled.dropped else run.last_drop
                 continue
-            if motion == "recorded" and t.expert is not None:
-                obs.motion = t.expert[:6]
+            if motion == "recorded":       # what the robot executed since the previous observation
+                executed = t.executed if t.executed is not None else t.expert
+                obs.motion = None if executed is None else np.atleast_2d(executed)[:, :6]
             try:
                 if unpruned is not None and len(run.steps) % 2:    # alternate the order: no order bias
                     out_u, out_p = unpruned.step(obs), pruned.step(obs)
@@ -188,6 +187,7 @@ def step_rows(run: ReplayRun) -> list[dict[str, Any]]:
             "local_selected": st.local_selected, "dynamic_selected": st.dynamic_selected,
             "fine_mode": int(st.fine_mode), "translation_speed": st.translation_speed,
             "rotation_speed": st.rotation_speed, "history_frames": st.history_frames,
+            "history_age_s": st.history_age_s,
             "global_recall": st.global_recall, "flops_ratio": st.flops_ratio, "fallback": st.fallback_reason,
         }
         if s.unpruned is not None:
@@ -312,15 +312,8 @@ def write_output_bag(run: ReplayRun, path: Path, dt: float) -> Path:
             chunk = Chunk(header=header, step=st.step, chunk_size=actions.shape[0], action_dim=actions.shape[1],
                           dt=dt, dimension_names=list(dimension_names(actions.shape[1])),
                           actions=actions.astype(np.float32).ravel())
-            stats = Stats(header=header, step=st.step, pruning_enabled=st.pruning_enabled, fine_mode=st.fine_mode,
-                          alpha=st.alpha, vision_tokens_total=st.vision_tokens_total,
-                          vision_tokens_kept=st.vision_tokens_kept, global_selected=st.global_selected,
-                          local_selected=st.local_selected, dynamic_selected=st.dynamic_selected,
-                          tokens_per_layer=np.asarray(st.tokens_per_layer, dtype=np.uint32),
-                          history_frames=st.history_frames, translation_speed=st.translation_speed,
-                          rotation_speed=st.rotation_speed, global_recall=st.global_recall,
-                          flops_ratio=st.flops_ratio, latency_ms=st.latency_ms, overhead_ms=st.overhead_ms,
-                          fallback_reason=st.fallback_reason)
+            stats = Stats(header=header, tokens_per_layer=np.asarray(st.tokens_per_layer, dtype=np.uint32),
+                          **st.message_fields())
             writer.write(c_chunk, s.tick_ns, store.serialize_cdr(chunk, Chunk.__msgtype__))
             writer.write(c_stats, s.tick_ns, store.serialize_cdr(stats, Stats.__msgtype__))
     return path

@@ -44,8 +44,8 @@ def run(model, inputs, config=None, steps=2):
         return model.predict(pixels, proprio, prompt)
     engine = SpecPruneEngine(config, model.layout(prompt, 2))
     out = None
-    for _ in range(steps):
-        plan = engine.begin_step(frames, None)
+    for step in range(steps):
+        plan = engine.begin_step(frames, None, 0.1 * step)
         out = model.predict(pixels, proprio, prompt, config.pruning, engine, plan)
     return out
 
@@ -85,7 +85,7 @@ def test_first_step_is_unpruned_but_records_the_prior(tiny, tiny_inputs):
     cfg = Config()
     engine = SpecPruneEngine(cfg, tiny.model.layout(prompt, 2))
     plain, _ = tiny.model.predict(pixels, proprio, prompt)
-    plan = engine.begin_step(frames, None)
+    plan = engine.begin_step(frames, None, 0.0)
     actions, info = tiny.model.predict(pixels, proprio, prompt, cfg.pruning, engine, plan)
     torch.testing.assert_close(actions, plain)
     assert info.selection is None and torch.isnan(info.recall)
@@ -98,6 +98,6 @@ def test_layer_indices_beyond_the_model_are_rejected(tiny, tiny_inputs):
     frames, pixels, proprio, prompt = tiny_inputs
     cfg = Config.from_dict({"pruning.global_layers": [15, 40]})
     engine = SpecPruneEngine(cfg, tiny.model.layout(prompt, 2))
-    plan = engine.begin_step(frames, None)
+    plan = engine.begin_step(frames, None, 0.0)
     with pytest.raises(ValueError, match=r"pruning.global_layers = \[15, 40\]: the model has 32 layers"):
         tiny.model.predict(pixels, proprio, prompt, cfg.pruning, engine, plan)

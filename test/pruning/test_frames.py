@@ -1,9 +1,11 @@
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from specprune_ros.pruning import FrameRingBuffer, history_steps, patch_cosine_similarity, patch_unit_vectors
+from specprune_ros.pruning import (FrameHistory, executed_actions, executed_translation, history_periods,
+                                   patch_cosine_similarity, patch_unit_vectors)
 
 
 def test_identical_frames_are_fully_similar_including_black_patches():
@@ -44,41 +46,60 @@ def test_bad_frame_shapes_are_rejected():
 
 
 def test_history_rule_matches_the_paper():
-    # T = floor(7 - v) + 4
-    assert history_steps(0.0, 7, -1, 4, 20) == 11
-    assert history_steps(0.5, 7, -1, 4, 20) == 10
-    assert history_steps(2.2, 7, -1, 4, 20) == 8
-    assert history_steps(0.0, 7, -1, 4, 3) == 3        # clamp to what is stored
-    assert history_steps(50.0, 7, -1, 4, 20) == 1      # never below one step
-    assert history_steps(0.0, 7, -1, 4, 0) == 0        # nothing stored: no dynamic set
+    # T = floor(7 - v) + 4 action periods
+    assert history_periods(0.0, 7, -1, 4) == 11
+    assert history_periods(0.5, 7, -1, 4) == 10
+    assert history_periods(2.2, 7, -1, 4) == 8
+    assert history_periods(6.0, 7, -1, 4) == 5
+    assert history_periods(50.0, 7, -1, 4) == 1        # never below one period
+    assert history_periods(float("nan"), 7, -1, 4) == 11
 
 
-@given(speed=st.floats(0, 100), available=st.integers(1, 30))
-def test_faster_motion_never_looks_further_back(speed, available):
-    t = history_steps(speed, 7, -1, 4, available)
-    assert 1 <= t <= available
-    assert history_steps(speed + 1.0, 7, -1, 4, available) <= t
+@given(speed=st.floats(0, 100))
+def test_faster_motion_never_looks_further_back(speed):
+    t = history_periods(speed, 7, -1, 4)
+    assert 1 <= t <= 11
+    assert history_periods(speed + 1.0, 7, -1, 4) <= t
 
 
-def test_ring_buffer_looks_back_by_steps_and_wraps():
-    buf = FrameRingBuffer(capacity=4, item_shape=(2, 3, 14, 14), dtype=torch.uint8)
-    assert buf.available_history == 0
-    for i in range(6):
-        buf.push(torch.full((2, 3, 14, 14), i, dtype=torch.uint8))
-    assert len(buf) == 4 and buf.available_history == 3
-    assert int(buf.latest()[0, 0, 0, 0]) == 5
-    assert [int(buf.lookback(t)[1, 0, 0, 0]) for t in range(4)] == [5, 4, 3, 2]
-    with pytest.raises(IndexError, match="4 steps back"):
-        buf.lookback(4)
+def test_v_is_the_translation_summed_over_the_executed_actions():
+    chunk = np.zeros((8, 7))
+    chunk[:, 0], chunk[:, 2] = 0.6, -0.8              # |(0.6, 0, -0.8)| = 1 per action
+    assert executed_translation(chunk) == pytest.approx(8.0)
+    assert executed_translation(chunk[:3]) == pytest.approx(3.0)
+    back_and_forth = np.zeros((2, 7))
+    back_and_forth[:, 0] = (1.0, -1.0)
+    assert executed_translation(back_and_forth) == 0.0   # a net displacement, not a path length
+    assert executed_translation(None) == 0.0
+
+
+def test_executed_actions_follow_the_elapsed_time():
+    chunk = np.arange(8 * 7, dtype=float).reshape(8, 7)
+    assert len(executed_actions(chunk, 0.1, 0.1)) == 1      # queried every action period
+    assert len(executed_actions(chunk, 0.34, 0.1)) == 3
+    assert len(executed_actions(chunk, 0.8, 0.1)) == 8      # once per chunk, as OFT on LIBERO
+    assert len(executed_actions(chunk, 5.0, 0.1)) == 8      # never more than the chunk
+    assert len(executed_actions(chunk, 0.0, 0.1)) == 1      # never fewer than one
+    np.testing.assert_array_equal(executed_actions(chunk, 0.2, 0.1), chunk[:2])
+
+
+def test_history_keeps_the_first_frame_of_each_period_and_forgets_the_oldest():
+    hist = FrameHistory(capacity=3, item_shape=(2,))
+    kept = [hist.add(t, torch.full((2,), t), action_dt=0.1) for t in (0.0, 0.05, 0.1, 0.19, 0.31, 0.42)]
+    assert kept == [True, False, True, False, True, True]
+    assert hist.stamps == pytest.approx([0.1, 0.31, 0.42]) and len(hist) == 3
+    item, stamp = hist.closest(0.3, before=1.0)
+    assert stamp == pytest.approx(0.31) and float(item[0]) == pytest.approx(0.31)
+    assert hist.closest(-5.0, before=1.0)[1] == pytest.approx(0.1)      # clamped to the oldest held
+    assert hist.closest(0.5, before=0.42)[1] == pytest.approx(0.31)     # only frames older than `before`
+    assert hist.closest(0.5, before=0.1) is None
     with pytest.raises(ValueError, match="item has shape"):
-        buf.push(torch.zeros(1, 3, 14, 14, dtype=torch.uint8))
-    buf.reset()
-    assert len(buf) == 0 and buf.available_history == 0
+        hist.add(1.0, torch.zeros(3), action_dt=0.1)
+    hist.reset()
+    assert len(hist) == 0 and hist.closest(0.0, before=1.0) is None
 
 
-def test_buffer_size_covers_the_longest_history_window():
+def test_history_capacity_covers_the_longest_look_back():
     from specprune_ros.config import Config
     p = Config().pruning
-    cap = p.history_capacity()
-    longest = history_steps(0.0, p.history_base, p.history_slope, p.history_offset, available=10**6)
-    assert cap == longest + 1 == 12
+    assert p.history_capacity() == history_periods(0.0, p.history_base, p.history_slope, p.history_offset) + 1 == 12

@@ -16,7 +16,8 @@ from specprune_ros.config import Config  # noqa: E402
 from specprune_ros.ros.action_node import ActionNode  # noqa: E402
 from specprune_ros.sensing.assembly import stamp_nanoseconds  # noqa: E402
 from specprune_ros.tools.bags import TOPIC_JOINTS, TOPIC_PRIMARY, TOPIC_WRIST, BagReader, write_synthetic_bag  # noqa: E402
-from specprune_ros.tools.replay import bag_ticks, node_assembler, open_episode  # noqa: E402
+from specprune_ros.sensing.assembly import ObservationAssembler  # noqa: E402
+from specprune_ros.tools.replay import bag_ticks, open_episode  # noqa: E402
 
 STEPS = 6
 
@@ -29,7 +30,7 @@ CONFIG = Config.from_dict({"max_observation_age_s": 5.0})
 def replayed_observations(bag):
     reader, topics = open_episode(bag, CONFIG)
     with reader:
-        return [t.assembled.observation for t in bag_ticks(reader, topics, CONFIG, node_assembler(CONFIG))
+        return [t.assembled.observation for t in bag_ticks(reader, topics, CONFIG, ObservationAssembler.for_node(CONFIG))
                 if t.assembled.observation is not None]
 
 

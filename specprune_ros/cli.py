@@ -123,7 +123,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
             f"  speedup {result['speedup']:.2f}x   LLM FLOPs ratio {result['flops_ratio']:.3f}   "
             f"overhead {result['overhead_ms']['median']:.2f} ms ({100 * result['overhead_fraction']:.1f} % of the "
             f"pruned step)\n  vision tokens kept {result['vision_tokens']['kept_mean']:.0f} / "
-            f"{result['vision_tokens']['total']}, fine mode {100 * result['fine_mode_fraction']:.0f} % of steps")
+            f"{result['vision_tokens']['total']}, fine mode {100 * result['fine_mode_fraction']:.0f} % of steps\n"
+            f"  preprocessing {result['preprocess_ms']['frames']} ({result['preprocess_ms']['resize']}): "
+            f"median {result['preprocess_ms']['median']:.2f} ms")
     _emit(args, result, text)
     return 0
 

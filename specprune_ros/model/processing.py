@@ -10,7 +10,10 @@ uint8 frames go to the model's device once; they feed the frame-difference histo
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -45,6 +48,18 @@ def bicubic_resize(image: np.ndarray, size: int) -> np.ndarray:
     return x.clamp_(0, 255).round_().to(torch.uint8)[0].permute(1, 2, 0).numpy()
 
 
+@lru_cache(maxsize=1)
+def _blas_controller():
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def _single_threaded_blas():
+    """A context in which numpy's BLAS runs on the calling thread only."""
+    return _blas_controller().limit(limits=1, user_api="blas")
+
+
 class ImageProcessor:
     def __init__(self, size: int = 224, center_crop: bool = True, rotations: Sequence[int] = (),
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
@@ -57,6 +72,7 @@ class ImageProcessor:
         self.size, self.center_crop, self.rotations = size, center_crop, tuple(rotations)
         self.resize = image_ops.reference_resize if resize == "reference" else bicubic_resize
         self.device, self.dtype = torch.device(device), dtype
+        self._pool: ThreadPoolExecutor | None = None
         mean = torch.tensor(DINO_MEAN + SIGLIP_MEAN, device=self.device).view(1, 6, 1, 1)
         std = torch.tensor(DINO_STD + SIGLIP_STD, device=self.device).view(1, 6, 1, 1)
         # pixels = (frame / 255 - mean) / std  ==  frame * scale + shift
@@ -76,8 +92,19 @@ class ImageProcessor:
         return image
 
     def frames(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """(cameras, 3, size, size) uint8 frames at model resolution, on the model's device."""
-        host = np.stack([self.frame(image, camera) for camera, image in enumerate(images)])
+        """(cameras, 3, size, size) uint8 frames at model resolution, on the model's device.
+
+        Cameras are prepared in parallel threads (JPEG coding and numpy release the GIL), with
+        BLAS held to one thread meanwhile: its own threads would fight over the same cores
+        (measured here: two 480x640 frames 9.6 ms that way, ~5 ms this way, 8.6 ms one by one).
+        """
+        if len(images) > 1 and os.cpu_count() and os.cpu_count() > 1:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=len(images), thread_name_prefix="preprocess")
+            with _single_threaded_blas():
+                host = np.stack(list(self._pool.map(self.frame, images, range(len(images)))))
+        else:
+            host = np.stack([self.frame(image, camera) for camera, image in enumerate(images)])
         return torch.from_numpy(host).permute(0, 3, 1, 2).to(self.device, non_blocking=True)
 
     def pixels(self, frames: torch.Tensor) -> torch.Tensor:

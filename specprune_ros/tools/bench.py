@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -21,7 +22,7 @@ from ..model.checkpoint import (LoadedPolicyModel, load_checkpoint, random_model
                                 tiny_config, tiny_statistics)
 from ..model.config import preset
 from ..model.flops import llm_flops
-from ..model.processing import NormStats
+from ..model.processing import ImageProcessor, NormStats
 from ..model.prompt import build_tiny_tokenizer
 from ..policy import Observation, SpecPrunePolicy, StepStats
 from ..synthetic import INSTRUCTION, episode
@@ -65,6 +66,22 @@ def observations(steps: int, num_images: int, seed: int = 0) -> list[Observation
     return obs
 
 
+def preprocess_timing(processor: ImageProcessor, repeats: int = 50, warmup: int = 5) -> dict[str, Any]:
+    """Host preprocessing of two 480x640 camera frames (the synthetic scene, upscaled) to model input."""
+    import cv2
+
+    step = episode(2)[1]
+    images = [cv2.resize(img, (640, 480), interpolation=cv2.INTER_LINEAR) for img in (step.primary, step.wrist)]
+    times = []
+    for i in range(repeats + warmup):
+        start = time.perf_counter()
+        processor.frames(images)
+        if i >= warmup:
+            times.append((time.perf_counter() - start) * 1e3)
+    return {"frames": "2 x 480x640 rgb8", "resize": processor.resize.__name__,
+            "center_crop": processor.center_crop, **summarize(times)}
+
+
 def run_bench(config: Config, model_config: str | None, model_path: str | None, device: str, steps: int,
               warmup: int) -> dict[str, Any]:
     dtype = config.node.dtype
@@ -106,6 +123,7 @@ def run_bench(config: Config, model_config: str | None, model_path: str | None, 
                           "kept_mean": float(np.mean([s.vision_tokens_kept for s in p]))},
         "fine_mode_fraction": float(np.mean([s.fine_mode for s in p])),
         "tokens_per_layer_mean": [float(v) for v in np.mean([s.tokens_per_layer for s in p], axis=0)],
+        "preprocess_ms": preprocess_timing(pruned.processor),
     }
 
 

@@ -33,11 +33,11 @@ def _waypoints() -> list[tuple[str, np.ndarray, float, int]]:
     return [
         ("transport", pick + [0, 0, 0.20], 1.0, 8),
         ("descend", pick, 1.0, 10),
-        ("grasp", pick, -1.0, 3),
+        ("grasp", pick, -1.0, 8),
         ("lift", pick + [0, 0, 0.20], -1.0, 6),
         ("transport", place + [0, 0, 0.20], -1.0, 8),
         ("descend", place, -1.0, 10),
-        ("release", place, 1.0, 3),
+        ("release", place, 1.0, 8),
         ("retreat", home, 1.0, 8),
     ]
 

@@ -89,6 +89,8 @@ def test_chunks_arrive_with_the_observation_stamp(ros, loaded_tiny):
         assert steps == sorted(steps) and len(set(steps)) == len(steps)
         assert all(s.fallback_reason.startswith("no prior") for s in driver.stats if s.step == 0)
         assert all(s.fallback_reason == "" for s in driver.stats if s.step > 0)
+        later = [s for s in driver.stats if s.step > 0]
+        assert later and all(s.history_frames >= 1 and s.history_age_s > 0 for s in later)   # a compared frame
     finally:
         node.shutdown()
 

@@ -189,3 +189,28 @@ def test_demo_prints_the_table(tmp_path):
         assert label in result.stdout
     assert (tmp_path / "demo" / "replay" / "report.html").is_file()
     shutil.rmtree(tmp_path / "demo")
+
+
+def test_history_adapts_to_the_executed_motion_at_one_query_per_chunk(tmp_path):
+    """OFT executes a whole chunk per query: at 1.25 Hz (8 actions of 0.1 s) the frames of the
+    periods in between still reach the history, v sums the 8 executed actions, and T moves with
+    the motion: fast transport compares a recent frame, a slow grasp or release an older one."""
+    from specprune_ros.synthetic import episode
+    from specprune_ros.tools.bags import STEP_NS
+    from specprune_ros.tools.replay import run_replay
+
+    steps, start_ns = 160, 1_700_000_000_000_000_000
+    bag = write_synthetic_bag(tmp_path / "episode", steps, "mcap", start_ns=start_ns)
+    run = run_replay(bag, Config.from_dict({"control_rate_hz": 1.25}), compare=False, motion="recorded")
+    phases = episode(steps)
+    by_phase: dict[str, list[float]] = {}
+    periods = set()
+    for s in run.steps:
+        stats = s.pruned.stats
+        assert stats.history_age_s == pytest.approx(0.1 * stats.history_frames, abs=1e-6)   # 10 Hz camera
+        periods.add(stats.history_frames)
+        phase = phases[round((s.stamp_ns - start_ns) / STEP_NS) - 1].phase
+        by_phase.setdefault(phase, []).append(stats.history_age_s)
+    assert len(run.steps) == 20 and len(periods) >= 5, periods
+    slow = by_phase["grasp"] + by_phase["release"]
+    assert sum(by_phase["transport"]) / len(by_phase["transport"]) < sum(slow) / len(slow)

@@ -74,8 +74,11 @@ class PruningConfig:
         0.990, "Patch cosine similarity below which a primary-camera patch counts as changed (tau).",
         low=0.0, high=1.0)
     frame_similarity_threshold_wrist: float = knob(
-        0.992, "Same threshold for the wrist (and further) cameras (authors' code: 0.992).", low=0.0, high=1.0)
-    history_base: float = knob(7.0, "b of the history rule T = floor(b + k*v) + offset.", low=0.0, high=64.0)
+        0.992, "Same threshold for the wrist (and further) cameras (an older note of the authors: 0.992; their "
+        "released code uses 0.986 for both cameras).", low=0.0, high=1.0)
+    history_base: float = knob(7.0, "b of the history rule T = floor(b + k*v) + offset (T in action periods, v the "
+                               "translation summed over the actions executed since the previous step).",
+                               low=0.0, high=64.0)
     history_slope: float = knob(-1.0, "k of the history rule; <= 0 so faster motion compares closer frames.",
                                 low=-64.0, high=0.0)
     history_offset: int = knob(4, "Offset of the history rule (paper: 4).", low=0, high=64)
@@ -86,7 +89,8 @@ class PruningConfig:
                                            "lowest-importance vision tokens are dropped (empty: none).",
                                            low=1, high=1024, min_len=0, max_len=64)
     dynamic_drop_ratio: float = knob(0.2, "Share of the remaining vision tokens dropped at each dynamic layer "
-                                     "(authors' code keeps 80 %).", low=0.0, high=0.9)
+                                     "(paper: ~10 %; the authors' code has this stage off by default and, "
+                                     "switched on, keeps 80 % of the whole sequence).", low=0.0, high=0.9)
     ema_beta: float = knob(0.2, "beta of the importance EMA over layers: S = (1-beta) S + beta s.",
                            low=0.0, high=1.0)
     rank_sharpness: float = knob(0.05, "k of the rank weight sigmoid(-k * rank) (not given in the paper).",

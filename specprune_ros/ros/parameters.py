@@ -39,19 +39,52 @@ def descriptor(name: str, spec: Spec, value: Any) -> ParameterDescriptor:
 
 def declare_all(node, config: Config) -> Config:
     """Declare every knob (values from --params-file / launch override the defaults); return the
-    validated configuration they make up."""
+    validated configuration they make up.
+
+    Every parameter gets a value: rclpy's get_parameters service answers a request that names
+    one parameter without a value with nothing at all, so ``ros2 param dump`` printed ``{}``.
+    An empty string array cannot be declared as a value (rclpy types ``[]`` as a byte array):
+    such a knob is declared typed, set to ``[]`` with an explicitly typed Parameter, and only
+    then marked read-only.
+    """
     defaults = config.flat()
     values = {}
+    # --params-file / -p values, which rclpy checks against the declared type: `rate: 10` in a
+    # YAML file is an integer. rclpy keeps them in this attribute (Humble and Jazzy alike).
+    overrides = getattr(node, "_parameter_overrides", {})
     for name, spec in iter_specs():
         default = defaults[name]
-        initial = default
+        final = descriptor(name, spec, default)
+        given = overrides.get(name)
+        if isinstance(default, float) and given is not None and given.type_ == Parameter.Type.INTEGER:
+            overrides[name] = Parameter(name, Parameter.Type.DOUBLE, float(given.value))
         if isinstance(default, list) and not default:
-            # rclpy would type an empty list as a byte array: declare the type, with no value set.
-            initial = Parameter.Type.STRING_ARRAY
-        declared = node.declare_parameter(name, initial, descriptor(name, spec, default))
-        value = from_ros(declared)
-        values[name] = default if value is None else value
+            writable = descriptor(name, spec, default)
+            writable.read_only = False
+            declared = node.declare_parameter(name, Parameter.Type.STRING_ARRAY, writable)
+            if declared.type_ == Parameter.Type.NOT_SET:
+                node.set_parameters([Parameter(name, Parameter.Type.STRING_ARRAY, [])])
+            node.set_descriptor(name, final)
+            declared = node.get_parameter(name)
+        else:
+            declared = node.declare_parameter(name, default, final)
+        values[name] = from_ros(declared)
+    _accept_integers_for_doubles(node)
     return Config.from_dict(values)
+
+
+def _accept_integers_for_doubles(node) -> None:
+    """``ros2 param set /action_node pruning.alpha 1`` sends an integer: make it a double before
+    rclpy's type check (which would refuse it before our validation sees it). Needs rclpy's
+    pre-set callbacks (Iron and later); on Humble such a set is refused with rclpy's type message."""
+    doubles = {name for name, value in Config().flat().items() if isinstance(value, float)}
+
+    def to_double(params: list[Parameter]) -> list[Parameter]:
+        return [Parameter(p.name, Parameter.Type.DOUBLE, float(p.value))
+                if p.name in doubles and p.type_ == Parameter.Type.INTEGER else p for p in params]
+
+    if hasattr(node, "add_pre_set_parameters_callback"):
+        node.add_pre_set_parameters_callback(to_double)
 
 
 def from_ros(param: Parameter) -> Any:

@@ -13,13 +13,14 @@ from .conftest import rgb_image, wait_for
 rclpy = pytest.importorskip("rclpy")
 from rcl_interfaces.msg import Parameter as ParameterMsg  # noqa: E402
 from rcl_interfaces.msg import ParameterType, ParameterValue  # noqa: E402
-from rcl_interfaces.srv import GetParameters, SetParameters  # noqa: E402
+from rcl_interfaces.srv import GetParameters, ListParameters, SetParameters  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
+from specprune_ros.config import iter_specs  # noqa: E402
 from specprune_ros.msg import ActionChunk, PruningStats  # noqa: E402
 from specprune_ros.ros.action_node import ActionNode  # noqa: E402
 
@@ -146,6 +147,15 @@ def test_live_parameters_apply_to_the_next_step_and_bad_values_are_rejected(ros,
 
         bad, = set_params(driver, **{"pruning.alpha": 9.0})
         assert not bad.successful and "pruning.alpha" in bad.reason and "4" in bad.reason
+        # `ros2 param set /action_node pruning.alpha 1` sends an integer: accepted as 1.0 ...
+        whole, = set_params(driver, **{"pruning.alpha": 1})
+        assert whole.successful, whole.reason
+        assert node.get_parameter("pruning.alpha").value == 1.0 and node.config.pruning.alpha == 1.0
+        # ... and an integer out of range is refused (the descriptor's range), naming the range.
+        bad, = set_params(driver, **{"pruning.alpha": 5})
+        assert not bad.successful and "pruning.alpha" in bad.reason and "4.0" in bad.reason, bad.reason
+        whole, = set_params(driver, **{"pruning.alpha": 0.5})
+        assert whole.successful
         bad, = set_params(driver, **{"pruning.confidence": "max"})
         assert not bad.successful and "one of 'entropy', 'mean_std'" in bad.reason
         read_only, = set_params(driver, model_path="/elsewhere")
@@ -197,9 +207,20 @@ def node_process(*ros_args):
 
 def test_params_file_and_clean_sigint(ros):
     context, spinner = ros
-    proc = node_process("--params-file", str(ROOT / "config" / "rizon4.yaml"), "-p", "device:=cpu")
+    proc = node_process("--params-file", str(ROOT / "config" / "rizon4.yaml"), "-p", "device:=cpu",
+                        "-p", "control_rate_hz:=5")      # an integer for a double parameter
     try:
         probe = spinner.add(Node("param_probe", context=context))
+        # What `ros2 param dump` does: list every name, then get them all in one request.
+        listed = call(probe, ListParameters, "/action_node/list_parameters", ListParameters.Request(),
+                      timeout=60.0).result.names
+        assert set(listed) >= {name for name, _ in iter_specs()}
+        dump = call(probe, GetParameters, "/action_node/get_parameters", GetParameters.Request(names=listed))
+        assert len(dump.values) == len(listed)
+        dumped = {n: Parameter.from_parameter_msg(ParameterMsg(name=n, value=v)) for n, v in zip(listed, dump.values)}
+        assert all(p.type_ != Parameter.Type.NOT_SET for p in dumped.values())
+        assert dumped["joint_names"].type_ == Parameter.Type.STRING_ARRAY and list(dumped["joint_names"].value) == []
+        assert dumped["control_rate_hz"].type_ == Parameter.Type.DOUBLE and dumped["control_rate_hz"].value == 5.0
         names = ["max_observation_age_s", "pruning.alpha", "pruning.global_layers", "controller.fine_k_scale"]
         reply = call(probe, GetParameters, "/action_node/get_parameters", GetParameters.Request(names=names),
                      timeout=60.0)

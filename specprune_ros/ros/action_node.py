@@ -13,6 +13,7 @@ nothing is published from a malformed, stale or incomplete observation: the reas
 """
 from __future__ import annotations
 
+import signal
 import sys
 import threading
 import time
@@ -131,6 +132,8 @@ class ActionNode(Node):
             try:
                 self._tick()
             except Exception as exc:  # never let one bad step kill the robot's node
+                if self._stop.is_set():
+                    break             # shutting down: whatever failed no longer matters
                 self._errors += 1
                 self.get_logger().error(f"inference step failed: {type(exc).__name__}: {exc}",
                                         throttle_duration_sec=5.0)
@@ -156,6 +159,8 @@ class ActionNode(Node):
             self.assembler.drops["malformed"] += 1
             self._note_drop(f"malformed: {exc}")
             return
+        if self._stop.is_set():
+            return                                # shutting down: publish nothing more
         # The step took time: never publish an action computed from data that is now too old.
         age = (self._now() - obs.stamp_ns) * 1e-9
         if age > self.config.node.max_observation_age_s:
@@ -215,9 +220,11 @@ class ActionNode(Node):
         array.header.stamp = self.get_clock().now().to_msg()
         self.diag_pub.publish(array)
 
-    def shutdown(self, timeout: float = 5.0) -> None:
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Stop the control loop and wait for the step in flight (before the context goes)."""
         self._stop.set()
-        self._worker.join(timeout)
+        if self._worker.is_alive() and self._worker is not threading.current_thread():
+            self._worker.join(timeout)
 
 
 def _median(values: deque) -> str:
@@ -262,8 +269,19 @@ def overlay_message(out: PolicyOutput, header_stamp) -> Image:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``ros2 run specprune_ros action_node``: SIGINT / SIGTERM stop the worker, then ROS.
+
+    rclpy's own signal handler would shut the context down first, while the worker may be in
+    the middle of a step that then fails to publish ("publisher's context is invalid"): here
+    the signal only asks the spin loop to end; the worker is stopped and joined, the node
+    destroyed, and only then the context shut down. Exit code 0.
+    """
+    from rclpy.signals import SignalHandlerOptions
+
     args = list(sys.argv if argv is None else argv)
-    rclpy.init(args=args)
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     node = None
     try:
         try:
@@ -273,7 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-        executor.spin()
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
@@ -282,6 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0
 
 

@@ -238,6 +238,24 @@ def test_params_file_and_clean_sigint(ros):
         proc.communicate(timeout=5)
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_steps_stops_cleanly(ros, sig):
+    """Stop while the worker is stepping: the worker is joined before ROS shuts down, so no
+    step fails to publish on a dead context (no ERROR line), and the exit code is 0."""
+    context, spinner = ros
+    proc = node_process("-p", "device:=cpu", "-p", "control_rate_hz:=20.0", "-p", "max_observation_age_s:=5.0")
+    try:
+        driver = spinner.add(Driver(context))
+        assert wait_for(lambda: len(driver.chunks) >= 3, 90), "the node never acted"
+        proc.send_signal(sig)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        out, _ = proc.communicate(timeout=5)
+    assert "ERROR" not in out and "Traceback" not in out, out
+
+
 def test_model_load_failure_exits_non_zero_with_one_clear_error(tmp_path):
     proc = node_process("-p", f"model_path:={tmp_path / 'missing'}")
     out, _ = proc.communicate(timeout=60)

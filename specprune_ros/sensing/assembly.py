@@ -10,7 +10,10 @@ Rules, in order (the first that fails names the drop reason):
 * it is not older than ``max_age_s`` at the tick (stale data never produces an action), nor
   stamped in the future beyond ``tolerance_s`` (a wrong clock must not freeze later frames);
 * every other camera has an image, and the joint states a message, within ``tolerance_s`` of
-  the primary image's stamp;
+  the primary image's stamp; the newest primary image with such a complete set is used (an
+  older one when a wrist frame was lost); a set whose partners may still arrive (its stamp
+  within ``tolerance_s`` of the tick) is waited for, and ``incomplete`` is counted only when
+  no fresh set can complete any more;
 * every image decodes (malformed images never produce an action).
 
 For frame differencing, each camera also keeps the first frame of every action period
@@ -175,27 +178,48 @@ class ObservationAssembler:
         if not usable:
             ahead = min(s.stamp for s in self.images[0]) - now
             return self._drop(f"future stamp: primary image is {ahead * 1e-9:.3f} s ahead of the clock")
-        primary = max(usable, key=lambda s: s.stamp)
-        if self.last_used is not None and primary.stamp <= self.last_used:
+        fresh = sorted((f for f in usable if self.last_used is None or f.stamp > self.last_used),
+                       key=lambda f: f.stamp, reverse=True)
+        if not fresh:
             return Assembled(None, "no new primary image since the last step")
-        age = now - primary.stamp
+        age = now - fresh[0].stamp
         if age > _ns(self.max_age_s):
-            self.last_used = primary.stamp      # never reconsider it
+            self.last_used = fresh[0].stamp      # never reconsider it
             return self._drop(f"stale: primary image is {age * 1e-9:.3f} s old (max_observation_age_s "
                               f"{self.max_age_s:g})")
+        # The newest primary image with a complete set of partners; a set whose partners may still
+        # arrive (stamp within match_tolerance_s of now) is waited for, not dropped.
+        missing = ""
+        pending = False
+        for primary in fresh:
+            if now - primary.stamp > _ns(self.max_age_s):
+                break
+            found = self._partners(primary)
+            if isinstance(found, str):
+                missing = missing or found
+                pending = pending or now - primary.stamp <= _ns(self.tolerance_s)
+                continue
+            frames, joint = found
+            past = self._past_frames(primary)
+            self.last_used = primary.stamp
+            return frames, joint, self.instruction, past
+        if pending:
+            return Assembled(None, f"waiting for partners: {missing}")
+        self.last_used = fresh[0].stamp          # those sets can no longer complete
+        return self._drop(f"incomplete: {missing}")
+
+    def _partners(self, primary: Stamped) -> tuple[list[Stamped], Stamped] | str:
+        """The other cameras' images and the joint state within tolerance of ``primary``, or what is missing."""
         frames = [primary]
         for camera in range(1, self.num_images):
             match = _closest(self.images[camera], primary.stamp, _ns(self.tolerance_s))
             if match is None:
-                return self._drop(f"incomplete: no camera {camera} image within {self.tolerance_s:g} s of "
-                                  f"the primary image")
+                return f"no camera {camera} image within {self.tolerance_s:g} s of the primary image"
             frames.append(match)
         joint = _closest(self.joints, primary.stamp, _ns(self.tolerance_s))
         if joint is None:
-            return self._drop(f"incomplete: no joint state within {self.tolerance_s:g} s of the primary image")
-        past = self._past_frames(primary)
-        self.last_used = primary.stamp
-        return frames, joint, self.instruction, past
+            return f"no joint state within {self.tolerance_s:g} s of the primary image"
+        return frames, joint
 
     def _proprio(self, names: tuple[str, ...], positions: np.ndarray) -> np.ndarray:
         if len(names) not in (0, len(positions)):

@@ -197,6 +197,51 @@ def test_output_stops_when_inputs_stop(ros, loaded_tiny):
         node.shutdown()
 
 
+def test_partners_in_random_order_with_jitter_are_not_drops_and_lost_ones_are(ros, loaded_tiny):
+    """The three inputs of a frame share a stamp but arrive in any order, up to 30 ms apart."""
+    import random
+    import threading
+
+    context, spinner = ros
+    node = spinner.add(ActionNode(loaded=loaded_tiny, context=context,
+                                  parameter_overrides=[Parameter("control_rate_hz", value=20.0),
+                                                       Parameter("max_observation_age_s", value=2.0)]))
+    driver = spinner.add(Driver(context))
+    driver.timer.cancel()                      # published from a thread below instead
+    rng = random.Random(0)
+    stop, lose_wrist = threading.Event(), threading.Event()
+
+    def robot():
+        step = 0
+        while not stop.is_set():
+            step += 1
+            now = driver.get_clock().now().nanoseconds
+            primary, wrist = rgb_image(40 + step % 50, now), rgb_image(90, now)
+            joints = JointState(name=[f"j{i}" for i in range(8)], position=[0.1 * i for i in range(8)])
+            joints.header.stamp = primary.header.stamp
+            sends = [(driver.pub_primary, primary), (driver.pub_joints, joints)]
+            if not lose_wrist.is_set():
+                sends.append((driver.pub_wrist, wrist))
+            rng.shuffle(sends)
+            for pub, msg in sends:
+                pub.publish(msg)
+                time.sleep(rng.uniform(0.0, 0.015))
+            stop.wait(0.1)
+
+    thread = threading.Thread(target=robot, daemon=True)
+    try:
+        assert wait_for(lambda: node.assembler.instruction != "", 10)
+        thread.start()
+        assert wait_for(lambda: len(driver.chunks) >= 30, 30), "the node did not act"
+        assert node.assembler.drops["incomplete"] == 0, dict(node.assembler.drops)
+        lose_wrist.set()
+        assert wait_for(lambda: node.assembler.drops["incomplete"] >= 3, 10), dict(node.assembler.drops)
+    finally:
+        stop.set()
+        thread.join(5)
+        node.shutdown()
+
+
 # ---- the node as a process, like `ros2 run` -------------------------------------------------------
 
 def node_process(*ros_args):

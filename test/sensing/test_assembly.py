@@ -54,11 +54,37 @@ def test_stale_observations_are_dropped(asm):
 
 def test_wrist_and_joints_must_match_the_primary_stamp(asm):
     feed(asm, 10.0, wrist_dt=0.2)
-    out = asm.assemble(ns(10.05))
-    assert out.dropped and "no camera 1 image within 0.05 s" in out.reason
+    waiting = asm.assemble(ns(10.05))         # the partner may still come: not a drop yet
+    assert waiting.observation is None and not waiting.dropped and "waiting for partners" in waiting.reason
+    out = asm.assemble(ns(10.06))
+    assert out.dropped and "incomplete: no camera 1 image within 0.05 s" in out.reason
     feed(asm, 11.0, joint_dt=-0.3)
-    assert "no joint state within" in asm.assemble(ns(11.01)).reason
+    assert not asm.assemble(ns(11.01)).dropped
+    assert "no joint state within" in asm.assemble(ns(11.1)).reason
     assert asm.drops["incomplete"] == 2
+
+
+def test_partners_that_arrive_after_the_tick_are_waited_for():
+    a = ObservationAssembler(num_images=2, tolerance_s=0.05, max_age_s=0.5)
+    a.set_instruction("pick the cube")
+    a.add_image(0, ns(10.0), image(10))                                 # the wrist frame is late
+    a.add_joint_state(ns(10.0), ["a", "b"], [1.0, 2.0])
+    early = a.assemble(ns(10.02))
+    assert early.observation is None and not early.dropped
+    a.add_image(1, ns(10.0), image(20))
+    obs = a.assemble(ns(10.04)).observation
+    assert obs is not None and obs.stamp_ns == ns(10.0) and not a.drops
+
+
+def test_a_lost_wrist_frame_falls_back_to_the_newest_complete_set(asm):
+    feed(asm, 10.0, wrist_dt=0.0)
+    asm.add_image(0, ns(10.1), image(11))                               # its wrist frame is lost
+    asm.add_joint_state(ns(10.1), ["a", "b"], [1.0, 2.0])
+    obs = asm.assemble(ns(10.2)).observation
+    assert obs is not None and obs.stamp_ns == ns(10.0) and not asm.drops
+    out = asm.assemble(ns(10.3))                                         # 10.1 cannot complete any more
+    assert out.observation is None and out.dropped and out.reason.startswith("incomplete")
+    assert asm.drops["incomplete"] == 1 and "no new primary" in asm.assemble(ns(10.4)).reason
 
 
 def test_freshest_primary_and_closest_matches_are_used(asm):
@@ -123,3 +149,33 @@ def test_joint_states_are_trimmed_by_time_not_count():
     assert 500 <= len(a.joints) <= 700                # ~0.6 s kept
     a.add_image(0, ns(11.5), image())                 # a camera frame 0.5 s behind the joints
     assert a.assemble(ns(11.9)).observation is not None
+
+
+def test_identical_stamps_in_random_order_with_jitter_never_count_as_incomplete():
+    """200 ticks at 20 Hz over inputs at 10 Hz whose three messages (same stamp) arrive in a
+    random order up to 30 ms apart: every frame set is used, none is counted incomplete."""
+    rng = np.random.default_rng(0)
+    a = ObservationAssembler(num_images=2, tolerance_s=0.05, max_age_s=0.5)
+    a.set_instruction("pick the cube")
+    arrivals = []                                   # (arrival time, kind, stamp)
+    for frame in range(100):
+        stamp = 10.0 + 0.1 * frame
+        delays = np.sort(rng.uniform(0.0, 0.03, 3))
+        for kind, delay in zip(rng.permutation(["primary", "wrist", "joints"]), delays):
+            arrivals.append((stamp + 0.002 + delay, kind, stamp))
+    arrivals.sort()
+    used, i = [], 0
+    for tick in range(200):
+        now = 10.017 + 0.05 * tick                 # ticks land between the arrivals of a set
+        while i < len(arrivals) and arrivals[i][0] <= now:
+            _, kind, stamp = arrivals[i]
+            if kind == "joints":
+                a.add_joint_state(ns(stamp), ["a", "b"], [1.0, 2.0])
+            else:
+                a.add_image(0 if kind == "primary" else 1, ns(stamp), image(10))
+            i += 1
+        out = a.assemble(ns(now))
+        if out.observation is not None:
+            used.append(out.observation.stamp_ns)
+    assert not a.drops, dict(a.drops)
+    assert len(used) >= 95 and used == sorted(set(used))

@@ -4,23 +4,15 @@
         unnorm_key:=rizon4_pick_place instruction:="put the cup on the plate"
 
 Parameters come from config/rizon4.yaml; the launch arguments override the model, the
-statistics key and the instruction. Topics are remapped to the Rizon4 setup below.
+statistics key and the instruction. The topics are that file's `topics.*` parameters (node input
+-> Rizon4 topic): the node subscribes and publishes on them, and `specprune replay --params`
+reads recordings by the same names, so the mapping lives in one place.
 """
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
-
-# Robot-side topic names (third-person camera, wrist camera, Flexiv driver joint states).
-REMAPPINGS = [
-    ("image_primary", "/camera/third_person/color/image_raw"),
-    ("image_wrist", "/camera/wrist/color/image_raw"),
-    ("joint_states", "/joint_states"),
-    ("instruction", "/task/instruction"),
-    ("joint_trajectory", "/rizon_arm_controller/joint_trajectory"),
-]
-
 
 def generate_launch_description() -> LaunchDescription:
     params_file = PathJoinSubstitution([FindPackageShare("specprune_ros"), "config", "rizon4.yaml"])
@@ -47,6 +39,5 @@ def generate_launch_description() -> LaunchDescription:
                 "instruction": LaunchConfiguration("instruction"),
             },
         ],
-        remappings=REMAPPINGS,
     )
     return LaunchDescription([*arguments, node])

@@ -11,6 +11,8 @@ import math
 import sys
 from typing import Any, Callable, Sequence
 
+import yaml
+
 from .config import Config, ConfigError
 from .model.config import PRESETS
 
@@ -75,8 +77,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
     cfg = _config(args)
     if args.model:
         cfg = cfg.replace(model_path=args.model)
+    for mapping in args.remap or ():
+        name, sep, topic = mapping.partition(":=")
+        if not sep or not name or not topic:
+            raise ConfigError(f"--remap {mapping!r}: expected NODE_TOPIC:=BAG_TOPIC, e.g. "
+                              f"image_primary:=/camera/color/image_raw")
+        cfg = cfg.replace(**{f"topics.{name.lstrip('/')}": topic})
     summary = replay(args.bag, args.out, cfg, compare=not args.no_compare, output_bag=args.output_bag,
-                     show_progress=not args.json and sys.stderr.isatty(), motion=args.motion)
+                     show_progress=not args.json and sys.stderr.isatty(), motion=args.motion,
+                     start_s=args.start, duration_s=args.duration, max_steps=args.max_steps)
     _emit(args, summary, f"replayed {summary['steps']} steps of {args.bag}\n{_table(summary)}\n"
                          f"report: {summary['report']}")
     return 0
@@ -105,7 +114,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _config(args: argparse.Namespace) -> Config:
-    return Config.from_yaml(args.params) if getattr(args, "params", None) else Config()
+    """``--params YAML`` then every ``-p name:=value`` (YAML values, as ``--ros-args -p`` reads them)."""
+    cfg = Config.from_yaml(args.params) if getattr(args, "params", None) else Config()
+    overrides = {}
+    for item in getattr(args, "param", None) or ():
+        name, sep, text = item.partition(":=")
+        if not sep or not name:
+            raise ConfigError(f"-p {item!r}: expected name:=value, e.g. -p pruning.alpha:=0.6")
+        try:
+            overrides[name] = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError:
+            overrides[name] = text
+    return cfg.replace(**overrides) if overrides else cfg
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -175,12 +195,20 @@ def cmd_node(args: argparse.Namespace) -> int:
 
 def cmd_params(args: argparse.Namespace) -> int:
     """Validate a parameter file (or the defaults) and print the resolved parameters."""
-    cfg = Config.from_yaml(args.params) if args.params else Config()
+    cfg = _config(args)
     if args.json:
         _emit(args, cfg.flat(), "")
     else:
         print(cfg.to_ros_yaml(), end="")
     return 0
+
+
+def config_args(p: argparse.ArgumentParser) -> None:
+    """The one way every subcommand takes its knobs: the node's parameter file, then overrides."""
+    p.add_argument("--params", help="the node's ROS parameter file (config/*.yaml)")
+    p.add_argument("-p", "--param", action="append", metavar="NAME:=VALUE",
+                   help="override one parameter after --params (repeatable), as --ros-args -p does, "
+                        "e.g. -p pruning.alpha:=0.6")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,14 +235,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("replay", cmd_replay, "offline evaluation of a rosbag2 episode: pruned vs unpruned")
     p.add_argument("bag", help="rosbag2 directory (MCAP or sqlite3), or a storage file inside one")
     p.add_argument("--out", required=True, help="output directory (summary.json, steps.csv, plots, report.html)")
-    p.add_argument("--params", help="the node's ROS parameter file (config/*.yaml)")
+    config_args(p)
     p.add_argument("--model", help="checkpoint directory or tiny-random (overrides model_path)")
     p.add_argument("--no-compare", action="store_true", help="run only the pruned policy")
     p.add_argument("--output-bag", help="also write the predicted ActionChunk / PruningStats to this new bag")
     p.add_argument("--motion", choices=("predicted", "recorded"), default="predicted",
                    help="controller input: the previous prediction (paper) or the bag's recorded command")
+    p.add_argument("--remap", action="append", metavar="NODE_TOPIC:=BAG_TOPIC",
+                   help="read a node input from another topic (repeatable), e.g. "
+                        "image_primary:=/camera/third_person/color/image_raw; same as -p topics.NAME:=TOPIC")
+    p.add_argument("--start", type=float, default=0.0, metavar="SEC",
+                   help="skip the first SEC seconds (from the first primary image)")
+    p.add_argument("--duration", type=float, default=None, metavar="SEC", help="replay only SEC seconds")
+    p.add_argument("--max-steps", type=int, default=None, metavar="N", help="stop after N steps")
     p = add("params", cmd_params, "validate a ROS parameter file and print every resolved knob")
     p.add_argument("params", nargs="?", help="config/*.yaml (action_node: ros__parameters: ...)")
+    p.add_argument("-p", "--param", action="append", metavar="NAME:=VALUE",
+                   help="override one parameter after the file (repeatable), as --ros-args -p does")
 
     p = sub.add_parser("node", help="start the action node (as `ros2 run specprune_ros action_node`)",
                        description="start the action node; arguments after `node` go to ROS (--ros-args ...)")
@@ -229,12 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), help="default: the parameter file's, else auto")
     p.add_argument("--steps", type=positive_int, default=20, help="measured steps (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="steps run before measuring (default 3)")
-    p.add_argument("--params", help="ROS parameter file with the pruning settings")
+    config_args(p)
 
     p = add("flops", cmd_flops, "LLM FLOPs of the default pruning schedule on the synthetic episode")
     p.add_argument("--model-config", choices=sorted(PRESETS), default="openvla-7b")
     p.add_argument("--steps", type=positive_int, default=60, help="episode length (default 60)")
-    p.add_argument("--params", help="ROS parameter file with the pruning settings")
+    config_args(p)
 
     p = add("node-latency", cmd_node_latency, "end-to-end latency of the action node over DDS with a synthetic robot")
     p.add_argument("--chunks", type=positive_int, default=40)

@@ -183,7 +183,42 @@ class NodeConfig:
         _validate_section(self, "")
 
 
-SECTIONS: dict[str, type] = {"": NodeConfig, "pruning": PruningConfig, "controller": ControllerConfig}
+def _topic(default: str, what: str) -> Any:
+    return knob(default, f"Topic of {what} (relative names resolve in the node's namespace; replay reads "
+                f"'/' + a relative name).", read_only=True)
+
+
+@dataclass(frozen=True)
+class TopicsConfig:
+    """Node topic -> robot topic: the one mapping the node, the launch file and replay use.
+
+    The node subscribes and publishes on these names (ROS remapping still applies on top), and
+    ``specprune replay --params`` reads the same names from a recording.
+    """
+
+    image_primary: str = _topic("image_primary", "the primary (third-person) camera")
+    image_wrist: str = _topic("image_wrist", "the wrist camera")
+    image_extra: str = _topic("image_extra", "a third camera (num_images 3)")
+    joint_states: str = _topic("joint_states", "the joint states (proprio)")
+    instruction: str = _topic("instruction", "the task instruction (std_msgs/String, transient local)")
+    action_chunk: str = _topic("action_chunk", "the published action chunks")
+    pruning_stats: str = _topic("pruning_stats", "the published pruning statistics")
+    joint_trajectory: str = _topic("joint_trajectory", "the published joint trajectory (publish_trajectory)")
+    kept_tokens_image: str = _topic("kept_tokens_image", "the kept-patch overlay (debug_image)")
+
+    def __post_init__(self) -> None:
+        _validate_section(self, "topics")
+        for f in dataclasses.fields(self):
+            name = getattr(self, f.name)
+            if not name or any(c.isspace() for c in name) or name.endswith("/") or "//" in name:
+                raise ConfigError(f"topics.{f.name} = {name!r} is not a valid topic name")
+
+    def cameras(self, count: int) -> tuple[str, ...]:
+        return (self.image_primary, self.image_wrist, self.image_extra)[:count]
+
+
+SECTIONS: dict[str, type] = {"": NodeConfig, "pruning": PruningConfig, "controller": ControllerConfig,
+                             "topics": TopicsConfig}
 
 
 @dataclass(frozen=True)
@@ -193,6 +228,7 @@ class Config:
     node: NodeConfig = field(default_factory=NodeConfig)
     pruning: PruningConfig = field(default_factory=PruningConfig)
     controller: ControllerConfig = field(default_factory=ControllerConfig)
+    topics: TopicsConfig = field(default_factory=TopicsConfig)
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -228,7 +264,8 @@ class Config:
             spec = spec_of(name)
             updates.setdefault(section, {})[key] = coerce(name, value, spec, SECTIONS[section])
         kwargs = {}
-        for section, attr in (("", "node"), ("pruning", "pruning"), ("controller", "controller")):
+        for section, attr in (("", "node"), ("pruning", "pruning"), ("controller", "controller"),
+                              ("topics", "topics")):
             current = getattr(self, attr)
             kwargs[attr] = dataclasses.replace(current, **updates[section]) if section in updates else current
         return Config(**kwargs)
@@ -247,7 +284,7 @@ class Config:
         return yaml.safe_dump({node_name: {"ros__parameters": self.flat()}}, sort_keys=False)
 
     def _section(self, section: str) -> Any:
-        return {"": self.node, "pruning": self.pruning, "controller": self.controller}[section]
+        return {"": self.node, "pruning": self.pruning, "controller": self.controller, "topics": self.topics}[section]
 
 
 # ---- helpers ----------------------------------------------------------------------------------
@@ -262,7 +299,7 @@ def iter_specs() -> Iterator[tuple[str, Spec]]:
 def split_name(name: str) -> tuple[str, str]:
     section, _, key = name.rpartition(".")
     if section not in SECTIONS:
-        raise ConfigError(f"unknown parameter '{name}' (known sections: pruning.*, controller.*, and node "
+        raise ConfigError(f"unknown parameter '{name}' (known sections: pruning.*, controller.*, topics.*, and node "
                           f"parameters such as model_path)")
     return section, key
 

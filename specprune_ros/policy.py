@@ -90,13 +90,14 @@ class PolicyOutput:
 
 
 class SpecPrunePolicy:
-    def __init__(self, loaded: LoadedPolicyModel, config: Config, rotations: Sequence[int] = ()) -> None:
+    def __init__(self, loaded: LoadedPolicyModel, config: Config) -> None:
         self.loaded = loaded
         self.model = loaded.model
         self.config = config
         self.device = next(self.model.parameters()).device
         mcfg = self.model.config
         check_layers(config.pruning, mcfg.llm.layers)
+        rotations = (config.node.rotation_primary, config.node.rotation_wrist)
         self.processor = ImageProcessor(mcfg.image_size, mcfg.center_crop, rotations, self.device,
                                         dtype=self.model.llm.embed_tokens.weight.dtype,
                                         resize=config.node.image_resize)
@@ -109,10 +110,10 @@ class SpecPrunePolicy:
         self._step = 0
 
     @classmethod
-    def from_config(cls, config: Config, rotations: Sequence[int] = ()) -> "SpecPrunePolicy":
+    def from_config(cls, config: Config) -> "SpecPrunePolicy":
         node = config.node
         loaded = load_checkpoint(node.model_path, node.device, node.dtype, node.unnorm_key)
-        return cls(loaded, config, rotations)
+        return cls(loaded, config)
 
     # ---- configuration and episodes ---------------------------------------------------------------
     def set_config(self, config: Config) -> None:

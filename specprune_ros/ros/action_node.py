@@ -39,8 +39,7 @@ from ..model.config import dimension_names
 from ..model.processing import ObservationError
 from ..msg import ActionChunk, PruningStats
 from ..policy import PolicyOutput, SpecPrunePolicy
-from ..sensing.assembly import (CAMERA_TOPICS, INSTRUCTION_TOPIC, JOINT_STATES_TOPIC, ObservationAssembler,
-                                stamp_nanoseconds)
+from ..sensing.assembly import ObservationAssembler, stamp_nanoseconds
 from .parameters import declare_all, from_ros
 
 class ActionNode(Node):
@@ -52,7 +51,7 @@ class ActionNode(Node):
         if loaded is None:
             self.get_logger().info(f"loading {node.model_path} on {node.device} ...")
             loaded = load_checkpoint(node.model_path, node.device, node.dtype, node.unnorm_key)
-        self.policy = SpecPrunePolicy(loaded, self.config, rotations=(node.rotation_primary, node.rotation_wrist))
+        self.policy = SpecPrunePolicy(loaded, self.config)
         action_dim = loaded.model.config.action_dim
         if node.publish_trajectory and not 0 < len(node.trajectory_joints) <= action_dim:
             raise ValueError(f"publish_trajectory needs trajectory_joints with 1 to {action_dim} joints (the first "
@@ -64,21 +63,23 @@ class ActionNode(Node):
         sensor_qos = qos_profile_sensor_data if node.sensor_qos == "sensor_data" else QoSProfile(
             depth=5, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
         image_type = CompressedImage if node.compressed_images else Image
+        topics = self.config.topics
         inputs = MutuallyExclusiveCallbackGroup()
-        for camera in range(node.num_images):
-            self.create_subscription(image_type, CAMERA_TOPICS[camera], self._image_callback(camera), sensor_qos,
+        for camera, topic in enumerate(topics.cameras(node.num_images)):
+            self.create_subscription(image_type, topic, self._image_callback(camera), sensor_qos,
                                      callback_group=inputs)
-        self.create_subscription(JointState, JOINT_STATES_TOPIC, self._on_joint_state, sensor_qos, callback_group=inputs)
+        self.create_subscription(JointState, topics.joint_states, self._on_joint_state, sensor_qos,
+                                 callback_group=inputs)
         latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
                              reliability=ReliabilityPolicy.RELIABLE)
-        self.create_subscription(String, INSTRUCTION_TOPIC, self._on_instruction, latched, callback_group=inputs)
+        self.create_subscription(String, topics.instruction, self._on_instruction, latched, callback_group=inputs)
 
-        self.chunk_pub = self.create_publisher(ActionChunk, "action_chunk", 10)
-        self.stats_pub = self.create_publisher(PruningStats, "pruning_stats", 10)
+        self.chunk_pub = self.create_publisher(ActionChunk, topics.action_chunk, 10)
+        self.stats_pub = self.create_publisher(PruningStats, topics.pruning_stats, 10)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.trajectory_pub = (self.create_publisher(JointTrajectory, "joint_trajectory", 10)
+        self.trajectory_pub = (self.create_publisher(JointTrajectory, topics.joint_trajectory, 10)
                                if node.publish_trajectory else None)
-        self.debug_pub = self.create_publisher(Image, "kept_tokens_image", 2) if node.debug_image else None
+        self.debug_pub = self.create_publisher(Image, topics.kept_tokens_image, 2) if node.debug_image else None
 
         self._latencies: deque[float] = deque(maxlen=100)
         self._end_to_end: deque[float] = deque(maxlen=100)

@@ -35,12 +35,6 @@ from ..observation import HistoryFrame, Observation, ObservationError
 from .images import to_rgb
 
 
-# The node's input topics (relative names; replay reads them in the root namespace).
-CAMERA_TOPICS = ("image_primary", "image_wrist", "image_extra")
-JOINT_STATES_TOPIC = "joint_states"
-INSTRUCTION_TOPIC = "instruction"
-
-
 @dataclass(frozen=True)
 class Stamped:
     stamp: int        # nanoseconds: exact header stamps (float seconds lose ~200 ns today)

@@ -10,14 +10,15 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..sensing.assembly import CAMERA_TOPICS, INSTRUCTION_TOPIC, JOINT_STATES_TOPIC
+from ..config import TopicsConfig
 from ..synthetic import INSTRUCTION, JOINT_NAMES, episode
 
-# The node's topics in the root namespace.
-TOPIC_CAMERAS = tuple("/" + t for t in CAMERA_TOPICS)
+# The node's default topics in the root namespace (what make-bag writes).
+_DEFAULT = TopicsConfig()
+TOPIC_CAMERAS = tuple("/" + t for t in _DEFAULT.cameras(3))
 TOPIC_PRIMARY, TOPIC_WRIST = TOPIC_CAMERAS[:2]
-TOPIC_JOINTS = "/" + JOINT_STATES_TOPIC
-TOPIC_INSTRUCTION = "/" + INSTRUCTION_TOPIC
+TOPIC_JOINTS = "/" + _DEFAULT.joint_states
+TOPIC_INSTRUCTION = "/" + _DEFAULT.instruction
 TOPIC_EXPERT = "/expert_action"          # recorded command the synthetic episode followed
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 STEP_NS = 100_000_000                    # the synthetic episode runs at 10 Hz
@@ -71,9 +72,15 @@ def _header(store, ns: int, frame: str):
 
 
 def write_synthetic_bag(out: str | Path, steps: int = 60, storage: str = "mcap", seed: int = 0,
-                        start_ns: int = 1_700_000_000_000_000_000) -> Path:
+                        start_ns: int = 1_700_000_000_000_000_000, topics: TopicsConfig | None = None,
+                        header_clock_s: float | None = None, zero_stamps: bool = False) -> Path:
     """The synthetic episode as a rosbag2: cameras at 10 Hz, joint states at 50 Hz, the
-    instruction (transient local) and the expert's commanded action, on the node's topics."""
+    instruction (transient local) and the expert's commanded action, on the node's topics.
+
+    What real recorders write, for tests: ``topics`` names the topics as a robot does (e.g.
+    the Rizon4 camera topics), ``header_clock_s`` stamps headers on another clock than the
+    recording's (sim time or a device clock starting there), ``zero_stamps`` leaves them zero.
+    """
     from rosbags.rosbag2 import Writer
 
     out = Path(out)
@@ -86,17 +93,21 @@ def write_synthetic_bag(out: str | Path, steps: int = 60, storage: str = "mcap",
     Image, JointState = T["sensor_msgs/msg/Image"], T["sensor_msgs/msg/JointState"]
     String, Array = T["std_msgs/msg/String"], T["std_msgs/msg/Float64MultiArray"]
     Layout = T["std_msgs/msg/MultiArrayLayout"]
+    names = topics or _DEFAULT
+    named = {TOPIC_PRIMARY: names.image_primary, TOPIC_WRIST: names.image_wrist, TOPIC_JOINTS: names.joint_states,
+             TOPIC_INSTRUCTION: names.instruction, TOPIC_EXPERT: TOPIC_EXPERT}
+    types = {TOPIC_PRIMARY: Image, TOPIC_WRIST: Image, TOPIC_JOINTS: JointState, TOPIC_INSTRUCTION: String,
+             TOPIC_EXPERT: Array}
+    shift = 0 if header_clock_s is None else int(header_clock_s * 1e9) - start_ns
     with Writer(out, version=9, storage_plugin=_storage(storage)) as writer:
-        conns = {
-            TOPIC_PRIMARY: writer.add_connection(TOPIC_PRIMARY, Image.__msgtype__, typestore=store),
-            TOPIC_WRIST: writer.add_connection(TOPIC_WRIST, Image.__msgtype__, typestore=store),
-            TOPIC_JOINTS: writer.add_connection(TOPIC_JOINTS, JointState.__msgtype__, typestore=store),
-            TOPIC_INSTRUCTION: writer.add_connection(TOPIC_INSTRUCTION, String.__msgtype__, typestore=store),
-            TOPIC_EXPERT: writer.add_connection(TOPIC_EXPERT, Array.__msgtype__, typestore=store),
-        }
+        conns = {key: writer.add_connection(bag_name(named[key]), types[key].__msgtype__, typestore=store)
+                 for key in named}
 
         def put(topic, ns, msg):
             writer.write(conns[topic], ns, store.serialize_cdr(msg, msg.__msgtype__))
+
+        def header(ns, frame):
+            return _header(store, 0 if zero_stamps else ns + shift, frame)
 
         put(TOPIC_INSTRUCTION, start_ns, String(data=INSTRUCTION))
         frames = episode(steps, seed)
@@ -106,16 +117,21 @@ def write_synthetic_bag(out: str | Path, steps: int = 60, storage: str = "mcap",
             for j in range(JOINT_RATE):            # joint states between frames, interpolated
                 tj = t + j * STEP_NS // JOINT_RATE
                 q = step.joints + (nxt - step.joints) * j / JOINT_RATE
-                put(TOPIC_JOINTS, tj, JointState(header=_header(store, tj, "base_link"), name=list(JOINT_NAMES),
+                put(TOPIC_JOINTS, tj, JointState(header=header(tj, "base_link"), name=list(JOINT_NAMES),
                                                  position=np.asarray(q, np.float64),
                                                  velocity=np.zeros(0), effort=np.zeros(0)))
             for topic, img, frame in ((TOPIC_PRIMARY, step.primary, "camera_primary"),
                                       (TOPIC_WRIST, step.wrist, "camera_wrist")):
                 h, w, _ = img.shape
-                put(topic, t + 2_000_000, Image(header=_header(store, t, frame), height=h, width=w, encoding="rgb8",
+                put(topic, t + 2_000_000, Image(header=header(t, frame), height=h, width=w, encoding="rgb8",
                                                 is_bigendian=0, step=w * 3, data=img.reshape(-1).copy()))
             put(TOPIC_EXPERT, t, Array(layout=Layout(dim=[], data_offset=0), data=step.action.astype(np.float64)))
     return out
+
+
+def bag_name(topic: str) -> str:
+    """A node topic name as a recording names it (relative names live in the root namespace)."""
+    return topic if topic.startswith("/") else "/" + topic
 
 
 @dataclass

@@ -23,8 +23,7 @@ from ..model.config import dimension_names
 from ..model.processing import ObservationError
 from ..policy import PolicyOutput, SpecPrunePolicy
 from ..sensing.assembly import Assembled, ObservationAssembler, stamp_nanoseconds
-from .bags import (IMAGE_TYPES, TOPIC_CAMERAS, TOPIC_EXPERT, TOPIC_INSTRUCTION, TOPIC_JOINTS, TOPIC_PRIMARY, BagError,
-                   BagReader)
+from .bags import IMAGE_TYPES, TOPIC_EXPERT, BagError, BagMessage, BagReader, bag_name
 EXPERT_TYPES = ("std_msgs/msg/Float64MultiArray", "std_msgs/msg/Float32MultiArray")
 
 
@@ -45,6 +44,7 @@ class ReplayRun:
     drops: dict[str, int] = field(default_factory=dict)
     instruction: str = ""
     last_drop: str = ""
+    time_base: str = "header"
 
 
 def _bag_dir(path: Path) -> Path:
@@ -58,37 +58,105 @@ def _bag_dir(path: Path) -> Path:
 
 @dataclass
 class BagTick:
-    now: int                        # the control tick, bag time (ns)
+    now: int                        # the control tick, on the bag's time base (ns)
     assembled: Assembled            # what the node's assembly rules make of the data so far
     expert: np.ndarray | None       # the recorded command nearest the observation, if any
     executed: np.ndarray | None     # recorded commands since the previous observation (rows), if any
 
 
-def open_episode(bag: Path, config: Config) -> tuple[BagReader, list[str]]:
-    """Open a bag and check it has what the node would subscribe to; returns the topics to read."""
-    node = config.node
+@dataclass(frozen=True)
+class EpisodeTopics:
+    """The bag topics the node's inputs map to (``topics.*`` of the configuration)."""
+
+    cameras: tuple[str, ...]
+    joints: str
+    instruction: str
+    expert: str | None
+
+    def all(self) -> list[str]:
+        return [*self.cameras, self.joints, self.instruction, *([self.expert] if self.expert else [])]
+
+
+def open_episode(bag: Path, config: Config) -> tuple[BagReader, EpisodeTopics]:
+    """Open a bag and check it has what the node would subscribe to, under the configured names."""
+    node, names = config.node, config.topics
     reader = BagReader(_bag_dir(bag))
     try:
-        cameras = list(TOPIC_CAMERAS[:node.num_images])
-        for topic in cameras:
-            reader.require(topic, IMAGE_TYPES)
-        reader.require(TOPIC_JOINTS, ("sensor_msgs/msg/JointState",))
+        cameras = tuple(bag_name(t) for t in names.cameras(node.num_images))
+        keys = ("image_primary", "image_wrist", "image_extra")
+        for key, topic in zip(keys, cameras):
+            _require(reader, key, topic, IMAGE_TYPES)
+        joints = bag_name(names.joint_states)
+        _require(reader, "joint_states", joints, ("sensor_msgs/msg/JointState",))
+        instruction = bag_name(names.instruction)
         if not node.instruction:
-            reader.require(TOPIC_INSTRUCTION, ("std_msgs/msg/String",))
+            _require(reader, "instruction", instruction, ("std_msgs/msg/String",),
+                     hint=" or give the instruction with -p instruction:=...")
     except BagError:
         reader.close()
         raise
-    expert = [TOPIC_EXPERT] if reader.topics.get(TOPIC_EXPERT) in EXPERT_TYPES else []
-    return reader, [*cameras, TOPIC_JOINTS, TOPIC_INSTRUCTION, *expert]
+    expert = TOPIC_EXPERT if reader.topics.get(TOPIC_EXPERT) in EXPERT_TYPES else None
+    return reader, EpisodeTopics(cameras, joints, instruction, expert)
 
 
-def bag_ticks(reader: BagReader, topics: list[str], config: Config,
-              assembler: ObservationAssembler) -> Iterator[BagTick]:
-    """The node's control ticks replayed in bag time: every message received up to a tick is
-    fed to the node's assembler, then the tick asks it for an observation."""
-    cameras = [t for t in topics if t in TOPIC_CAMERAS]
+def _require(reader: BagReader, key: str, topic: str, types: tuple[str, ...], hint: str = "") -> None:
+    """The topic the node input ``key`` maps to must be in the bag with one of ``types``."""
+    found = reader.topics.get(topic)
+    if found in types:
+        return
+    candidates = sorted(t for t, kind in reader.topics.items() if kind in types)
+    what = f"has type {found}" if found else "is not in the bag"
+    offer = (f"; its {' / '.join(types)} topics: {', '.join(candidates)}" if candidates
+             else f"; it has no {' / '.join(types)} topic")
+    example = candidates[0] if candidates else "/robot/topic"
+    raise BagError(f"{reader.path}: the node's {key} input maps to {topic}, which {what}{offer}. Map it with "
+                   f"--remap {key}:={example} or topics.{key} in the --params file{hint}")
+
+
+class TimeBase:
+    """Header stamps, falling back to the recording time for messages stamped zero.
+
+    Real recordings stamp headers with a device clock or sim time while the recorder writes
+    wall time: staleness is only meaningful on one clock, so everything runs on header time.
+    """
+
+    def __init__(self) -> None:
+        self.header = 0              # primary images on header time
+        self.recording = 0           # primary images stamped zero (recording time used)
+        self.offset: int | None = None   # header - recording time, from the latest primary image
+
+    def stamp(self, m: BagMessage, primary: bool = False) -> int:
+        header = stamp_nanoseconds(m.msg.header)
+        if primary:
+            if header:
+                self.header += 1
+                self.offset = header - m.timestamp
+            else:
+                self.recording += 1
+        return header or m.timestamp
+
+    def from_recording(self, timestamp: int) -> int:
+        """A recording time (messages without a header) on the header clock."""
+        return timestamp + (self.offset or 0)
+
+    @property
+    def name(self) -> str:
+        if self.header and self.recording:
+            return "mixed (header stamps; recording time for zero stamps)"
+        return "recording (all header stamps zero)" if self.recording else "header"
+
+
+def bag_ticks(reader: BagReader, topics: EpisodeTopics, config: Config, assembler: ObservationAssembler,
+              time_base: TimeBase | None = None, start_s: float = 0.0,
+              duration_s: float | None = None) -> Iterator[BagTick]:
+    """The node's control ticks replayed on the bag's header clock: every message up to a tick is
+    fed to the node's assembler, then the tick asks it for an observation. Ticks follow the
+    primary camera's header time; ``start_s`` / ``duration_s`` (from the first primary image)
+    choose a window, messages before it still fill the buffers."""
+    clock = time_base or TimeBase()
     period = int(round(1e9 / config.node.control_rate_hz))
     experts: list[tuple[int, np.ndarray]] = []
+    first: int | None = None
     next_tick: int | None = None
     last = 0
     previous: list[int | None] = [None]        # stamp of the previous observation
@@ -102,41 +170,63 @@ def bag_ticks(reader: BagReader, topics: list[str], config: Config,
         previous[0] = stamp
         return BagTick(now, assembled, _nearest(experts, stamp, period), np.stack(since) if since else None)
 
-    for m in reader.messages(topics):
-        if next_tick is None:
-            next_tick = m.timestamp + period
-        while m.timestamp > next_tick:
-            yield tick(next_tick)
+    def in_window(now: int) -> bool:
+        begin = first + int(start_s * 1e9)
+        return now >= begin and (duration_s is None or now <= begin + int(duration_s * 1e9))
+
+    def ticks_until(t: int) -> Iterator[BagTick]:
+        nonlocal next_tick
+        while next_tick is not None and t > next_tick:
+            if in_window(next_tick):
+                yield tick(next_tick)
             next_tick += period
-        last = m.timestamp
-        if m.topic == TOPIC_INSTRUCTION:
+
+    for m in reader.messages(topics.all()):
+        if m.topic == topics.cameras[0]:
+            t = clock.stamp(m, primary=True)
+            if first is None:
+                first, next_tick = t, t        # the first tick sees the first frame
+            yield from ticks_until(t)
+            if duration_s is not None and t > first + int((start_s + duration_s) * 1e9) + period:
+                return
+            last = max(last, t)
+            assembler.add_image(0, t, m.msg)
+        elif m.topic == topics.instruction:
             assembler.set_instruction(m.msg.data)
-        elif m.topic == TOPIC_JOINTS:
-            assembler.add_joint_state(stamp_nanoseconds(m.msg.header), list(m.msg.name), list(m.msg.position))
-        elif m.topic == TOPIC_EXPERT:
-            experts.append((m.timestamp, np.asarray(m.msg.data, dtype=np.float64)))
+        elif m.topic == topics.joints:
+            assembler.add_joint_state(clock.stamp(m), list(m.msg.name), list(m.msg.position))
+        elif m.topic == topics.expert:
+            experts.append((clock.from_recording(m.timestamp), np.asarray(m.msg.data, dtype=np.float64)))
         else:
-            assembler.add_image(cameras.index(m.topic), stamp_nanoseconds(m.msg.header), m.msg)
-    while next_tick is not None and next_tick <= last + period:
-        yield tick(next_tick)
-        next_tick += period
+            assembler.add_image(topics.cameras.index(m.topic), clock.stamp(m), m.msg)
+    yield from ticks_until(last + period + 1)
 
 
 def run_replay(bag: Path, config: Config, compare: bool = True,
-               progress: Callable[[int, int], None] | None = None, motion: str = "predicted") -> ReplayRun:
+               progress: Callable[[int, int], None] | None = None, motion: str = "predicted",
+               start_s: float = 0.0, duration_s: float | None = None, max_steps: int | None = None) -> ReplayRun:
     """``motion="recorded"`` gives the controller the bag's recorded command as the measured
-    end-effector motion (instead of the previous prediction), e.g. for random-weight models."""
+    end-effector motion (instead of the previous prediction), e.g. for random-weight models.
+
+    The node's after-step rule applies: an action whose observation is older than
+    ``max_observation_age_s`` once the (measured) step is done is dropped as stale, as the node
+    would drop it.
+    """
     node = config.node
     reader, topics = open_episode(bag, config)
     with reader:
-        total = sum(c.msgcount for c in reader.reader.connections if c.topic == TOPIC_PRIMARY)
+        total = sum(c.msgcount for c in reader.reader.connections if c.topic == topics.cameras[0])
+        if max_steps is not None:
+            total = min(total, max_steps)
         loaded = load_checkpoint(node.model_path, node.device, node.dtype, node.unnorm_key)
-        rotations = (node.rotation_primary, node.rotation_wrist)
-        pruned = SpecPrunePolicy(loaded, config, rotations)
-        unpruned = SpecPrunePolicy(loaded, config.replace(**{"pruning.enabled": False}), rotations) if compare else None
+        pruned = SpecPrunePolicy(loaded, config)
+        unpruned = SpecPrunePolicy(loaded, config.replace(**{"pruning.enabled": False})) if compare else None
         assembler = ObservationAssembler.for_node(config)
         run = ReplayRun()
-        for t in bag_ticks(reader, topics, config, assembler):
+        clock = TimeBase()
+        for t in bag_ticks(reader, topics, config, assembler, clock, start_s, duration_s):
+            if max_steps is not None and len(run.steps) >= max_steps:
+                break
             obs = t.assembled.observation
             if obs is None:
                 run.last_drop = t.assembled.reason if t.assembled.dropped else run.last_drop
@@ -154,16 +244,28 @@ def run_replay(bag: Path, config: Config, compare: bool = True,
                 assembler.drops["malformed"] += 1
                 run.last_drop = f"malformed: {exc}"
                 continue
+            age = stale_after_step(t.now, obs.stamp_ns, out_p.stats.latency_ms, node.max_observation_age_s)
+            if age is not None:
+                assembler.drops["stale"] += 1
+                run.last_drop = f"stale: the action would be based on data {age:.3f} s old"
+                continue
             run.steps.append(ReplayStep(t.now, obs.stamp_ns, out_p, out_u, t.expert))
             if progress:
                 progress(len(run.steps), total)
     run.drops = dict(assembler.drops)
     run.instruction = assembler.instruction
+    run.time_base = clock.name
     if not run.steps:
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(run.drops.items())) or "no complete observation"
         last = f"; last: {run.last_drop}" if run.last_drop else ""
         raise BagError(f"{bag}: no observation produced an action (dropped: {reasons}{last})")
     return run
+
+
+def stale_after_step(tick_ns: int, stamp_ns: int, latency_ms: float, max_age_s: float) -> float | None:
+    """The node's rule after a step: the age of the data an action would be based on, if too old."""
+    age = (tick_ns - stamp_ns) * 1e-9 + latency_ms * 1e-3
+    return age if age > max_age_s else None
 
 
 def _nearest(items: list[tuple[int, np.ndarray]], stamp: int, window: int) -> np.ndarray | None:
@@ -254,18 +356,21 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def replay(bag: str | Path, out: str | Path, config: Config, compare: bool = True, output_bag: str | None = None,
-           show_progress: bool = False, motion: str = "predicted") -> dict[str, Any]:
+           show_progress: bool = False, motion: str = "predicted", start_s: float = 0.0,
+           duration_s: float | None = None, max_steps: int | None = None) -> dict[str, Any]:
     """The whole job; nothing is written to ``out`` unless the replay succeeded."""
     from .report import write_plots, write_report
 
     bag, out = Path(bag), Path(out)
     progress = _progress_bar if show_progress else None
-    run = run_replay(bag, config, compare, progress, motion)
+    run = run_replay(bag, config, compare, progress, motion, start_s, duration_s, max_steps)
     if show_progress:
         print(file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     rows = step_rows(run)
     summary = summarize(run, rows, bag, config, compare, motion)
+    summary["time_base"] = run.time_base
+    summary["window"] = {"start_s": start_s, "duration_s": duration_s, "max_steps": max_steps}
     write_csv(rows, out / "steps.csv")
     summary["plots"] = write_plots(run, rows, out)
     if output_bag:

@@ -106,11 +106,13 @@ def _require(reader: BagReader, key: str, topic: str, types: tuple[str, ...], hi
         return
     candidates = sorted(t for t, kind in reader.topics.items() if kind in types)
     what = f"has type {found}" if found else "is not in the bag"
-    offer = (f"; its {' / '.join(types)} topics: {', '.join(candidates)}" if candidates
-             else f"; it has no {' / '.join(types)} topic")
-    example = candidates[0] if candidates else "/robot/topic"
-    raise BagError(f"{reader.path}: the node's {key} input maps to {topic}, which {what}{offer}. Map it with "
-                   f"--remap {key}:={example} or topics.{key} in the --params file{hint}")
+    if not candidates:
+        listed = ", ".join(sorted(reader.topics)) or "no topics"
+        raise BagError(f"{reader.path}: the node's {key} input maps to {topic}, which {what}, and the bag has no "
+                       f"{' / '.join(types)} topic at all (it has: {listed}): it cannot be replayed{hint}")
+    raise BagError(f"{reader.path}: the node's {key} input maps to {topic}, which {what}; its {' / '.join(types)} "
+                   f"topics: {', '.join(candidates)}. Map it with --remap {key}:={candidates[0]} or topics.{key} "
+                   f"in the --params file{hint}")
 
 
 class TimeBase:

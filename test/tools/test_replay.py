@@ -290,3 +290,35 @@ def test_bad_overrides_are_one_clear_error(tmp_path):
                           "--remap 'image_primary': expected NODE_TOPIC:=BAG_TOPIC", tmp_path / "o")
     assert_one_line_error(run_cli("replay", str(bag), "--out", str(tmp_path / "o"), "--remap", "camera:=/x"),
                           "unknown parameter 'topics.camera'", tmp_path / "o")
+
+
+REAL_BAGS = ROOT.parent / "shared" / "real-bags"
+
+
+def _expectations(directory):
+    values = {}
+    for line in (directory / "expect.conf").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip()
+    return values
+
+
+@pytest.mark.skipif(not REAL_BAGS.is_dir(), reason="../shared/real-bags is not beside this checkout")
+@pytest.mark.parametrize("directory", sorted(p for p in REAL_BAGS.glob("*") if (p / "expect.conf").is_file())
+                         if REAL_BAGS.is_dir() else [], ids=lambda p: p.name)
+def test_real_recordings_written_by_ros_tools(directory, tmp_path):
+    """Recordings made by real ROS 2 tools (metadata 4-9, sqlite3 / MCAP, zstd, split): each does
+    what its expect.conf says; those without cameras are refused in one line naming the cause."""
+    expect = _expectations(directory)
+    args = ["replay", str(directory), "--out", str(tmp_path / "o"), "--no-compare"]
+    if expect.get("params"):
+        args += ["--params", str(directory / expect["params"])]
+    args += expect.get("args", "").split()
+    result = run_cli(*args)
+    if expect["expect"] == "error":
+        assert_one_line_error(result, "image_primary input maps to /image_primary", tmp_path / "o")
+        assert "cannot be replayed" in result.stderr and "cannot open" not in result.stderr
+    else:
+        assert result.returncode == 0, result.stderr
+        assert (tmp_path / "o" / "summary.json").is_file()

@@ -178,6 +178,8 @@ class NodeConfig:
     publish_trajectory: bool = knob(False, "Also publish joint_trajectory (joint-space action models).",
                                     read_only=True)
     debug_image: bool = knob(False, "Publish kept_tokens_image, an overlay of the kept patches.", read_only=True)
+    autostart: bool = knob(True, "Lifecycle: configure (load the model) and activate at start; false waits for "
+                           "`ros2 lifecycle set /action_node configure` / `activate`.", read_only=True)
 
     def __post_init__(self) -> None:
         _validate_section(self, "")

@@ -26,7 +26,8 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.subscription import Subscription
 from rclpy.time import Time
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data)
 from sensor_msgs.msg import CompressedImage, Image, JointState
@@ -42,56 +43,141 @@ from ..policy import PolicyOutput, SpecPrunePolicy
 from ..sensing.assembly import ObservationAssembler, stamp_nanoseconds
 from .parameters import declare_all, from_ros
 
-class ActionNode(Node):
+class StartupError(RuntimeError):
+    """The node could not configure at start (autostart); the reason was logged once."""
+
+
+class ActionNode(LifecycleNode):
+    """A managed node: ``configure`` loads the model and opens the topics, ``activate`` starts
+    acting, ``deactivate`` stops publishing actions within one tick, ``cleanup`` frees the model.
+    With ``autostart`` (default) it configures and activates itself at start, as a plain node would.
+    """
+
     def __init__(self, loaded: LoadedPolicyModel | None = None, **node_kwargs) -> None:
-        """``loaded``: an already loaded model (tests); by default ``model_path`` is loaded."""
+        """``loaded``: an already loaded model (tests); by default ``model_path`` is loaded at configure."""
         super().__init__(NODE_NAME, **node_kwargs)
         self.config = declare_all(self, Config())
-        node = self.config.node
-        if loaded is None:
-            self.get_logger().info(f"loading {node.model_path} on {node.device} ...")
-            loaded = load_checkpoint(node.model_path, node.device, node.dtype, node.unnorm_key)
-        self.policy = SpecPrunePolicy(loaded, self.config)
-        action_dim = loaded.model.config.action_dim
-        if node.publish_trajectory and not 0 < len(node.trajectory_joints) <= action_dim:
-            raise ValueError(f"publish_trajectory needs trajectory_joints with 1 to {action_dim} joints (the first "
-                             f"action dimensions must be joint targets); got {list(node.trajectory_joints)}")
-        self.assembler = ObservationAssembler.for_node(self.config)
+        self._preloaded = loaded
         self._lock = threading.Lock()            # guards self.config between callback and worker
-        self.add_on_set_parameters_callback(self._on_set_parameters)
-
-        sensor_qos = qos_profile_sensor_data if node.sensor_qos == "sensor_data" else QoSProfile(
-            depth=5, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
-        image_type = CompressedImage if node.compressed_images else Image
-        topics = self.config.topics
-        inputs = MutuallyExclusiveCallbackGroup()
-        for camera, topic in enumerate(topics.cameras(node.num_images)):
-            self.create_subscription(image_type, topic, self._image_callback(camera), sensor_qos,
-                                     callback_group=inputs)
-        self.create_subscription(JointState, topics.joint_states, self._on_joint_state, sensor_qos,
-                                 callback_group=inputs)
-        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
-                             reliability=ReliabilityPolicy.RELIABLE)
-        self.create_subscription(String, topics.instruction, self._on_instruction, latched, callback_group=inputs)
-
-        self.chunk_pub = self.create_publisher(ActionChunk, topics.action_chunk, 10)
-        self.stats_pub = self.create_publisher(PruningStats, topics.pruning_stats, 10)
+        self.policy: SpecPrunePolicy | None = None
+        self.assembler = ObservationAssembler.for_node(self.config)
+        self._endpoints: list = []               # subscriptions and publishers made at configure
+        self.chunk_pub = self.stats_pub = self.trajectory_pub = self.debug_pub = None
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.trajectory_pub = (self.create_publisher(JointTrajectory, topics.joint_trajectory, 10)
-                               if node.publish_trajectory else None)
-        self.debug_pub = self.create_publisher(Image, topics.kept_tokens_image, 2) if node.debug_image else None
-
+        self.lifecycle_state = "unconfigured"
+        self._active = threading.Event()
+        self._stop = threading.Event()
+        self._worker: threading.Thread | None = None
+        self._acting = False                     # the last tick published an action
         self._latencies: deque[float] = deque(maxlen=100)
         self._end_to_end: deque[float] = deque(maxlen=100)
         self._published: deque[float] = deque(maxlen=100)
         self._last_reason = ""
+        self._startup_error = ""
         self._errors = 0
-        self._stop = threading.Event()
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.create_timer(1.0, self._publish_diagnostics)
+        if self.config.node.autostart:
+            if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                raise StartupError(self._startup_error)
+            self.trigger_activate()
+
+    # ---- lifecycle ----------------------------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        node = self.config.node
+        try:
+            loaded = self._preloaded
+            if loaded is None:
+                self.get_logger().info(f"loading {node.model_path} on {node.device} ...")
+                loaded = load_checkpoint(node.model_path, node.device, node.dtype, node.unnorm_key)
+            action_dim = loaded.model.config.action_dim
+            if node.publish_trajectory and not 0 < len(node.trajectory_joints) <= action_dim:
+                raise ValueError(f"publish_trajectory needs trajectory_joints with 1 to {action_dim} joints (the "
+                                 f"first action dimensions must be joint targets); got {list(node.trajectory_joints)}")
+            policy = SpecPrunePolicy(loaded, self.config)
+        except (CheckpointError, ConfigError, ValueError, OSError) as exc:
+            self._startup_error = str(exc)
+            self.get_logger().fatal(f"cannot configure: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        with self._lock:
+            self.policy = policy
+            self.assembler = ObservationAssembler.for_node(self.config)
+        self._open_endpoints()
+        self._stop.clear()
         self._worker = threading.Thread(target=self._control_loop, name="specprune-inference", daemon=True)
         self._worker.start()
-        self.create_timer(1.0, self._publish_diagnostics)
-        self.get_logger().info(f"action_node ready: model {node.model_path}, {node.num_images} camera(s), "
+        self.lifecycle_state = "inactive"
+        self.get_logger().info(f"action_node configured: model {node.model_path}, {node.num_images} camera(s), "
                                f"{node.control_rate_hz:g} Hz, pruning {'on' if self.config.pruning.enabled else 'off'}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._active.set()
+        self.lifecycle_state = "active"
+        self.get_logger().info("action_node active: acting on observations")
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_acting()
+        self.lifecycle_state = "inactive"
+        self.get_logger().info("action_node inactive: no actions are published")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_worker()
+        self._close_endpoints()
+        with self._lock:
+            self.policy = None                   # the model goes with it
+        _free_device_memory()
+        self.lifecycle_state = "unconfigured"
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.shutdown()
+        self.lifecycle_state = "finalized"
+        return TransitionCallbackReturn.SUCCESS
+
+    def _open_endpoints(self) -> None:
+        node, topics = self.config.node, self.config.topics
+        sensor_qos = qos_profile_sensor_data if node.sensor_qos == "sensor_data" else QoSProfile(
+            depth=5, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+        image_type = CompressedImage if node.compressed_images else Image
+        inputs = MutuallyExclusiveCallbackGroup()
+        subs = [self.create_subscription(image_type, topic, self._image_callback(camera), sensor_qos,
+                                         callback_group=inputs)
+                for camera, topic in enumerate(topics.cameras(node.num_images))]
+        subs.append(self.create_subscription(JointState, topics.joint_states, self._on_joint_state, sensor_qos,
+                                             callback_group=inputs))
+        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                             reliability=ReliabilityPolicy.RELIABLE)
+        subs.append(self.create_subscription(String, topics.instruction, self._on_instruction, latched,
+                                             callback_group=inputs))
+        self.chunk_pub = self.create_publisher(ActionChunk, topics.action_chunk, 10)
+        self.stats_pub = self.create_publisher(PruningStats, topics.pruning_stats, 10)
+        self.trajectory_pub = (self.create_publisher(JointTrajectory, topics.joint_trajectory, 10)
+                               if node.publish_trajectory else None)
+        self.debug_pub = self.create_publisher(Image, topics.kept_tokens_image, 2) if node.debug_image else None
+        self._endpoints = subs + [p for p in (self.chunk_pub, self.stats_pub, self.trajectory_pub, self.debug_pub)
+                                  if p is not None]
+
+    def _close_endpoints(self) -> None:
+        for endpoint in self._endpoints:
+            if isinstance(endpoint, Subscription):
+                self.destroy_subscription(endpoint)
+            else:
+                self.destroy_publisher(endpoint)
+        self._endpoints = []
+        self.chunk_pub = self.stats_pub = self.trajectory_pub = self.debug_pub = None
+
+    def _stop_acting(self) -> None:
+        """No more actions: with publish_trajectory, one empty JointTrajectory ("cancel and hold"
+        for ros2_control's joint_trajectory_controller), once per stop."""
+        self._active.clear()
+        with self._lock:
+            acting, self._acting = self._acting, False
+        if acting and self.trajectory_pub is not None and rclpy.ok(context=self.context):
+            self.trajectory_pub.publish(empty_trajectory(self.config.node.trajectory_joints,
+                                                         self.get_clock().now().to_msg()))
 
     # ---- inputs (executor thread: store only) ------------------------------------------------------
     def _image_callback(self, camera: int):
@@ -113,7 +199,8 @@ class ActionNode(Node):
         with self._lock:
             try:
                 new = self.config.replace(**{p.name: from_ros(p) for p in params})
-                self.policy.set_config(new)
+                if self.policy is not None:       # unconfigured: checked against the model at configure
+                    self.policy.set_config(new)
             except (ConfigError, ValueError) as exc:
                 return SetParametersResult(successful=False, reason=str(exc))
             self.config = new
@@ -131,7 +218,8 @@ class ActionNode(Node):
                 period = 1.0 / self.config.node.control_rate_hz
             next_tick += period
             try:
-                self._tick()
+                if self._active.is_set():
+                    self._tick()
             except Exception as exc:  # never let one bad step kill the robot's node
                 if self._stop.is_set():
                     break             # shutting down: whatever failed no longer matters
@@ -160,8 +248,8 @@ class ActionNode(Node):
             self.assembler.drops["malformed"] += 1
             self._note_drop(f"malformed: {exc}")
             return
-        if self._stop.is_set():
-            return                                # shutting down: publish nothing more
+        if self._stop.is_set() or not self._active.is_set():
+            return                                # stopping or deactivated meanwhile: publish nothing
         # The step took time: never publish an action computed from data that is now too old.
         age = (self._now() - obs.stamp_ns) * 1e-9
         if age > self.config.node.max_observation_age_s:
@@ -177,6 +265,11 @@ class ActionNode(Node):
     def _note_drop(self, reason: str) -> None:
         self._last_reason = reason
         self.get_logger().warning(f"no action: {reason}", throttle_duration_sec=2.0)
+        with self._lock:
+            acting, self._acting = self._acting, False
+        if acting and self.trajectory_pub is not None:     # the robot must not keep executing old actions
+            self.trajectory_pub.publish(empty_trajectory(self.config.node.trajectory_joints,
+                                                         self.get_clock().now().to_msg()))
 
     # ---- outputs ---------------------------------------------------------------------------------
     def _publish(self, out: PolicyOutput, stamp_ns: int) -> None:
@@ -196,19 +289,25 @@ class ActionNode(Node):
                                                            header_stamp))
         if self.debug_pub is not None and out.kept_mask is not None and out.frames is not None:
             self.debug_pub.publish(overlay_message(out, header_stamp))
+        with self._lock:
+            self._acting = True
 
     def _publish_diagnostics(self) -> None:
         now = time.monotonic()
         recent = [t for t in list(self._published) if now - t <= 5.0]      # copies: the worker appends
         rate = len(recent) / 5.0
         status = DiagnosticStatus(name=f"{self.get_name()}: inference", hardware_id=self.config.node.model_path)
-        if not recent:
+        if self.lifecycle_state != "active":
+            status.level = DiagnosticStatus.OK
+            status.message = f"{self.lifecycle_state}: not acting"
+        elif not recent:
             status.level = DiagnosticStatus.WARN
             status.message = f"not publishing: {self._last_reason or 'waiting for inputs'}"
         else:
             status.level = DiagnosticStatus.OK
             status.message = f"publishing at {rate:.1f} Hz"
         values = {
+            "lifecycle_state": self.lifecycle_state,
             "rate_hz": f"{rate:.2f}",
             "policy_latency_ms_median": _median(self._latencies),
             "end_to_end_latency_ms_median": _median(self._end_to_end),
@@ -222,10 +321,17 @@ class ActionNode(Node):
         self.diag_pub.publish(array)
 
     def shutdown(self, timeout: float = 30.0) -> None:
-        """Stop the control loop and wait for the step in flight (before the context goes)."""
+        """Stop acting and the control loop, waiting for the step in flight (before the context goes)."""
+        if self._active.is_set():
+            self._stop_acting()
+        self._stop_worker(timeout)
+
+    def _stop_worker(self, timeout: float = 30.0) -> None:
+        self._active.clear()
         self._stop.set()
-        if self._worker.is_alive() and self._worker is not threading.current_thread():
-            self._worker.join(timeout)
+        worker = self._worker
+        if worker is not None and worker.is_alive() and worker is not threading.current_thread():
+            worker.join(timeout)
 
 
 def _median(values: deque) -> str:
@@ -241,6 +347,24 @@ def stats_message(out: PolicyOutput, header_stamp) -> PruningStats:
         setattr(msg, name, type(getattr(msg, name))(value))
     msg.tokens_per_layer = [int(n) for n in s.tokens_per_layer]
     return msg
+
+
+def empty_trajectory(joint_names: Sequence[str], stamp) -> JointTrajectory:
+    """No points: joint_trajectory_controller cancels the current trajectory and holds position."""
+    msg = JointTrajectory()
+    msg.header.stamp = stamp
+    msg.joint_names = list(joint_names)
+    return msg
+
+
+def _free_device_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def trajectory_message(actions: np.ndarray, joint_names: Sequence[str], dt: float, header_stamp) -> JointTrajectory:
@@ -287,6 +411,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         try:
             node = ActionNode()
+        except StartupError:
+            return 1                              # on_configure logged why
         except (CheckpointError, ConfigError, ValueError, OSError) as exc:
             rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
             return 1

@@ -19,10 +19,11 @@ from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
+from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
 from specprune_ros.config import iter_specs  # noqa: E402
 from specprune_ros.msg import ActionChunk, PruningStats  # noqa: E402
-from specprune_ros.ros.action_node import ActionNode  # noqa: E402
+from specprune_ros.ros.action_node import ActionNode, StartupError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,6 +45,8 @@ class Driver(Node):
         self.pub_instruction.publish(String(data="pick up the red block"))
         self.create_subscription(ActionChunk, "action_chunk", self.chunks.append, 10)
         self.create_subscription(PruningStats, "pruning_stats", self.stats.append, 10)
+        self.trajectories = []
+        self.create_subscription(JointTrajectory, "joint_trajectory", self.trajectories.append, 10)
         self.step = 0
         self.timer = self.create_timer(0.05, self.publish_observation)
 
@@ -242,6 +245,73 @@ def test_partners_in_random_order_with_jitter_are_not_drops_and_lost_ones_are(ro
         node.shutdown()
 
 
+def test_lifecycle_through_the_services_ros2_lifecycle_calls(ros, loaded_tiny):
+    """unconfigured -> configure -> activate (acts) -> deactivate (stops within a tick, sends one
+    empty trajectory) -> cleanup (model freed) -> configure -> activate (acts again)."""
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState, GetState
+
+    context, spinner = ros
+    joints = [f"j{i}" for i in range(7)]
+    node = spinner.add(ActionNode(loaded=loaded_tiny, context=context, parameter_overrides=[
+        Parameter("autostart", value=False), Parameter("publish_trajectory", value=True),
+        Parameter("trajectory_joints", value=joints), Parameter("max_observation_age_s", value=2.0)]))
+    driver = spinner.add(Driver(context))
+
+    def state():
+        return call(driver, GetState, "/action_node/get_state", GetState.Request()).current_state.label
+
+    def change(transition):
+        reply = call(driver, ChangeState, "/action_node/change_state",
+                     ChangeState.Request(transition=Transition(id=transition)))
+        assert reply.success
+
+    try:
+        assert state() == "unconfigured" and node.policy is None
+        time.sleep(0.5)
+        assert not driver.chunks                                    # nothing acts unconfigured
+        change(Transition.TRANSITION_CONFIGURE)
+        assert state() == "inactive" and node.policy is not None
+        time.sleep(0.5)
+        assert not driver.chunks                                    # nor inactive
+        change(Transition.TRANSITION_ACTIVATE)
+        assert state() == "active"
+        assert wait_for(lambda: len(driver.chunks) >= 3 and len(driver.trajectories) >= 3), "not acting"
+        assert all(len(t.points) == 8 for t in driver.trajectories)
+
+        change(Transition.TRANSITION_DEACTIVATE)
+        assert state() == "inactive" and node.lifecycle_state == "inactive"
+        time.sleep(0.2)                                             # one tick at 10 Hz, plus delivery
+        count = len(driver.chunks)
+        time.sleep(0.8)
+        assert len(driver.chunks) == count                          # stopped within a tick
+        empty = [t for t in driver.trajectories if not t.points]
+        assert len(empty) == 1 and list(empty[0].joint_names) == joints   # "cancel and hold", once
+
+        change(Transition.TRANSITION_CLEANUP)
+        assert state() == "unconfigured" and node.policy is None
+        change(Transition.TRANSITION_CONFIGURE)
+        change(Transition.TRANSITION_ACTIVATE)
+        count = len(driver.chunks)
+        assert wait_for(lambda: len(driver.chunks) >= count + 3), "not acting after a second configure"
+    finally:
+        node.shutdown()
+
+
+def test_stale_inputs_stop_a_trajectory_once(ros, loaded_tiny):
+    joints = [f"j{i}" for i in range(7)]
+    node, driver = start(ros, loaded_tiny, [Parameter("publish_trajectory", value=True),
+                                            Parameter("trajectory_joints", value=joints)])
+    try:
+        assert wait_for(lambda: len(driver.trajectories) >= 2)
+        driver.stamp_offset_ns = -int(5e9)                           # the camera's clock falls behind
+        assert wait_for(lambda: any(not t.points for t in driver.trajectories)), "no stop on stale inputs"
+        time.sleep(0.5)
+        assert sum(1 for t in driver.trajectories if not t.points) == 1
+    finally:
+        node.shutdown()
+
+
 # ---- the node as a process, like `ros2 run` -------------------------------------------------------
 
 def node_process(*ros_args):
@@ -374,6 +444,6 @@ def test_trajectory_and_kept_patch_overlay(ros, loaded_tiny):
 
 def test_trajectory_without_joint_names_is_refused_at_start(ros, loaded_tiny):
     context, _ = ros
-    with pytest.raises(ValueError, match="publish_trajectory needs trajectory_joints"):
+    with pytest.raises(StartupError, match="publish_trajectory needs trajectory_joints"):
         ActionNode(loaded=loaded_tiny, context=context, parameter_overrides=[Parameter("publish_trajectory",
                                                                                        value=True)])

@@ -35,9 +35,9 @@ from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from ..config import NODE_NAME, Config, ConfigError
+from ..control import ControlTick
 from ..model.checkpoint import CheckpointError, LoadedPolicyModel, load_checkpoint
 from ..model.config import dimension_names
-from ..model.processing import ObservationError
 from ..msg import ActionChunk, PruningStats
 from ..policy import PolicyOutput, SpecPrunePolicy
 from ..sensing.assembly import ObservationAssembler, stamp_nanoseconds
@@ -102,6 +102,8 @@ class ActionNode(LifecycleNode):
         with self._lock:
             self.policy = policy
             self.assembler = ObservationAssembler.for_node(self.config)
+            # late-bound: the tick always steps the current policy
+            self._control = ControlTick(self.assembler, lambda obs: self.policy.step(obs))
         self._open_endpoints()
         self._stop.clear()
         self._worker = threading.Thread(target=self._control_loop, name="specprune-inference", daemon=True)
@@ -236,30 +238,16 @@ class ActionNode(LifecycleNode):
         return self.get_clock().now().nanoseconds
 
     def _tick(self) -> None:
-        assembled = self.assembler.assemble(self._now())
-        if assembled.observation is None:
-            if assembled.dropped:
-                self._note_drop(assembled.reason)
-            return
-        obs = assembled.observation
-        try:
-            out = self.policy.step(obs)
-        except ObservationError as exc:
-            self.assembler.drops["malformed"] += 1
-            self._note_drop(f"malformed: {exc}")
+        result = self._control.run(self._now(), lambda out: self._now())
+        if result.output is None:
+            if result.dropped:
+                self._note_drop(result.reason)
             return
         if self._stop.is_set() or not self._active.is_set():
             return                                # stopping or deactivated meanwhile: publish nothing
-        # The step took time: never publish an action computed from data that is now too old.
-        age = (self._now() - obs.stamp_ns) * 1e-9
-        if age > self.config.node.max_observation_age_s:
-            self.assembler.drops["stale"] += 1
-            self._note_drop(f"stale: the action would be based on data {age:.3f} s old (policy step "
-                            f"{out.stats.latency_ms:.0f} ms)")
-            return
-        self._publish(out, obs.stamp_ns)
-        self._latencies.append(out.stats.latency_ms)
-        self._end_to_end.append(age * 1e3)
+        self._publish(result.output, result.observation.stamp_ns)
+        self._latencies.append(result.output.stats.latency_ms)
+        self._end_to_end.append(result.age_s * 1e3)
         self._published.append(time.monotonic())
 
     def _note_drop(self, reason: str) -> None:

@@ -20,9 +20,10 @@ import numpy as np
 from ..config import Config
 from ..model.checkpoint import load_checkpoint
 from ..model.config import dimension_names
-from ..model.processing import ObservationError
+from ..control import ControlTick
+from ..observation import Observation
 from ..policy import PolicyOutput, SpecPrunePolicy
-from ..sensing.assembly import Assembled, ObservationAssembler, stamp_nanoseconds
+from ..sensing.assembly import ObservationAssembler, stamp_nanoseconds
 from .bags import IMAGE_TYPES, TOPIC_EXPERT, BagError, BagMessage, BagReader, bag_name
 EXPERT_TYPES = ("std_msgs/msg/Float64MultiArray", "std_msgs/msg/Float32MultiArray")
 
@@ -56,12 +57,23 @@ def _bag_dir(path: Path) -> Path:
     return path
 
 
-@dataclass
-class BagTick:
-    now: int                        # the control tick, on the bag's time base (ns)
-    assembled: Assembled            # what the node's assembly rules make of the data so far
-    expert: np.ndarray | None       # the recorded command nearest the observation, if any
-    executed: np.ndarray | None     # recorded commands since the previous observation (rows), if any
+class RecordedCommands:
+    """The bag's recorded commands (``/expert_action``) on the header clock."""
+
+    def __init__(self, window_ns: int) -> None:
+        self.items: list[tuple[int, np.ndarray]] = []
+        self.window_ns = window_ns
+
+    def add(self, stamp_ns: int, command: np.ndarray) -> None:
+        self.items.append((stamp_ns, command))
+
+    def nearest(self, stamp_ns: int) -> np.ndarray | None:
+        return _nearest(self.items, stamp_ns, self.window_ns)
+
+    def since(self, previous_ns: int | None, stamp_ns: int) -> np.ndarray | None:
+        """The commands executed after the previous observation, up to this one (rows)."""
+        rows = [a for t, a in self.items if (previous_ns is None or t > previous_ns) and t <= stamp_ns]
+        return np.stack(rows) if rows else None
 
 
 @dataclass(frozen=True)
@@ -149,38 +161,27 @@ class TimeBase:
 
 
 def bag_ticks(reader: BagReader, topics: EpisodeTopics, config: Config, assembler: ObservationAssembler,
-              time_base: TimeBase | None = None, start_s: float = 0.0,
-              duration_s: float | None = None) -> Iterator[BagTick]:
+              time_base: TimeBase | None = None, start_s: float = 0.0, duration_s: float | None = None,
+              recorded: RecordedCommands | None = None) -> Iterator[int]:
     """The node's control ticks replayed on the bag's header clock: every message up to a tick is
-    fed to the node's assembler, then the tick asks it for an observation. Ticks follow the
-    primary camera's header time; ``start_s`` / ``duration_s`` (from the first primary image)
-    choose a window, messages before it still fill the buffers."""
+    fed to the node's assembler, then the tick time is yielded (the caller runs the tick). Ticks
+    follow the primary camera's header time; ``start_s`` / ``duration_s`` (from the first primary
+    image) choose a window, messages before it still fill the buffers."""
     clock = time_base or TimeBase()
     period = int(round(1e9 / config.node.control_rate_hz))
-    experts: list[tuple[int, np.ndarray]] = []
     first: int | None = None
     next_tick: int | None = None
     last = 0
-    previous: list[int | None] = [None]        # stamp of the previous observation
-
-    def tick(now: int) -> BagTick:
-        assembled = assembler.assemble(now)
-        if assembled.observation is None:
-            return BagTick(now, assembled, _nearest(experts, now, period), None)
-        stamp = assembled.observation.stamp_ns
-        since = [a for t, a in experts if (previous[0] is None or t > previous[0]) and t <= stamp]
-        previous[0] = stamp
-        return BagTick(now, assembled, _nearest(experts, stamp, period), np.stack(since) if since else None)
 
     def in_window(now: int) -> bool:
         begin = first + int(start_s * 1e9)
         return now >= begin and (duration_s is None or now <= begin + int(duration_s * 1e9))
 
-    def ticks_until(t: int) -> Iterator[BagTick]:
+    def ticks_until(t: int) -> Iterator[int]:
         nonlocal next_tick
         while next_tick is not None and t > next_tick:
             if in_window(next_tick):
-                yield tick(next_tick)
+                yield next_tick
             next_tick += period
 
     for m in reader.messages(topics.all()):
@@ -198,7 +199,8 @@ def bag_ticks(reader: BagReader, topics: EpisodeTopics, config: Config, assemble
         elif m.topic == topics.joints:
             assembler.add_joint_state(clock.stamp(m), list(m.msg.name), list(m.msg.position))
         elif m.topic == topics.expert:
-            experts.append((clock.from_recording(m.timestamp), np.asarray(m.msg.data, dtype=np.float64)))
+            if recorded is not None:
+                recorded.add(clock.from_recording(m.timestamp), np.asarray(m.msg.data, dtype=np.float64))
         else:
             assembler.add_image(topics.cameras.index(m.topic), clock.stamp(m), m.msg)
     yield from ticks_until(last + period + 1)
@@ -226,32 +228,36 @@ def run_replay(bag: Path, config: Config, compare: bool = True,
         assembler = ObservationAssembler.for_node(config)
         run = ReplayRun()
         clock = TimeBase()
-        for t in bag_ticks(reader, topics, config, assembler, clock, start_s, duration_s):
+        recorded = RecordedCommands(int(round(1e9 / node.control_rate_hz)))
+        previous: list[int | None] = [None]          # stamp of the previous observation
+        unpruned_out: list[PolicyOutput | None] = [None]
+
+        def prepare(obs: Observation) -> None:
+            if motion == "recorded":       # what the robot executed since the previous observation
+                executed = recorded.since(previous[0], obs.stamp_ns)
+                executed = recorded.nearest(obs.stamp_ns) if executed is None else executed
+                obs.motion = None if executed is None else np.atleast_2d(executed)[:, :6]
+            previous[0] = obs.stamp_ns
+
+        def step(obs: Observation) -> PolicyOutput:
+            if unpruned is not None and len(run.steps) % 2:    # alternate the order: no order bias
+                unpruned_out[0] = unpruned.step(obs)
+                return pruned.step(obs)
+            out = pruned.step(obs)
+            unpruned_out[0] = unpruned.step(obs) if unpruned is not None else None
+            return out
+
+        tick = ControlTick(assembler, step, prepare)
+        for now in bag_ticks(reader, topics, config, assembler, clock, start_s, duration_s, recorded):
             if max_steps is not None and len(run.steps) >= max_steps:
                 break
-            obs = t.assembled.observation
-            if obs is None:
-                run.last_drop = t.assembled.reason if t.assembled.dropped else run.last_drop
+            # The node's clock after the step: here the tick plus the measured step latency.
+            result = tick.run(now, lambda out: now + int(out.stats.latency_ms * 1e6))
+            if result.output is None:
+                run.last_drop = result.reason if result.dropped else run.last_drop
                 continue
-            if motion == "recorded":       # what the robot executed since the previous observation
-                executed = t.executed if t.executed is not None else t.expert
-                obs.motion = None if executed is None else np.atleast_2d(executed)[:, :6]
-            try:
-                if unpruned is not None and len(run.steps) % 2:    # alternate the order: no order bias
-                    out_u, out_p = unpruned.step(obs), pruned.step(obs)
-                else:
-                    out_p = pruned.step(obs)
-                    out_u = unpruned.step(obs) if unpruned is not None else None
-            except ObservationError as exc:
-                assembler.drops["malformed"] += 1
-                run.last_drop = f"malformed: {exc}"
-                continue
-            age = stale_after_step(t.now, obs.stamp_ns, out_p.stats.latency_ms, node.max_observation_age_s)
-            if age is not None:
-                assembler.drops["stale"] += 1
-                run.last_drop = f"stale: the action would be based on data {age:.3f} s old"
-                continue
-            run.steps.append(ReplayStep(t.now, obs.stamp_ns, out_p, out_u, t.expert))
+            stamp = result.observation.stamp_ns
+            run.steps.append(ReplayStep(now, stamp, result.output, unpruned_out[0], recorded.nearest(stamp)))
             if progress:
                 progress(len(run.steps), total)
     run.drops = dict(assembler.drops)
@@ -262,12 +268,6 @@ def run_replay(bag: Path, config: Config, compare: bool = True,
         last = f"; last: {run.last_drop}" if run.last_drop else ""
         raise BagError(f"{bag}: no observation produced an action (dropped: {reasons}{last})")
     return run
-
-
-def stale_after_step(tick_ns: int, stamp_ns: int, latency_ms: float, max_age_s: float) -> float | None:
-    """The node's rule after a step: the age of the data an action would be based on, if too old."""
-    age = (tick_ns - stamp_ns) * 1e-9 + latency_ms * 1e-3
-    return age if age > max_age_s else None
 
 
 def _nearest(items: list[tuple[int, np.ndarray]], stamp: int, window: int) -> np.ndarray | None:

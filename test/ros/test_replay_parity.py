@@ -30,8 +30,9 @@ CONFIG = Config.from_dict({"max_observation_age_s": 5.0})
 def replayed_observations(bag):
     reader, topics = open_episode(bag, CONFIG)
     with reader:
-        return [t.assembled.observation for t in bag_ticks(reader, topics, CONFIG, ObservationAssembler.for_node(CONFIG))
-                if t.assembled.observation is not None]
+        assembler = ObservationAssembler.for_node(CONFIG)
+        observations = [assembler.assemble(now).observation for now in bag_ticks(reader, topics, CONFIG, assembler)]
+        return [obs for obs in observations if obs is not None]
 
 
 def to_rclpy(msg, offset_ns):

@@ -40,6 +40,7 @@ specprune_ros/msg/__init__.py: $(VENV)/.ros msg/ActionChunk.msg msg/PruningStats
 	tools/build_messages.sh $(VENV)
 
 test: setup
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest test -q
 
 demo: setup

@@ -8,11 +8,13 @@ statistics key and the instruction. The topics are that file's `topics.*` parame
 -> Rizon4 topic): the node subscribes and publishes on them, and `specprune replay --params`
 reads recordings by the same names, so the mapping lives in one place.
 """
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
+
+from launch import LaunchDescription
+
 
 def generate_launch_description() -> LaunchDescription:
     params_file = PathJoinSubstitution([FindPackageShare("specprune_ros"), "config", "rizon4.yaml"])

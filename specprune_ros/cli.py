@@ -50,7 +50,8 @@ def _table(summary: dict) -> str:
     if "unpruned" in lat:
         lines += [("latency p50 unpruned", f"{lat['unpruned']['p50']:.1f} ms"),
                   ("speedup p50", f"{summary['speedup_p50']:.2f}x")]
-    lines += [("vision tokens kept", f"{summary['vision_tokens']['kept_mean']:.1f} / {summary['vision_tokens']['total']}"),
+    tokens = summary["vision_tokens"]
+    lines += [("vision tokens kept", f"{tokens['kept_mean']:.1f} / {tokens['total']}"),
               ("LLM FLOPs ratio", f"{summary['flops_ratio_mean']:.3f}"),
               ("fine-mode share", f"{100 * summary['fine_mode_fraction']:.0f} %")]
     if "action_l1_vs_unpruned" in summary:

@@ -15,7 +15,6 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -25,8 +24,8 @@ from .model.checkpoint import LoadedPolicyModel, load_checkpoint
 from .model.flops import flops_ratio
 from .model.openvla_oft import Stopwatch, check_layers
 from .model.processing import ImageProcessor
-from .observation import HistoryFrame, Observation, ObservationError
 from .model.prompt import EncodedPrompt, encode_prompt
+from .observation import Observation, ObservationError
 from .pruning.engine import SpecPruneEngine
 from .pruning.frames import executed_actions
 

@@ -1,9 +1,9 @@
 import json
-
-import pytest
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from specprune_ros.cli import main
 

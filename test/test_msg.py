@@ -24,7 +24,8 @@ def chunk():
 def test_interface_fields_exist():
     stats = PruningStats()
     for name in ("step", "pruning_enabled", "fine_mode", "alpha", "vision_tokens_total", "vision_tokens_kept",
-                 "global_selected", "local_selected", "dynamic_selected", "tokens_per_layer", "history_frames", "history_age_s",
+                 "global_selected", "local_selected", "dynamic_selected", "tokens_per_layer", "history_frames",
+                 "history_age_s",
                  "translation_speed", "rotation_speed", "global_recall", "flops_ratio", "latency_ms",
                  "overhead_ms"):
         assert hasattr(stats, name), name

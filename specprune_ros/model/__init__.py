@@ -10,8 +10,14 @@
 * checkpoint  - loading the released layout, writing tiny checkpoints
 * flops       - LLM FLOPs of a token schedule
 """
-from .checkpoint import (TINY_RANDOM, CheckpointError, LoadedPolicyModel, load_checkpoint, random_model,
-                         write_tiny_checkpoint)
+from .checkpoint import (
+                         TINY_RANDOM,
+                         CheckpointError,
+                         LoadedPolicyModel,
+                         load_checkpoint,
+                         random_model,
+                         write_tiny_checkpoint,
+)
 from .config import PRESETS, ModelConfig, preset
 from .openvla_oft import ForwardInfo, OpenVLAOFT
 

@@ -176,7 +176,8 @@ class OpenVLAOFT(nn.Module):
             x, qk = layer(x, cos, sin, run.text_index if wants else None)
             if wants:
                 run.add_scores(number, *qk)
-            if run is not None and number in pruning.dynamic_layers and number < n_layers and run.importance is not None:
+            if (run is not None and number in pruning.dynamic_layers and number < n_layers
+                    and run.importance is not None):
                 keep = run.dynamic_prune(x.shape[1])
                 x, cos, sin = x[:, keep], cos[keep], sin[keep]
         if run is not None:
@@ -230,7 +231,8 @@ class _PrunedRun:
 
     def __init__(self, pruning: PruningConfig, engine: SpecPruneEngine, plan: StepPlan, layout: TokenLayout,
                  watch: Stopwatch, info: ForwardInfo, text_index: torch.Tensor) -> None:
-        self.cfg, self.engine, self.plan, self.layout, self.watch, self.info = pruning, engine, plan, layout, watch, info
+        self.cfg, self.engine, self.plan, self.layout = pruning, engine, plan, layout
+        self.watch, self.info = watch, info
         device = engine.device
         self.device = device
         self.pruned = plan.prune

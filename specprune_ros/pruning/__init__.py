@@ -10,18 +10,32 @@
 from .controller import ActionAwareController, Decision, KBudget, Motion, k_budget, scaled_k
 from .dynamic import LayerImportance, rank_weights, ranks
 from .engine import SpecPruneEngine, StepPlan
-from .frames import (FrameHistory, executed_actions, executed_translation, history_periods, patch_cosine_similarity,
-                     patch_unit_vectors)
+from .frames import (
+                     FrameHistory,
+                     executed_actions,
+                     executed_translation,
+                     history_periods,
+                     patch_cosine_similarity,
+                     patch_unit_vectors,
+)
 from .layout import TokenLayout
-from .scores import (LayerScores, layer_confidence, rotate_half_rope, score_layer, score_logits,
-                     scores_from_hidden_states, text_logits, text_to_vision_attention)
-from .static import (StaticSelection, changed_patch_mask, detect_scene_cut, select_static, topk_mask,
-                     union_topk_mask)
+from .scores import (
+                     LayerScores,
+                     layer_confidence,
+                     rotate_half_rope,
+                     score_layer,
+                     score_logits,
+                     scores_from_hidden_states,
+                     text_logits,
+                     text_to_vision_attention,
+)
+from .static import StaticSelection, changed_patch_mask, detect_scene_cut, select_static, topk_mask, union_topk_mask
 
 __all__ = [
     "ActionAwareController", "Decision", "KBudget", "Motion", "k_budget", "scaled_k",
     "LayerImportance", "rank_weights", "ranks", "SpecPruneEngine", "StepPlan",
-    "FrameHistory", "executed_actions", "executed_translation", "history_periods", "patch_cosine_similarity", "patch_unit_vectors", "TokenLayout",
+    "FrameHistory", "executed_actions", "executed_translation", "history_periods", "patch_cosine_similarity",
+    "patch_unit_vectors", "TokenLayout",
     "LayerScores", "layer_confidence", "rotate_half_rope", "score_layer", "score_logits", "text_logits",
     "scores_from_hidden_states",
     "text_to_vision_attention", "StaticSelection", "changed_patch_mask", "detect_scene_cut",

@@ -26,7 +26,6 @@ from .frames import FrameHistory, executed_translation, history_periods, patch_u
 from .layout import TokenLayout
 from .static import StaticSelection, detect_scene_cut, select_static, union_topk_mask
 
-
 PATCH = 14
 
 

@@ -4,9 +4,9 @@ Threads: the executor thread only stores incoming messages and answers parameter
 a worker thread runs the control loop at ``control_rate_hz`` (assemble the freshest complete
 observation, run the policy, publish). Spin the node with a SingleThreadedExecutor, as main()
 does: rclpy's MultiThreadedExecutor busy-loops in Python and starves the inference thread of
-the GIL (measured here: occasional 1-7 s steps, all then dropped as stale). Nothing is queued beyond small bounded buffers, and
-nothing is published from a malformed, stale or incomplete observation: the reason is logged
-(throttled) and counted in /diagnostics.
+the GIL (measured here: occasional 1-7 s steps, all then dropped as stale). Nothing is queued
+beyond small bounded buffers, and nothing is published from a malformed, stale or incomplete
+observation: the reason is logged (throttled) and counted in /diagnostics.
 
     ros2 run specprune_ros action_node --ros-args --params-file config/rizon4.yaml
     specprune node --ros-args -p model_path:=tiny-random      # without the ros2 CLI
@@ -27,9 +27,9 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.subscription import Subscription
 from rclpy.time import Time
-from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data)
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
@@ -42,6 +42,7 @@ from ..msg import ActionChunk, PruningStats
 from ..policy import PolicyOutput, SpecPrunePolicy
 from ..sensing.assembly import ObservationAssembler, stamp_nanoseconds
 from .parameters import declare_all, from_ros
+
 
 class StartupError(RuntimeError):
     """The node could not configure at start (autostart); the reason was logged once."""

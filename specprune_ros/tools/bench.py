@@ -18,8 +18,15 @@ import numpy as np
 import torch
 
 from ..config import Config
-from ..model.checkpoint import (LoadedPolicyModel, load_checkpoint, random_model, resolve_device, resolve_dtype,
-                                tiny_config, tiny_statistics)
+from ..model.checkpoint import (
+    LoadedPolicyModel,
+    load_checkpoint,
+    random_model,
+    resolve_device,
+    resolve_dtype,
+    tiny_config,
+    tiny_statistics,
+)
 from ..model.config import preset
 from ..model.flops import llm_flops
 from ..model.processing import ImageProcessor, NormStats

@@ -18,13 +18,14 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ..config import Config
+from ..control import ControlTick
 from ..model.checkpoint import load_checkpoint
 from ..model.config import dimension_names
-from ..control import ControlTick
 from ..observation import Observation
 from ..policy import PolicyOutput, SpecPrunePolicy
 from ..sensing.assembly import ObservationAssembler, stamp_nanoseconds
 from .bags import IMAGE_TYPES, TOPIC_EXPERT, BagError, BagMessage, BagReader, bag_name
+
 EXPERT_TYPES = ("std_msgs/msg/Float64MultiArray", "std_msgs/msg/Float32MultiArray")
 
 

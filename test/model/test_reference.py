@@ -4,8 +4,8 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from specprune_ros.model.config import DINOV2_L, SIGLIP_SO400M, LlamaConfig  # noqa: E402
 from specprune_ros.model.checkpoint import init_random_  # noqa: E402
+from specprune_ros.model.config import DINOV2_L, SIGLIP_SO400M, LlamaConfig  # noqa: E402
 from specprune_ros.model.llama import LlamaBackbone  # noqa: E402
 from specprune_ros.model.vision import ViTFeaturizer  # noqa: E402
 
@@ -98,7 +98,8 @@ def test_siglip_equals_transformers_siglip_vision_model():
                 mapped[h + f"{hf_name}.{kind}"] = sd[p + f"{ours_name}.{kind}"]
     missing, unexpected = hf.load_state_dict(mapped, strict=False)
     assert not unexpected
-    assert all(k.removeprefix(root).startswith(("encoder.layers.3.", "post_layernorm", "head.")) for k in missing), missing
+    unused = ("encoder.layers.3.", "post_layernorm", "head.")
+    assert all(k.removeprefix(root).startswith(unused) for k in missing), missing
     pixels = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         expected = hf(pixel_values=pixels, output_hidden_states=True).hidden_states[cfg.feature_layer + 1]

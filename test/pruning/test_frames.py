@@ -4,8 +4,14 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from specprune_ros.pruning import (FrameHistory, executed_actions, executed_translation, history_periods,
-                                   patch_cosine_similarity, patch_unit_vectors)
+from specprune_ros.pruning import (
+    FrameHistory,
+    executed_actions,
+    executed_translation,
+    history_periods,
+    patch_cosine_similarity,
+    patch_unit_vectors,
+)
 
 
 def test_identical_frames_are_fully_similar_including_black_patches():

@@ -5,8 +5,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from specprune_ros.pruning import (layer_confidence, rotate_half_rope, score_layer, scores_from_hidden_states,
-                                   text_to_vision_attention)
+from specprune_ros.pruning import (
+    layer_confidence,
+    rotate_half_rope,
+    score_layer,
+    scores_from_hidden_states,
+    text_to_vision_attention,
+)
 
 
 def full_attention(q, k):

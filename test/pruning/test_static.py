@@ -2,8 +2,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from specprune_ros.pruning import (TokenLayout, changed_patch_mask, detect_scene_cut, patch_cosine_similarity,
-                                   select_static, topk_mask, union_topk_mask)
+from specprune_ros.pruning import (
+    TokenLayout,
+    changed_patch_mask,
+    detect_scene_cut,
+    patch_cosine_similarity,
+    select_static,
+    topk_mask,
+    union_topk_mask,
+)
 
 NEG = float("-inf")
 

@@ -14,9 +14,11 @@ from std_msgs.msg import String  # noqa: E402
 
 from specprune_ros.config import Config  # noqa: E402
 from specprune_ros.ros.action_node import ActionNode  # noqa: E402
-from specprune_ros.sensing.assembly import stamp_nanoseconds  # noqa: E402
+from specprune_ros.sensing.assembly import (
+    ObservationAssembler,  # noqa: E402
+    stamp_nanoseconds,  # noqa: E402
+)
 from specprune_ros.tools.bags import TOPIC_JOINTS, TOPIC_PRIMARY, TOPIC_WRIST, BagReader, write_synthetic_bag  # noqa: E402
-from specprune_ros.sensing.assembly import ObservationAssembler  # noqa: E402
 from specprune_ros.tools.replay import bag_ticks, open_episode  # noqa: E402
 
 STEPS = 6

@@ -138,6 +138,7 @@ def test_missing_topics(tmp_path):
 
 def test_wrong_encoding_means_no_complete_observation(tmp_path):
     from rosbags.rosbag2 import Reader, Writer
+
     from specprune_ros.tools.bags import typestore
 
     src = write_synthetic_bag(tmp_path / "src", 4, "mcap")
@@ -158,6 +159,7 @@ def test_wrong_encoding_means_no_complete_observation(tmp_path):
 
 def test_empty_bag(tmp_path):
     from rosbags.rosbag2 import Writer
+
     from specprune_ros.tools.bags import typestore
     with Writer(tmp_path / "empty", version=9) as writer:
         writer.add_connection("/image_primary", "sensor_msgs/msg/Image", typestore=typestore())

@@ -64,10 +64,14 @@ def _table(summary: dict) -> str:
 
 
 def cmd_make_bag(args: argparse.Namespace) -> int:
-    from .tools.bags import write_synthetic_bag
+    from .tools.bags import Recording, write_synthetic_bag
 
-    path = write_synthetic_bag(args.out, steps=args.steps, storage=args.storage, seed=args.seed)
-    _emit(args, {"bag": str(path), "steps": args.steps, "storage": args.storage},
+    recording = Recording(storage=args.storage, topics=_config(args).topics if args.params or args.param else None,
+                          header_clock_s=args.header_clock, compression=args.compression, split=args.split,
+                          image_format=args.image_format, encoding=args.encoding)
+    path = write_synthetic_bag(args.out, steps=args.steps, seed=args.seed, recording=recording)
+    _emit(args, {"bag": str(path), "steps": args.steps, "storage": args.storage, "compression": args.compression,
+                 "split": args.split, "image_format": args.image_format, "encoding": args.encoding},
           f"wrote a {args.steps}-step synthetic episode ({args.storage}) to {path}")
     return 0
 
@@ -232,6 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=positive_int, default=60)
     p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--header-clock", type=float, default=None, metavar="SEC",
+                   help="stamp headers on another clock starting at SEC (sim time, a device clock)")
+    p.add_argument("--compression", choices=("none", "file", "message"), default="none", help="zstd compression")
+    p.add_argument("--split", type=positive_int, default=1, metavar="N", help="write N storage files")
+    p.add_argument("--image-format", choices=("raw", "jpeg"), default="raw",
+                   help="sensor_msgs/Image or CompressedImage (JPEG)")
+    p.add_argument("--encoding", choices=("rgb8", "bgr8", "mono8"), default="rgb8", help="raw image encoding")
+    config_args(p)        # topics.* of --params / -p name the topics, as a robot's recording does
 
     p = add("replay", cmd_replay, "offline evaluation of a rosbag2 episode: pruned vs unpruned")
     p.add_argument("bag", help="rosbag2 directory (MCAP or sqlite3), or a storage file inside one")

@@ -333,7 +333,8 @@ def _shards(items: Iterable[tuple[str, torch.Tensor]], count: int) -> list[dict[
 
 
 def write_tiny_checkpoint(directory: str | Path, seed: int = 0, step: int = 1000, num_shards: int = 2,
-                          unnorm_key: str = "tiny_random", llm_layers: int | None = None) -> Path:
+                          unnorm_key: str = "tiny_random", llm_layers: int | None = None,
+                          use_proprio: bool = True) -> Path:
     """A small random model in exactly the released file layout (bf16 weights, ``module.`` heads).
 
     ``llm_layers`` makes a shallower (or deeper) LLM than the released 32 layers.
@@ -345,6 +346,7 @@ def write_tiny_checkpoint(directory: str | Path, seed: int = 0, step: int = 1000
     cfg = tiny_config()
     if llm_layers is not None:
         cfg = replace(cfg, llm=replace(cfg.llm, layers=llm_layers))
+    cfg = replace(cfg, use_proprio=use_proprio)
     model = random_model(cfg, seed=seed)
     statistics = tiny_statistics(cfg, unnorm_key)
     gen = torch.Generator().manual_seed(seed + 1)
@@ -363,6 +365,8 @@ def write_tiny_checkpoint(directory: str | Path, seed: int = 0, step: int = 1000
                                                    indent=2))
 
     for kind, module in (("action_head", model.action_head), ("proprio_projector", model.proprio_projector)):
+        if module is None:
+            continue
         heads = {f"module.{k}": v.to(torch.bfloat16) for k, v in module.state_dict().items()}
         torch.save(heads, directory / f"{kind}--{step}_checkpoint.pt")
 

@@ -102,7 +102,7 @@ class ActionNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         with self._lock:
             self.policy = policy
-            self.assembler = ObservationAssembler.for_node(self.config)
+            self.assembler = ObservationAssembler.for_node(self.config, policy.model.proprio_projector is not None)
             # late-bound: the tick always steps the current policy
             self._control = ControlTick(self.assembler, lambda obs: self.policy.step(obs))
         self._open_endpoints()

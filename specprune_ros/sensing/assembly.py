@@ -59,8 +59,10 @@ def _ns(seconds: float) -> int:
 class ObservationAssembler:
     def __init__(self, num_images: int, tolerance_s: float = 0.05, max_age_s: float = 0.5,
                  joint_names: Sequence[str] = (), history: int = 8, action_dt: float = 0.1,
-                 history_periods: int = 12) -> None:
+                 history_periods: int = 12, needs_joint_states: bool = True) -> None:
+        """``needs_joint_states`` False (a model without proprio): joint states are not waited for."""
         self.num_images = num_images
+        self.needs_joint_states = needs_joint_states
         self.tolerance_s = tolerance_s
         self.max_age_s = max_age_s
         self.action_dt = action_dt
@@ -76,11 +78,12 @@ class ObservationAssembler:
         self.last_used: int | None = None        # stamp (ns) of the last primary image used
 
     @classmethod
-    def for_node(cls, config: Config) -> "ObservationAssembler":
+    def for_node(cls, config: Config, needs_joint_states: bool = True) -> "ObservationAssembler":
         """The assembler the action node uses, from the one configuration (replay uses it too)."""
         node = config.node
         assembler = cls(node.num_images, node.match_tolerance_s, node.max_observation_age_s, node.joint_names,
-                        action_dt=node.action_dt, history_periods=config.pruning.history_capacity())
+                        action_dt=node.action_dt, history_periods=config.pruning.history_capacity(),
+                        needs_joint_states=needs_joint_states)
         assembler.set_instruction(node.instruction)
         return assembler
 
@@ -132,7 +135,7 @@ class ObservationAssembler:
         frames, joint, instruction, past = picked
         try:      # decoding happens outside the lock: callbacks are never blocked by it
             images = [to_rgb(f.value) for f in frames]
-            proprio = self._proprio(*joint.value)
+            proprio = None if joint is None else self._proprio(*joint.value)
         except ObservationError as exc:
             return self._drop(f"malformed: {exc}")
         history = []
@@ -202,7 +205,7 @@ class ObservationAssembler:
         self.last_used = fresh[0].stamp          # those sets can no longer complete
         return self._drop(f"incomplete: {missing}")
 
-    def _partners(self, primary: Stamped) -> tuple[list[Stamped], Stamped] | str:
+    def _partners(self, primary: Stamped) -> tuple[list[Stamped], Stamped | None] | str:
         """The other cameras' images and the joint state within tolerance of ``primary``, or what is missing."""
         frames = [primary]
         for camera in range(1, self.num_images):
@@ -210,6 +213,8 @@ class ObservationAssembler:
             if match is None:
                 return f"no camera {camera} image within {self.tolerance_s:g} s of the primary image"
             frames.append(match)
+        if not self.needs_joint_states:
+            return frames, None
         joint = _closest(self.joints, primary.stamp, _ns(self.tolerance_s))
         if joint is None:
             return f"no joint state within {self.tolerance_s:g} s of the primary image"

@@ -71,18 +71,45 @@ def _header(store, ns: int, frame: str):
     return store.types["std_msgs/msg/Header"](stamp=_time(store, ns), frame_id=frame)
 
 
+@dataclass(frozen=True)
+class Recording:
+    """How the synthetic episode is recorded: what real recorders and drivers write."""
+
+    storage: str = "mcap"                 # mcap | sqlite3
+    topics: TopicsConfig | None = None    # topic names as a robot has them (default: the node's)
+    header_clock_s: float | None = None   # headers on another clock (sim time, a device clock)
+    zero_stamps: bool = False             # headers left zero (some drivers)
+    compression: str = "none"             # none | file | message (zstd, as ros2 bag record --compression-*)
+    split: int = 1                        # storage files (as --max-bag-duration splits a recording)
+    image_format: str = "raw"             # raw (sensor_msgs/Image) | jpeg (CompressedImage)
+    encoding: str = "rgb8"                # rgb8 | bgr8 | mono8 for raw images
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (("storage", self.storage, STORAGES), ("compression", self.compression,
+                                     ("none", "file", "message")), ("image_format", self.image_format, ("raw", "jpeg")),
+                                     ("encoding", self.encoding, ("rgb8", "bgr8", "mono8"))):
+            if value not in allowed:
+                raise BagError(f"{name} {value!r} is not one of {', '.join(allowed)}")
+        if self.split < 1:
+            raise BagError(f"split {self.split}: needs at least 1 file")
+
+
+STORAGES = ("mcap", "sqlite3")
+
+
 def write_synthetic_bag(out: str | Path, steps: int = 60, storage: str = "mcap", seed: int = 0,
                         start_ns: int = 1_700_000_000_000_000_000, topics: TopicsConfig | None = None,
-                        header_clock_s: float | None = None, zero_stamps: bool = False) -> Path:
+                        header_clock_s: float | None = None, zero_stamps: bool = False,
+                        recording: Recording | None = None) -> Path:
     """The synthetic episode as a rosbag2: cameras at 10 Hz, joint states at 50 Hz, the
     instruction (transient local) and the expert's commanded action, on the node's topics.
 
-    What real recorders write, for tests: ``topics`` names the topics as a robot does (e.g.
-    the Rizon4 camera topics), ``header_clock_s`` stamps headers on another clock than the
-    recording's (sim time or a device clock starting there), ``zero_stamps`` leaves them zero.
+    What real recorders write, for tests (``recording``, or the shorthand keywords): ``topics``
+    names the topics as a robot does (e.g. the Rizon4 camera topics), ``header_clock_s`` stamps
+    headers on another clock than the recording's (sim time or a device clock starting there),
+    ``zero_stamps`` leaves them zero; zstd compression, split files, JPEG or mono / bgr8 cameras.
     """
-    from rosbags.rosbag2 import Writer
-
+    rec = recording or Recording(storage, topics, header_clock_s, zero_stamps)
     out = Path(out)
     if out.exists():
         raise BagError(f"{out}: already exists (choose a new path)")
@@ -90,43 +117,112 @@ def write_synthetic_bag(out: str | Path, steps: int = 60, storage: str = "mcap",
         raise BagError(f"--steps {steps}: an episode needs at least 2 steps")
     store = typestore()
     T = store.types
-    Image, JointState = T["sensor_msgs/msg/Image"], T["sensor_msgs/msg/JointState"]
-    String, Array = T["std_msgs/msg/String"], T["std_msgs/msg/Float64MultiArray"]
-    Layout = T["std_msgs/msg/MultiArrayLayout"]
-    names = topics or _DEFAULT
+    JointState, String = T["sensor_msgs/msg/JointState"], T["std_msgs/msg/String"]
+    Array, Layout = T["std_msgs/msg/Float64MultiArray"], T["std_msgs/msg/MultiArrayLayout"]
+    image_type = T["sensor_msgs/msg/CompressedImage" if rec.image_format == "jpeg" else "sensor_msgs/msg/Image"]
+    names = rec.topics or _DEFAULT
     named = {TOPIC_PRIMARY: names.image_primary, TOPIC_WRIST: names.image_wrist, TOPIC_JOINTS: names.joint_states,
              TOPIC_INSTRUCTION: names.instruction, TOPIC_EXPERT: TOPIC_EXPERT}
-    types = {TOPIC_PRIMARY: Image, TOPIC_WRIST: Image, TOPIC_JOINTS: JointState, TOPIC_INSTRUCTION: String,
-             TOPIC_EXPERT: Array}
-    shift = 0 if header_clock_s is None else int(header_clock_s * 1e9) - start_ns
-    with Writer(out, version=9, storage_plugin=_storage(storage)) as writer:
-        conns = {key: writer.add_connection(bag_name(named[key]), types[key].__msgtype__, typestore=store)
-                 for key in named}
+    types = {TOPIC_PRIMARY: image_type, TOPIC_WRIST: image_type, TOPIC_JOINTS: JointState,
+             TOPIC_INSTRUCTION: String, TOPIC_EXPERT: Array}
+    shift = 0 if rec.header_clock_s is None else int(rec.header_clock_s * 1e9) - start_ns
 
-        def put(topic, ns, msg):
-            writer.write(conns[topic], ns, store.serialize_cdr(msg, msg.__msgtype__))
+    def header(ns, frame):
+        return _header(store, 0 if rec.zero_stamps else ns + shift, frame)
 
-        def header(ns, frame):
-            return _header(store, 0 if zero_stamps else ns + shift, frame)
-
-        put(TOPIC_INSTRUCTION, start_ns, String(data=INSTRUCTION))
-        frames = episode(steps, seed)
-        for i, step in enumerate(frames):
-            t = start_ns + (i + 1) * STEP_NS
-            nxt = frames[min(i + 1, len(frames) - 1)].joints
-            for j in range(JOINT_RATE):            # joint states between frames, interpolated
-                tj = t + j * STEP_NS // JOINT_RATE
-                q = step.joints + (nxt - step.joints) * j / JOINT_RATE
-                put(TOPIC_JOINTS, tj, JointState(header=header(tj, "base_link"), name=list(JOINT_NAMES),
-                                                 position=np.asarray(q, np.float64),
-                                                 velocity=np.zeros(0), effort=np.zeros(0)))
-            for topic, img, frame in ((TOPIC_PRIMARY, step.primary, "camera_primary"),
-                                      (TOPIC_WRIST, step.wrist, "camera_wrist")):
-                h, w, _ = img.shape
-                put(topic, t + 2_000_000, Image(header=header(t, frame), height=h, width=w, encoding="rgb8",
-                                                is_bigendian=0, step=w * 3, data=img.reshape(-1).copy()))
-            put(TOPIC_EXPERT, t, Array(layout=Layout(dim=[], data_offset=0), data=step.action.astype(np.float64)))
+    records: list[tuple[str, int, Any]] = [(TOPIC_INSTRUCTION, start_ns, String(data=INSTRUCTION))]
+    frames = episode(steps, seed)
+    for i, step in enumerate(frames):
+        t = start_ns + (i + 1) * STEP_NS
+        nxt = frames[min(i + 1, len(frames) - 1)].joints
+        for j in range(JOINT_RATE):            # joint states between frames, interpolated
+            tj = t + j * STEP_NS // JOINT_RATE
+            q = step.joints + (nxt - step.joints) * j / JOINT_RATE
+            records.append((TOPIC_JOINTS, tj, JointState(header=header(tj, "base_link"), name=list(JOINT_NAMES),
+                                                         position=np.asarray(q, np.float64),
+                                                         velocity=np.zeros(0), effort=np.zeros(0))))
+        for topic, img, frame in ((TOPIC_PRIMARY, step.primary, "camera_primary"),
+                                  (TOPIC_WRIST, step.wrist, "camera_wrist")):
+            records.append((topic, t + 2_000_000, _camera_message(T, rec, header(t, frame), img)))
+        records.append((TOPIC_EXPERT, t, Array(layout=Layout(dim=[], data_offset=0),
+                                               data=step.action.astype(np.float64))))
+    parts = np.array_split(np.arange(len(records)), rec.split)
+    out.mkdir(parents=True)
+    metadata = []
+    for k, index in enumerate(parts):
+        part = out / f"part_{k}"
+        _write_part(part, rec, store, {key: (bag_name(named[key]), types[key].__msgtype__) for key in named},
+                    [records[i] for i in index])
+        metadata.append(part)
+    _merge_parts(out, metadata)
     return out
+
+
+def _camera_message(T, rec: Recording, header, img: np.ndarray):
+    import cv2
+
+    if rec.image_format == "jpeg":
+        ok, data = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
+        return T["sensor_msgs/msg/CompressedImage"](header=header, format="jpeg", data=data.reshape(-1))
+    if rec.encoding == "mono8":
+        img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)[..., None]
+    elif rec.encoding == "bgr8":
+        img = np.ascontiguousarray(img[..., ::-1])
+    h, w, c = img.shape
+    return T["sensor_msgs/msg/Image"](header=header, height=h, width=w, encoding=rec.encoding, is_bigendian=0,
+                                      step=w * c, data=img.reshape(-1).copy())
+
+
+def _write_part(path: Path, rec: Recording, store, connections: dict[str, tuple[str, str]],
+                records: list[tuple[str, int, Any]]) -> None:
+    from rosbags.rosbag2 import CompressionFormat, CompressionMode, Writer
+
+    writer = Writer(path, version=9, storage_plugin=_storage(rec.storage))
+    if rec.compression != "none":                 # before open: rosbags refuses it after
+        writer.set_compression(CompressionMode[rec.compression.upper()], CompressionFormat.ZSTD)
+    with writer:
+        conns = {key: writer.add_connection(topic, msgtype, typestore=store)
+                 for key, (topic, msgtype) in connections.items()}
+        for key, ns, msg in records:
+            writer.write(conns[key], ns, store.serialize_cdr(msg, msg.__msgtype__))
+
+
+def _merge_parts(out: Path, parts: list[Path]) -> None:
+    """One bag directory from the parts, as a split recording: storage files side by side, one
+    metadata.yaml listing them in order with the totals."""
+    import yaml
+
+    infos = []
+    for k, part in enumerate(parts):
+        info = yaml.safe_load((part / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+        for old in info["relative_file_paths"]:
+            suffix = old.split(".", 1)[1] if "." in old else ""
+            new = f"{out.name}_{k}.{suffix}" if suffix else f"{out.name}_{k}"
+            (part / old).rename(out / new)
+            info["relative_file_paths"] = [new]
+            for entry in info.get("files") or []:
+                entry["path"] = new
+        infos.append(info)
+        (part / "metadata.yaml").unlink()
+        part.rmdir()
+    merged = dict(infos[0])
+    merged["relative_file_paths"] = [p for i in infos for p in i["relative_file_paths"]]
+    merged["files"] = [f for i in infos for f in i.get("files") or []]
+    merged["message_count"] = sum(i["message_count"] for i in infos)
+    start = min(i["starting_time"]["nanoseconds_since_epoch"] for i in infos)
+    end = max(i["starting_time"]["nanoseconds_since_epoch"] + i["duration"]["nanoseconds"] for i in infos)
+    merged["starting_time"] = {"nanoseconds_since_epoch": start}
+    merged["duration"] = {"nanoseconds": end - start}
+    counts: dict[str, dict] = {}
+    for info in infos:
+        for entry in info["topics_with_message_count"]:
+            name = entry["topic_metadata"]["name"]
+            if name in counts:
+                counts[name]["message_count"] += entry["message_count"]
+            else:
+                counts[name] = {"topic_metadata": entry["topic_metadata"], "message_count": entry["message_count"]}
+    merged["topics_with_message_count"] = list(counts.values())
+    (out / "metadata.yaml").write_text(yaml.safe_dump({"rosbag2_bagfile_information": merged}, sort_keys=False))
 
 
 def bag_name(topic: str) -> str:

@@ -82,12 +82,13 @@ class EpisodeTopics:
     """The bag topics the node's inputs map to (``topics.*`` of the configuration)."""
 
     cameras: tuple[str, ...]
-    joints: str
+    joints: str | None              # None: not in the bag (fine for a model without proprio)
     instruction: str
     expert: str | None
 
     def all(self) -> list[str]:
-        return [*self.cameras, self.joints, self.instruction, *([self.expert] if self.expert else [])]
+        optional = [t for t in (self.joints, self.expert) if t]
+        return [*self.cameras, self.instruction, *optional]
 
 
 def open_episode(bag: Path, config: Config) -> tuple[BagReader, EpisodeTopics]:
@@ -100,7 +101,10 @@ def open_episode(bag: Path, config: Config) -> tuple[BagReader, EpisodeTopics]:
         for key, topic in zip(keys, cameras):
             _require(reader, key, topic, IMAGE_TYPES)
         joints = bag_name(names.joint_states)
-        _require(reader, "joint_states", joints, ("sensor_msgs/msg/JointState",))
+        if joints in reader.topics:            # required only by a model with proprio (checked at load)
+            _require(reader, "joint_states", joints, ("sensor_msgs/msg/JointState",))
+        else:
+            joints = None
         instruction = bag_name(names.instruction)
         if not node.instruction:
             _require(reader, "instruction", instruction, ("std_msgs/msg/String",),
@@ -224,9 +228,13 @@ def run_replay(bag: Path, config: Config, compare: bool = True,
         if max_steps is not None:
             total = min(total, max_steps)
         loaded = load_checkpoint(node.model_path, node.device, node.dtype, node.unnorm_key)
+        uses_proprio = loaded.model.proprio_projector is not None
+        if uses_proprio and topics.joints is None:
+            _require(reader, "joint_states", bag_name(config.topics.joint_states), ("sensor_msgs/msg/JointState",),
+                     hint=" (the model uses proprio)")
         pruned = SpecPrunePolicy(loaded, config)
         unpruned = SpecPrunePolicy(loaded, config.replace(**{"pruning.enabled": False})) if compare else None
-        assembler = ObservationAssembler.for_node(config)
+        assembler = ObservationAssembler.for_node(config, uses_proprio)
         run = ReplayRun()
         clock = TimeBase()
         recorded = RecordedCommands(int(round(1e9 / node.control_rate_hz)))

@@ -122,7 +122,7 @@ def test_truncated_bag(tmp_path):
 def test_unknown_storage(tmp_path):
     result = run_cli("make-bag", str(tmp_path / "b"), "--storage", "rosbag1")
     assert result.returncode == 2 and "invalid choice" in result.stderr
-    with pytest.raises(BagError, match="unknown storage 'rosbag1'"):
+    with pytest.raises(BagError, match="storage 'rosbag1' is not one of mcap, sqlite3"):
         write_synthetic_bag(tmp_path / "c", 4, "rosbag1")
 
 
@@ -324,3 +324,55 @@ def test_real_recordings_written_by_ros_tools(directory, tmp_path):
     else:
         assert result.returncode == 0, result.stderr
         assert (tmp_path / "o" / "summary.json").is_file()
+
+
+@pytest.mark.parametrize("recording", [
+    {"compression": "file"}, {"compression": "message", "storage": "sqlite3"}, {"split": 3},
+    {"image_format": "jpeg"}, {"encoding": "mono8"}, {"encoding": "bgr8"}, {"header_clock_s": 618.0},
+], ids=lambda r: "-".join(f"{k}={v}" for k, v in r.items()))
+def test_what_real_recorders_write_replays(tmp_path, recording):
+    """zstd (file and message mode), split files, JPEG, mono and bgr8 cameras, a device clock."""
+    from specprune_ros.tools.bags import Recording
+    from specprune_ros.tools.replay import run_replay
+
+    bag = write_synthetic_bag(tmp_path / "bag", 6, recording=Recording(**recording))
+    if recording.get("split"):
+        assert len(list(bag.glob("bag_*.mcap"))) == 3
+    run = run_replay(bag, Config.from_dict({"max_observation_age_s": 5.0}), compare=False)
+    assert len(run.steps) == 6 and not run.drops and run.time_base == "header"
+    frames = run.steps[-1].pruned.frames
+    if recording.get("encoding") == "mono8":
+        assert bool((frames[:, 0] == frames[:, 1]).all())          # grey in, grey RGB out
+
+
+def test_make_bag_cli_writes_a_rizon4_style_recording(tmp_path):
+    result = run_cli("make-bag", str(tmp_path / "r"), "--steps", "3", "--params", str(RIZON4), "--compression",
+                     "file", "--split", "2", "--image-format", "jpeg", "--header-clock", "618", "--json")
+    assert result.returncode == 0, result.stderr
+    with BagReader(tmp_path / "r") as reader:
+        assert reader.topics["/camera/third_person/color/image_raw"] == "sensor_msgs/msg/CompressedImage"
+    assert sorted(p.name for p in (tmp_path / "r").glob("*.zstd")) == ["r_0.mcap.zstd", "r_1.mcap.zstd"]
+
+
+def test_a_model_without_proprio_needs_no_joint_states(tmp_path):
+    from rosbags.rosbag2 import Reader, Writer
+
+    from specprune_ros.model.checkpoint import write_tiny_checkpoint
+    from specprune_ros.tools.bags import typestore
+    from specprune_ros.tools.replay import run_replay
+
+    src = write_synthetic_bag(tmp_path / "src", 4, "mcap")
+    cameras_only = tmp_path / "cameras_only"                         # the same recording, no /joint_states
+    with Reader(src) as reader, Writer(cameras_only, version=9) as writer:
+        conns = {c.id: writer.add_connection(c.topic, c.msgtype, typestore=typestore())
+                 for c in reader.connections if c.topic != "/joint_states"}
+        for conn, timestamp, raw in reader.messages():
+            if conn.id in conns:
+                writer.write(conns[conn.id], timestamp, raw)
+    no_proprio = write_tiny_checkpoint(tmp_path / "ckpt", use_proprio=False)
+    config = Config.from_dict({"max_observation_age_s": 5.0, "model_path": str(no_proprio), "device": "cpu"})
+    run = run_replay(cameras_only, config, compare=False)
+    assert len(run.steps) == 4 and not run.drops
+    with pytest.raises(BagError, match=r"joint_states input maps to /joint_states, which is not in the bag.*"
+                                       r"\(the model uses proprio\)"):
+        run_replay(cameras_only, config.replace(model_path="tiny-random"), compare=False)

@@ -77,6 +77,20 @@ class PolicyOutput:
     frames: torch.Tensor | None = None    # (cameras, 3, 224, 224) uint8 model-resolution frames
     kept_mask: np.ndarray | None = None   # (cameras, patches) bool after static pruning, if pruned
 
+    def chunk_fields(self, action_dt: float) -> dict[str, object]:
+        """specprune_ros/ActionChunk's fields except the header (node and output bags alike)."""
+        from .model.config import dimension_names
+
+        chunk_size, action_dim = self.actions.shape
+        return {"step": self.stats.step, "chunk_size": chunk_size, "action_dim": action_dim, "dt": action_dt,
+                "dimension_names": list(dimension_names(action_dim)),
+                "actions": self.actions.astype(np.float32).ravel()}
+
+    def stats_fields(self) -> dict[str, object]:
+        """specprune_ros/PruningStats' fields except the header."""
+        return {**self.stats.message_fields(),
+                "tokens_per_layer": np.asarray(self.stats.tokens_per_layer, dtype=np.uint32)}
+
     def overlay(self) -> np.ndarray:
         """HxWx3 uint8: the cameras' model-resolution frames side by side, pruned patches darkened."""
         frames = self.frames.cpu().numpy().transpose(0, 2, 3, 1).copy()

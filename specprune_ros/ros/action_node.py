@@ -37,7 +37,6 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from ..config import NODE_NAME, Config, ConfigError
 from ..control import ControlTick
 from ..model.checkpoint import CheckpointError, LoadedPolicyModel, load_checkpoint
-from ..model.config import dimension_names
 from ..msg import ActionChunk, PruningStats
 from ..policy import PolicyOutput, SpecPrunePolicy
 from ..sensing.assembly import ObservationAssembler, stamp_nanoseconds
@@ -264,13 +263,8 @@ class ActionNode(LifecycleNode):
     def _publish(self, out: PolicyOutput, stamp_ns: int) -> None:
         node = self.config.node
         header_stamp = Time(nanoseconds=stamp_ns).to_msg()
-        chunk = ActionChunk()
+        chunk = ActionChunk(**_ros_values(out.chunk_fields(node.action_dt)))
         chunk.header.stamp, chunk.header.frame_id = header_stamp, "camera_primary"
-        chunk.step = out.stats.step
-        chunk.chunk_size, chunk.action_dim = out.actions.shape
-        chunk.dt = node.action_dt
-        chunk.dimension_names = list(dimension_names(chunk.action_dim))
-        chunk.actions = out.actions.astype(np.float32).ravel().tolist()
         self.chunk_pub.publish(chunk)
         self.stats_pub.publish(stats_message(out, header_stamp))
         if self.trajectory_pub is not None:
@@ -329,13 +323,16 @@ def _median(values: deque) -> str:
 
 
 def stats_message(out: PolicyOutput, header_stamp) -> PruningStats:
-    s = out.stats
     msg = PruningStats()
+    for name, value in _ros_values(out.stats_fields()).items():
+        setattr(msg, name, value if isinstance(value, list) else type(getattr(msg, name))(value))
     msg.header.stamp, msg.header.frame_id = header_stamp, "camera_primary"
-    for name, value in s.message_fields().items():
-        setattr(msg, name, type(getattr(msg, name))(value))
-    msg.tokens_per_layer = [int(n) for n in s.tokens_per_layer]
     return msg
+
+
+def _ros_values(fields: dict) -> dict:
+    """numpy arrays as the lists rclpy's generated setters take."""
+    return {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in fields.items()}
 
 
 def empty_trajectory(joint_names: Sequence[str], stamp) -> JointTrajectory:

@@ -424,12 +424,8 @@ def write_output_bag(run: ReplayRun, path: Path, dt: float) -> Path:
         c_stats = writer.add_connection("/pruning_stats", Stats.__msgtype__, typestore=store)
         for s in run.steps:
             header = Header(stamp=Time(sec=s.stamp_ns // 10**9, nanosec=s.stamp_ns % 10**9), frame_id="camera_primary")
-            st, actions = s.pruned.stats, s.pruned.actions
-            chunk = Chunk(header=header, step=st.step, chunk_size=actions.shape[0], action_dim=actions.shape[1],
-                          dt=dt, dimension_names=list(dimension_names(actions.shape[1])),
-                          actions=actions.astype(np.float32).ravel())
-            stats = Stats(header=header, tokens_per_layer=np.asarray(st.tokens_per_layer, dtype=np.uint32),
-                          **st.message_fields())
+            chunk = Chunk(header=header, **s.pruned.chunk_fields(dt))
+            stats = Stats(header=header, **s.pruned.stats_fields())
             writer.write(c_chunk, s.tick_ns, store.serialize_cdr(chunk, Chunk.__msgtype__))
             writer.write(c_stats, s.tick_ns, store.serialize_cdr(stats, Stats.__msgtype__))
     return path

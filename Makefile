@@ -10,11 +10,21 @@ PY_PINS  := -c requirements/python-constraints.txt
 
 .PHONY: setup test demo clean distclean
 
-setup: $(VENV)/.ros $(VENV)/.torch $(VENV)/.package specprune_ros/msg/__init__.py
+setup: $(VENV)/.system $(VENV)/.ros $(VENV)/.torch $(VENV)/.package specprune_ros/msg/__init__.py
 
 $(VENV)/bin/python:
 	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if (3, 10) <= v <= (3, 12) else "ROS 2 Jazzy wheels exist for CPython 3.10-3.12; found %d.%d (set PYTHON=...)" % v)'
 	$(PYTHON) -m venv $(VENV)
+
+# MuJoCo (the simulated task) renders headless through EGL: Mesa's EGL from Debian, if missing.
+$(VENV)/.system: $(VENV)/bin/python
+	@if ! ldconfig -p | grep -q 'libEGL_mesa.so'; then \
+	  echo "installing Mesa EGL (libegl1 libegl-mesa0 libgl1-mesa-dri) for headless MuJoCo rendering"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	    libegl1 libegl-mesa0 libgl1-mesa-dri; \
+	fi
+	@touch $@
 
 $(VENV)/.ros: $(VENV)/bin/python requirements/ros.txt requirements/ros-jazzy-constraints.txt
 	$(PIP) install $(ROS_PINS) -r requirements/ros.txt

@@ -208,6 +208,28 @@ def cmd_params(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sim_bench(args: argparse.Namespace) -> int:
+    from .sim.collect import bench
+
+    r = bench(args.steps)
+    _emit(args, r, f"tabletop env, {r['cameras']} cameras at {r['image_size']} px: "
+                   f"{r['steps_per_s_with_cameras']:.1f} steps/s ({r['steps_per_s_physics_only']:.0f} physics only)")
+    return 0
+
+
+def cmd_sim_collect(args: argparse.Namespace) -> int:
+    from .sim.collect import collect, progress_bar
+
+    show = progress_bar("collect") if not args.json and sys.stderr.isatty() else None
+    index = collect(args.out, args.episodes, args.split, progress=show)
+    if show:
+        print(file=sys.stderr)
+    kept = len(index["episodes"])
+    _emit(args, {"out": args.out, "episodes": kept, "attempted": index["attempted"], "failed": len(index["failed"])},
+          f"{kept} expert demonstrations in {args.out} ({len(index['failed'])} failed episodes skipped)")
+    return 0
+
+
 def config_args(p: argparse.ArgumentParser) -> None:
     """The one way every subcommand takes its knobs: the node's parameter file, then overrides."""
     p.add_argument("--params", help="the node's ROS parameter file (config/*.yaml)")
@@ -292,6 +314,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--control-hz", type=float, default=5.0)
     p.add_argument("--model", default="tiny-random")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
+
+    sim = sub.add_parser("sim", help="the simulated tabletop task (MuJoCo): bench, collect",
+                         description="the simulated tabletop task (MuJoCo, Gymnasium API)")
+    sim_sub = sim.add_subparsers(dest="sim_command", required=True, metavar="SIM_COMMAND")
+
+    def add_sim(name: str, func: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+        q = sim_sub.add_parser(name, help=help_text, description=help_text)
+        q.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+        q.set_defaults(func=func)
+        return q
+
+    q = add_sim("bench", cmd_sim_bench, "environment steps per second with both cameras rendered")
+    q.add_argument("--steps", type=positive_int, default=200)
+    q = add_sim("collect", cmd_sim_collect, "scripted-expert demonstrations (resumable)")
+    q.add_argument("out", help="demonstration directory (index.json + episode_<seed>.npz)")
+    q.add_argument("--episodes", type=positive_int, default=100, help="successful episodes wanted")
+    q.add_argument("--split", choices=("train", "validation", "test"), default="train")
 
     p = add("write-tiny-checkpoint", cmd_write_tiny_checkpoint,
             "write a small random model in exactly the released checkpoint layout")

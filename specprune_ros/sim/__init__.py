@@ -1,0 +1,8 @@
+"""The simulated tabletop testbed: a MuJoCo scene behind the Gymnasium API and a scripted expert.
+
+MuJoCo chooses its OpenGL backend when it is first imported: headless EGL unless the caller chose
+another (``MUJOCO_GL=osmesa`` for software rendering without EGL).
+"""
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")

@@ -1,0 +1,123 @@
+"""Expert demonstrations on disk, and the environment's speed.
+
+Format of a demonstration directory (``specprune sim collect OUT --episodes N``):
+
+    OUT/index.json                  {"format": "specprune-sim-demos/1", "split": "train", "episodes":
+                                     [{"file", "seed", "instruction", "steps"}, ...], "attempted", "failed"}
+    OUT/episode_<seed>.npz          primary (T,224,224,3) uint8, wrist (T,224,224,3) uint8,
+                                    proprio (T,8) float64, actions (T,7) float64, instruction (str), seed
+
+Row t holds the observation the expert saw and the action it took at step t (action units as the
+environment takes them: metres / radians per step, gripper +1 close / -1 open). Only successful
+episodes are kept. Collection resumes: episodes already in the index are not collected again.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .env import TabletopEnv, seed_range
+from .expert import run_expert_episode
+
+FORMAT = "specprune-sim-demos/1"
+ARRAYS = ("primary", "wrist", "proprio", "actions")
+
+
+class DemoError(ValueError):
+    """A demonstration directory or file that cannot be used as asked."""
+
+
+def collect(out: str | Path, episodes: int, split: str = "train", start: int = 0,
+            progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    index_path = out / "index.json"
+    index = read_index(out) if index_path.exists() else {"format": FORMAT, "split": split, "episodes": [],
+                                                          "attempted": 0, "failed": []}
+    if index["split"] != split:
+        raise DemoError(f"{index_path}: holds {index['split']} episodes, asked for {split}")
+    done = {e["seed"] for e in index["episodes"]} | set(index["failed"])
+    seeds = (s for s in seed_range(split)[start:] if s not in done)
+    env = TabletopEnv()
+    try:
+        while len(index["episodes"]) < episodes:
+            seed = next(seeds)
+            result = run_expert_episode(env, seed, record=True)
+            index["attempted"] += 1
+            if result["success"]:
+                name = f"episode_{seed}.npz"
+                np.savez_compressed(out / name, **{k: result[k] for k in ARRAYS},
+                                    instruction=np.array(result["instruction"]), seed=np.array(seed))
+                index["episodes"].append({"file": name, "seed": seed, "instruction": result["instruction"],
+                                          "steps": int(result["steps"])})
+            else:
+                index["failed"].append(seed)
+            index_path.write_text(json.dumps(index, indent=1))     # after every episode: resumable
+            if progress:
+                progress(len(index["episodes"]), episodes)
+    finally:
+        env.close()
+    return index
+
+
+def read_index(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / "index.json"
+    try:
+        index = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DemoError(f"{path}: not found (make demonstrations with `specprune sim collect`)") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DemoError(f"{path}: unreadable ({exc})") from None
+    if not isinstance(index, dict) or index.get("format") != FORMAT:
+        raise DemoError(f"{path}: not a {FORMAT} index")
+    return index
+
+
+def load_episode(directory: str | Path, entry: dict[str, Any]) -> dict[str, Any]:
+    """One demonstration, checked: every array present, the same length, the right shapes."""
+    path = Path(directory) / entry["file"]
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            episode = {k: data[k] for k in (*ARRAYS, "instruction")}
+    except FileNotFoundError:
+        raise DemoError(f"{path}: listed in index.json but missing") from None
+    except (OSError, ValueError, KeyError, EOFError) as exc:
+        raise DemoError(f"{path}: corrupt demonstration ({type(exc).__name__}: {exc})") from None
+    steps = len(episode["actions"])
+    shapes = {"primary": (steps, 224, 224, 3), "wrist": (steps, 224, 224, 3), "proprio": (steps, 8),
+              "actions": (steps, 7)}
+    for key, shape in shapes.items():
+        if episode[key].shape != shape:
+            raise DemoError(f"{path}: {key} has shape {episode[key].shape}, expected {shape}")
+    episode["instruction"] = str(episode["instruction"])
+    return episode
+
+
+def bench(steps: int = 200, seed: int = 0) -> dict[str, Any]:
+    """Environment steps per second with both cameras rendered, and physics alone."""
+    rng = np.random.default_rng(seed)
+    result = {}
+    for label, render in (("with_cameras", True), ("physics_only", False)):
+        env = TabletopEnv(render=render, max_steps=10**9)
+        env.reset(seed=seed)
+        start = time.perf_counter()
+        for _ in range(steps):
+            env.step(np.r_[rng.uniform(-0.01, 0.01, 3), 0, 0, 0, rng.choice([-1.0, 1.0])])
+        result[f"steps_per_s_{label}"] = steps / (time.perf_counter() - start)
+        env.close()
+    result.update({"steps": steps, "image_size": 224, "cameras": 2})
+    return result
+
+
+def progress_bar(label: str) -> Callable[[int, int], None]:
+    def show(done: int, total: int) -> None:
+        width = 30
+        filled = int(width * done / max(total, 1))
+        print(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end="", file=sys.stderr,
+              flush=True)
+    return show

@@ -1,0 +1,231 @@
+"""A simulated tabletop task on MuJoCo behind the Gymnasium ``Env`` API, with LIBERO's conventions.
+
+* Action (7): end-effector delta ``dx dy dz`` (metres per step), ``droll dpitch dyaw`` (radians per
+  step) and the gripper (+1 close, -1 open); clipped to ``MAX_TRANSLATION`` / ``MAX_ROTATION``.
+  One step is one action period (``ACTION_DT`` = 0.1 s, 50 physics steps).
+* Observation: ``primary`` and ``wrist`` camera images (224 x 224 RGB uint8), ``proprio`` (8) = eef
+  position (3) + axis-angle of the eef orientation (3) + the two finger positions (2), and the
+  instruction (``"put the red cube on the plate"``).
+* Success: the named object resting on the plate / in the bowl (inside its rim, low, still) with
+  the gripper open, within ``max_steps``.
+* Resets are seeded and deterministic; seeds are split into train / validation / test ranges.
+
+Rendering is headless through EGL (``MUJOCO_GL=egl``, set here unless the caller chose another).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import gymnasium as gym  # noqa: E402
+import mujoco  # noqa: E402
+
+from .scene import BOWL_RADIUS, COLORS, FINGER_OPEN, GRIPPER_HOME, OBJECT_HALF_HEIGHT, OBJECTS, PLATE_RADIUS, scene_xml  # noqa: E402
+
+ACTION_DT = 0.1
+PHYSICS_STEPS = 50                     # 0.1 s at the 2 ms timestep
+MAX_TRANSLATION = 0.02                 # m per step (0.2 m/s)
+MAX_ROTATION = 0.15                    # rad per step
+IMAGE_SIZE = 224
+RECEPTACLES = ("plate", "bowl")
+SEED_SPLITS = {"train": (0, 100_000), "validation": (100_000, 101_000), "test": (101_000, 102_000)}
+WORKSPACE_LOW = np.array([0.28, -0.26, 0.02])
+WORKSPACE_HIGH = np.array([0.66, 0.26, 0.35])
+
+
+def seed_range(split: str) -> range:
+    if split not in SEED_SPLITS:
+        raise ValueError(f"unknown seed split {split!r} (one of {', '.join(SEED_SPLITS)})")
+    return range(*SEED_SPLITS[split])
+
+
+@dataclass(frozen=True)
+class Task:
+    """What one episode asks for, and where things are (all from the seed)."""
+
+    target: str                       # object body name (shape)
+    color: str
+    receptacle: str                   # plate | bowl
+    colors: dict[str, str]            # object -> colour name
+    positions: dict[str, tuple[float, float]]   # object and receptacle xy
+    yaws: dict[str, float]
+
+    @property
+    def instruction(self) -> str:
+        verb = "on" if self.receptacle == "plate" else "in"
+        return f"put the {self.color} {self.target} {verb} the {self.receptacle}"
+
+
+def sample_task(rng: np.random.Generator) -> Task:
+    """Receptacles on the left and right (which one where is random), objects in between."""
+    names = list(OBJECTS)
+    colors = dict(zip(names, rng.permutation(list(COLORS))))
+    left_right = rng.permutation(RECEPTACLES)
+    positions: dict[str, tuple[float, float]] = {}
+    for name, side in zip(left_right, (-1, 1)):
+        positions[name] = (float(rng.uniform(0.38, 0.56)), float(side * rng.uniform(0.16, 0.2)))
+    placed: list[np.ndarray] = []
+    for name in names:
+        for _ in range(1000):
+            xy = np.array([rng.uniform(0.34, 0.6), rng.uniform(-0.075, 0.075)])
+            if all(np.linalg.norm(xy - p) > 0.085 for p in placed):
+                break
+        placed.append(xy)
+        positions[name] = (float(xy[0]), float(xy[1]))
+    yaws = {name: float(rng.uniform(-0.3, 0.3)) for name in names}
+    target = names[int(rng.integers(len(names)))]
+    return Task(target, colors[target], str(rng.choice(RECEPTACLES)), colors, positions, yaws)
+
+
+def quat_to_axis_angle(quat: np.ndarray) -> np.ndarray:
+    """(w, x, y, z) -> axis * angle, angle in [0, pi] (LIBERO's proprio convention)."""
+    w, xyz = float(quat[0]), np.asarray(quat[1:], dtype=np.float64)
+    if w < 0:
+        w, xyz = -w, -xyz
+    s = np.linalg.norm(xyz)
+    if s < 1e-9:
+        return np.zeros(3)
+    return xyz / s * 2.0 * np.arctan2(s, w)
+
+
+class TabletopEnv(gym.Env):
+    metadata = {"render_modes": ["rgb_array"], "render_fps": int(1 / ACTION_DT)}
+
+    def __init__(self, max_steps: int = 160, image_size: int = IMAGE_SIZE, render: bool = True) -> None:
+        self.model = mujoco.MjModel.from_xml_string(scene_xml(image_size))
+        self.data = mujoco.MjData(self.model)
+        self.max_steps = max_steps
+        self.image_size = image_size
+        self._render = render
+        self._renderer = mujoco.Renderer(self.model, image_size, image_size) if render else None
+        self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(7,), dtype=np.float32)
+        image = gym.spaces.Box(0, 255, shape=(image_size, image_size, 3), dtype=np.uint8)
+        self.observation_space = gym.spaces.Dict({
+            "primary": image, "wrist": image,
+            "proprio": gym.spaces.Box(-np.inf, np.inf, shape=(8,), dtype=np.float64),
+        })
+        m = self.model
+        self._body = {name: mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, name)
+                      for name in (*OBJECTS, *RECEPTACLES, "gripper", "target")}
+        self._geom = {name: mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_GEOM, f"{name}_geom") for name in OBJECTS}
+        self._qpos = {name: m.jnt_qposadr[mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_JOINT, f"{name}_joint")]
+                      for name in (*OBJECTS, "gripper")}
+        self._qvel = {name: m.jnt_dofadr[mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_JOINT, f"{name}_joint")]
+                      for name in OBJECTS}
+        self._fingers = [m.jnt_qposadr[mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_JOINT, f"finger_{s}_joint")]
+                         for s in ("left", "right")]
+        self._mocap = m.body_mocapid[self._body["target"]]
+        self.task: Task | None = None
+        self.steps = 0
+        self._grip = -1.0
+
+    # ---- Gymnasium API -----------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        m, d = self.model, self.data
+        mujoco.mj_resetData(m, d)
+        self.task = task = sample_task(self.np_random)
+        for name in RECEPTACLES:
+            m.body_pos[self._body[name]][:2] = task.positions[name]
+        for name in OBJECTS:
+            x, y = task.positions[name]
+            a = self._qpos[name]
+            d.qpos[a:a + 3] = (x, y, OBJECT_HALF_HEIGHT[name] + 0.001)
+            yaw = task.yaws[name]
+            d.qpos[a + 3:a + 7] = (np.cos(yaw / 2), 0, 0, np.sin(yaw / 2))
+            m.geom_rgba[self._geom[name]][:3] = COLORS[task.colors[name]]
+        home = np.array(GRIPPER_HOME) + self.np_random.uniform(-0.03, 0.03, 3)
+        g = self._qpos["gripper"]
+        d.qpos[g:g + 3] = home
+        d.qpos[g + 3:g + 7] = (1, 0, 0, 0)
+        d.mocap_pos[self._mocap] = home
+        d.mocap_quat[self._mocap] = (1, 0, 0, 0)
+        d.ctrl[:] = FINGER_OPEN
+        for f in self._fingers:
+            d.qpos[f] = FINGER_OPEN
+        mujoco.mj_forward(m, d)
+        mujoco.mj_step(m, d, nstep=PHYSICS_STEPS)        # let the objects settle
+        self.steps = 0
+        self._grip = -1.0
+        return self._observation(), self._info()
+
+    def step(self, action):
+        a = np.asarray(action, dtype=np.float64).reshape(-1)
+        if a.shape != (7,) or not np.all(np.isfinite(a)):
+            raise ValueError(f"action must be 7 finite values (dx dy dz droll dpitch dyaw gripper), got {a}")
+        m, d = self.model, self.data
+        target = np.clip(d.mocap_pos[self._mocap] + np.clip(a[:3], -MAX_TRANSLATION, MAX_TRANSLATION),
+                         WORKSPACE_LOW, WORKSPACE_HIGH)
+        d.mocap_pos[self._mocap] = target
+        rotation = np.clip(a[3:6], -MAX_ROTATION, MAX_ROTATION)
+        if np.any(rotation):
+            delta = np.zeros(4)
+            mujoco.mju_axisAngle2Quat(delta, rotation / (np.linalg.norm(rotation) or 1.0), np.linalg.norm(rotation))
+            quat = np.zeros(4)
+            mujoco.mju_mulQuat(quat, delta, d.mocap_quat[self._mocap])
+            d.mocap_quat[self._mocap] = quat / np.linalg.norm(quat)
+        self._grip = float(np.clip(a[6], -1, 1))
+        d.ctrl[:] = 0.0 if self._grip > 0 else FINGER_OPEN
+        mujoco.mj_step(m, d, nstep=PHYSICS_STEPS)
+        self.steps += 1
+        success = self.success()
+        truncated = not success and self.steps >= self.max_steps
+        return self._observation(), float(success), success, truncated, self._info()
+
+    def render(self):
+        return self._camera("primary")
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+
+    # ---- state -------------------------------------------------------------------------------------
+    def object_position(self, name: str) -> np.ndarray:
+        return self.data.xpos[self._body[name]].copy()
+
+    def receptacle_position(self, name: str) -> np.ndarray:
+        return self.data.xpos[self._body[name]].copy()
+
+    def gripper_position(self) -> np.ndarray:
+        return self.data.xpos[self._body["gripper"]].copy()
+
+    def finger_opening(self) -> float:
+        return float(sum(self.data.qpos[f] for f in self._fingers))
+
+    def proprio(self) -> np.ndarray:
+        d = self.data
+        g = self._body["gripper"]
+        return np.concatenate([d.xpos[g], quat_to_axis_angle(d.xquat[g]),
+                               [d.qpos[f] for f in self._fingers]]).astype(np.float64)
+
+    def success(self) -> bool:
+        """The target object on the plate / in the bowl, low, still, and let go."""
+        task = self.task
+        if task is None:
+            return False
+        obj = self.object_position(task.target)
+        place = self.receptacle_position(task.receptacle)
+        radius = PLATE_RADIUS - 0.02 if task.receptacle == "plate" else BOWL_RADIUS - 0.015
+        a = self._qvel[task.target]
+        speed = float(np.linalg.norm(self.data.qvel[a:a + 3]))
+        return bool(np.linalg.norm(obj[:2] - place[:2]) < radius and obj[2] < 0.07 and speed < 0.05
+                    and self.finger_opening() > 1.5 * FINGER_OPEN and self._grip < 0)
+
+    # ---- helpers -------------------------------------------------------------------------------------
+    def _camera(self, name: str) -> np.ndarray:
+        if self._renderer is None:
+            return np.zeros((self.image_size, self.image_size, 3), np.uint8)
+        self._renderer.update_scene(self.data, name)
+        return self._renderer.render().copy()
+
+    def _observation(self) -> dict:
+        return {"primary": self._camera("primary"), "wrist": self._camera("wrist"), "proprio": self.proprio()}
+
+    def _info(self) -> dict:
+        return {"instruction": self.task.instruction if self.task else "", "success": self.success(),
+                "steps": self.steps}

@@ -1,0 +1,128 @@
+"""The tabletop environment (real MuJoCo physics, EGL rendering) and the scripted expert."""
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("specprune_ros.sim.env", reason="mujoco and gymnasium are installed by make setup")
+
+from specprune_ros.sim.collect import DemoError, collect, load_episode, read_index  # noqa: E402
+from specprune_ros.sim.env import SEED_SPLITS, TabletopEnv, quat_to_axis_angle, seed_range  # noqa: E402
+from specprune_ros.sim.expert import run_expert_episode  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def env():
+    e = TabletopEnv()
+    yield e
+    e.close()
+
+
+def test_gymnasium_api(env):
+    from gymnasium.utils.env_checker import check_env
+
+    check_env(env, skip_render_check=True)
+    obs, info = env.reset(seed=1)
+    assert env.observation_space.contains(obs)
+    assert obs["primary"].shape == obs["wrist"].shape == (224, 224, 3) and obs["primary"].dtype == np.uint8
+    assert obs["primary"].std() > 10 and obs["wrist"].std() > 10          # rendered, not blank
+    assert info["instruction"].startswith("put the ") and info["instruction"].split()[-1] in ("plate", "bowl")
+
+
+def test_resets_are_seeded_and_deterministic(env):
+    def rollout(e, seed):
+        obs, info = e.reset(seed=seed)
+        frames = [obs]
+        for k in range(5):
+            obs, *_ = e.step(np.array([0.01, -0.005, -0.01, 0, 0, 0.05, 1 if k > 2 else -1]))
+            frames.append(obs)
+        return info["instruction"], frames
+
+    other = TabletopEnv()
+    a_instruction, a = rollout(env, 123)
+    b_instruction, b = rollout(other, 123)
+    other.close()
+    assert a_instruction == b_instruction
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x["primary"], y["primary"])
+        np.testing.assert_array_equal(x["wrist"], y["wrist"])
+        np.testing.assert_array_equal(x["proprio"], y["proprio"])
+    _, c = rollout(env, 124)
+    assert not np.array_equal(a[0]["primary"], c[0]["primary"])
+
+
+def test_seed_splits_are_disjoint():
+    ranges = [set(seed_range(split)) for split in SEED_SPLITS]
+    assert all(not (a & b) for i, a in enumerate(ranges) for b in ranges[i + 1:])
+    with pytest.raises(ValueError, match="unknown seed split 'dev'"):
+        seed_range("dev")
+
+
+def test_bad_actions_are_refused(env):
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="7 finite values"):
+        env.step(np.zeros(6))
+    with pytest.raises(ValueError, match="7 finite values"):
+        env.step(np.array([np.nan] * 7))
+
+
+def test_proprio_follows_libero():
+    env = TabletopEnv(render=False)
+    obs, _ = env.reset(seed=5)
+    np.testing.assert_allclose(obs["proprio"][:3], env.gripper_position())
+    np.testing.assert_allclose(obs["proprio"][3:6], 0.0, atol=1e-3)      # pointing down, no rotation yet
+    assert obs["proprio"][6:] == pytest.approx([0.027, 0.027], abs=2e-3)   # fingers open
+    quat = np.array([np.cos(0.4), 0, 0, np.sin(0.4)])                    # 0.8 rad about z
+    np.testing.assert_allclose(quat_to_axis_angle(quat), [0, 0, 0.8], atol=1e-9)
+
+
+@pytest.mark.parametrize("seed", list(seed_range("test"))[:4])
+def test_the_expert_succeeds(seed):
+    env = TabletopEnv(render=False)
+    result = run_expert_episode(env, seed)
+    assert result["success"], result
+    assert 20 < result["steps"] < env.max_steps
+
+
+def test_a_missed_grasp_fails():
+    """An expert whose grasp lands 5 cm off along the fingers' axis closes on nothing.
+    (Closer misses are often forgiven: the closing fingers push the object to the centre.)"""
+    from specprune_ros.sim import expert as expert_module
+
+    env = TabletopEnv(render=False)
+    env.reset(seed=101_000)
+    robot = expert_module.ScriptedExpert(env, seed=1, noise=0.0)
+    target = env.task.target
+    true_position = env.object_position
+    env.object_position = lambda name: true_position(name) + (np.array([0, 0.05, 0]) if name == target else 0)
+    start = true_position(target)
+    for _ in range(60):
+        env.step(robot.act())
+    assert true_position(target)[2] < start[2] + 0.02 and not env.success()
+
+
+def test_collect_writes_resumable_checked_demonstrations(tmp_path):
+    index = collect(tmp_path / "demos", 2, "validation")
+    assert len(index["episodes"]) == 2 and index["format"] == read_index(tmp_path / "demos")["format"]
+    entry = index["episodes"][0]
+    episode = load_episode(tmp_path / "demos", entry)
+    steps = entry["steps"]
+    assert episode["primary"].shape == (steps, 224, 224, 3) and episode["actions"].shape == (steps, 7)
+    assert episode["instruction"] == entry["instruction"]
+    assert set(np.unique(episode["actions"][:, 6])) <= {-1.0, 1.0}
+    again = collect(tmp_path / "demos", 3, "validation")                 # resumes: one more episode
+    assert [e["seed"] for e in again["episodes"][:2]] == [e["seed"] for e in index["episodes"]]
+    assert len(again["episodes"]) == 3
+
+    (tmp_path / "demos" / entry["file"]).write_bytes(b"not a zip")
+    with pytest.raises(DemoError, match=f"{entry['file']}: corrupt demonstration"):
+        load_episode(tmp_path / "demos", entry)
+    with pytest.raises(DemoError, match="listed in index.json but missing"):
+        load_episode(tmp_path / "demos", {"file": "episode_999.npz"})
+    with pytest.raises(DemoError, match="holds validation episodes, asked for train"):
+        collect(tmp_path / "demos", 4, "train")
+    (tmp_path / "demos" / "index.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(DemoError, match="not a specprune-sim-demos/1 index"):
+        read_index(tmp_path / "demos")
+    with pytest.raises(DemoError, match="not found"):
+        read_index(tmp_path / "nothing")

@@ -230,6 +230,32 @@ def cmd_sim_collect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sim_train(args: argparse.Namespace) -> int:
+    from .sim.train import TrainConfig, Trainer
+
+    interactive = not args.json and sys.stderr.isatty()
+
+    def show(step: int, total: int, loss: float) -> None:
+        width = 30
+        filled = int(width * step / max(total, 1))
+        print(f"\rtrain [{'#' * filled}{'.' * (width - filled)}] {step}/{total} loss {loss:.4f}", end="",
+              file=sys.stderr, flush=True)
+
+    config = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
+                         checkpoint_every=args.checkpoint_every)
+    trainer = Trainer(args.data, args.out, config, progress=show if interactive else None)
+    resumed = trainer.resume()
+    if resumed and interactive:
+        print(f"resuming at step {trainer.step} from {args.out}", file=sys.stderr)
+    summary = trainer.train()
+    if interactive:
+        print(file=sys.stderr)
+    _emit(args, summary, f"trained {summary['steps']} steps on {summary['episodes']} demonstrations in "
+                         f"{summary['seconds'] / 60:.1f} min; loss {summary['loss_first']:.4f} -> "
+                         f"{summary['loss_last']:.4f}; model: {summary['model']}")
+    return 0
+
+
 def config_args(p: argparse.ArgumentParser) -> None:
     """The one way every subcommand takes its knobs: the node's parameter file, then overrides."""
     p.add_argument("--params", help="the node's ROS parameter file (config/*.yaml)")
@@ -315,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="tiny-random")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
 
-    sim = sub.add_parser("sim", help="the simulated tabletop task (MuJoCo): bench, collect",
+    sim = sub.add_parser("sim", help="the simulated tabletop task (MuJoCo): bench, collect, train",
                          description="the simulated tabletop task (MuJoCo, Gymnasium API)")
     sim_sub = sim.add_subparsers(dest="sim_command", required=True, metavar="SIM_COMMAND")
 
@@ -331,6 +357,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("out", help="demonstration directory (index.json + episode_<seed>.npz)")
     q.add_argument("--episodes", type=positive_int, default=100, help="successful episodes wanted")
     q.add_argument("--split", choices=("train", "validation", "test"), default="train")
+    q = add_sim("train", cmd_sim_train, "train the small OpenVLA-OFT model on demonstrations (resumable)")
+    q.add_argument("data", help="demonstration directory (sim collect)")
+    q.add_argument("--out", required=True, help="run directory: train_state.pt, loss.png, train.json, model/")
+    q.add_argument("--steps", type=positive_int, default=3000)
+    q.add_argument("--batch", type=positive_int, default=8)
+    q.add_argument("--lr", type=float, default=3e-4)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--checkpoint-every", type=positive_int, default=100)
 
     p = add("write-tiny-checkpoint", cmd_write_tiny_checkpoint,
             "write a small random model in exactly the released checkpoint layout")

@@ -339,21 +339,29 @@ def write_tiny_checkpoint(directory: str | Path, seed: int = 0, step: int = 1000
 
     ``llm_layers`` makes a shallower (or deeper) LLM than the released 32 layers.
     """
-    from safetensors.torch import save_file
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     cfg = tiny_config()
     if llm_layers is not None:
         cfg = replace(cfg, llm=replace(cfg.llm, layers=llm_layers))
     cfg = replace(cfg, use_proprio=use_proprio)
-    model = random_model(cfg, seed=seed)
-    statistics = tiny_statistics(cfg, unnorm_key)
-    gen = torch.Generator().manual_seed(seed + 1)
+    return write_checkpoint(random_model(cfg, seed=seed), tiny_statistics(cfg, unnorm_key), build_tiny_tokenizer(),
+                            directory, step=step, num_shards=num_shards, seed=seed)
 
+
+def write_checkpoint(model: OpenVLAOFT, statistics: dict[str, Any], tokenizer, directory: str | Path,
+                     step: int = 1000, num_shards: int = 2, seed: int = 0) -> Path:
+    """``model`` in exactly the released file layout: sharded bf16 safetensors + index,
+    ``config.json`` with explicit sizes, ``dataset_statistics.json``, ``module.``-prefixed heads
+    saved as plain state dicts, the tokenizer files; plus the released weights OFT never uses
+    (SigLIP's attention pool, the LM head), random, so every loading path sees a full release."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    cfg = model.config
+    gen = torch.Generator().manual_seed(seed + 1)
     state = {k: v for k, v in model.state_dict().items() if not k.startswith(("action_head.", "proprio_projector."))}
     state.update(_released_extras(cfg, gen))
-    state = {k: v.to(torch.bfloat16).contiguous() for k, v in sorted(state.items())}
+    state = {k: v.detach().to("cpu", torch.bfloat16).contiguous() for k, v in sorted(state.items())}
     shards = _shards(state.items(), num_shards)
     weight_map = {}
     for i, shard in enumerate(shards, start=1):
@@ -367,7 +375,7 @@ def write_tiny_checkpoint(directory: str | Path, seed: int = 0, step: int = 1000
     for kind, module in (("action_head", model.action_head), ("proprio_projector", model.proprio_projector)):
         if module is None:
             continue
-        heads = {f"module.{k}": v.to(torch.bfloat16) for k, v in module.state_dict().items()}
+        heads = {f"module.{k}": v.detach().to("cpu", torch.bfloat16) for k, v in module.state_dict().items()}
         torch.save(heads, directory / f"{kind}--{step}_checkpoint.pt")
 
     (directory / "config.json").write_text(json.dumps(hf_config_json(cfg, statistics), indent=2))
@@ -381,7 +389,6 @@ def write_tiny_checkpoint(directory: str | Path, seed: int = 0, step: int = 1000
         "means": [[0.485, 0.456, 0.406], [0.5, 0.5, 0.5]], "stds": [[0.229, 0.224, 0.225], [0.5, 0.5, 0.5]],
         "tvf_resize_params": [{"antialias": True, "interpolation": 3, "size": [224, 224]}] * 2,
         "use_fused_vision_backbone": True}, indent=2))
-    tokenizer = build_tiny_tokenizer()
     tokenizer.save_pretrained(str(directory))
     (directory / "added_tokens.json").write_text(json.dumps({"<PAD>": tokenizer.pad_token_id}))
     (directory / "special_tokens_map.json").write_text(json.dumps(

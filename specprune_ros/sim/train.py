@@ -1,0 +1,203 @@
+"""Training the project's own OpenVLA-OFT model on expert demonstrations (`specprune sim train`).
+
+The OFT recipe at a small width: the released token geometry (2 cameras x 256 patches at 224 px,
+a 32-layer LLM, chunk 8 x 7), bidirectional attention, L1 regression of the normalized action
+chunk, BOUNDS_Q99 statistics of the demonstrations, and exactly the deployment preprocessing
+(``ImageProcessor``; the sim renders 224 px frames, so no resize; no crop augmentation, hence no
+center crop at deployment either). Seeded and resumable: the state is saved atomically every
+``checkpoint_every`` steps and a second run continues from it. The result is written in the
+released checkpoint layout, so ``load_checkpoint`` (node, replay, bench, eval) reads it like a
+released model.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..model.checkpoint import random_model, write_checkpoint
+from ..model.config import ModelConfig, preset
+from ..model.processing import ImageProcessor, NormStats
+from ..model.prompt import build_tiny_tokenizer, encode_prompt
+from .collect import DemoError, load_episode, read_index
+
+DATASET_KEY = "sim_tabletop"
+STATE_FILE = "train_state.pt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 3000
+    batch: int = 8                    # samples per optimizer step (gradient accumulation)
+    lr: float = 3e-4
+    warmup: int = 100
+    weight_decay: float = 0.01
+    seed: int = 0
+    checkpoint_every: int = 100
+
+
+def sim_model_config() -> ModelConfig:
+    """The tiny preset's widths with the released token geometry; no center crop (see above)."""
+    tokenizer = build_tiny_tokenizer()
+    return replace(preset("tiny"), pad_token_id=tokenizer.pad_token_id, center_crop=False, name="sim-tabletop")
+
+
+def statistics(episodes: list[dict[str, Any]]) -> dict[str, Any]:
+    """dataset_statistics.json for the demonstrations (the released schema; gripper not normalized)."""
+    actions = np.concatenate([e["actions"] for e in episodes])
+    proprio = np.concatenate([e["proprio"] for e in episodes])
+
+    def describe(x: np.ndarray) -> dict[str, list[float]]:
+        return {"mean": x.mean(0).tolist(), "std": x.std(0).tolist(), "min": x.min(0).tolist(),
+                "max": x.max(0).tolist(), "q01": np.quantile(x, 0.01, axis=0).tolist(),
+                "q99": np.quantile(x, 0.99, axis=0).tolist()}
+
+    action = describe(actions)
+    action["mask"] = [True] * 6 + [False]
+    return {DATASET_KEY: {"action": action, "proprio": describe(proprio), "num_transitions": int(len(actions)),
+                          "num_trajectories": len(episodes)}}
+
+
+def normalize_actions(actions: np.ndarray, stats: NormStats) -> np.ndarray:
+    """BOUNDS_Q99: the inverse of ``NormStats.unnormalize_actions`` where the mask is set, clipped."""
+    a = np.asarray(actions, dtype=np.float64)
+    scaled = np.clip(2 * (a - stats.action_low) / (stats.action_high - stats.action_low + 1e-8) - 1, -1, 1)
+    return np.where(stats.action_mask, scaled, a)
+
+
+def action_chunk(actions: np.ndarray, t: int, size: int) -> np.ndarray:
+    """Actions t .. t+size-1, the last one repeated past the end of the episode."""
+    index = np.minimum(np.arange(t, t + size), len(actions) - 1)
+    return actions[index]
+
+
+class Trainer:
+    def __init__(self, data: str | Path, out: str | Path, config: TrainConfig = TrainConfig(),
+                 progress: Callable[[int, int, float], None] | None = None) -> None:
+        self.data, self.out, self.config, self.progress = Path(data), Path(out), config, progress
+        index = read_index(self.data)
+        if not index["episodes"]:
+            raise DemoError(f"{self.data}: no demonstrations")
+        self.episodes = [load_episode(self.data, entry) for entry in index["episodes"]]
+        self.stats_json = statistics(self.episodes)
+        self.cfg = sim_model_config()
+        self.stats = NormStats.from_statistics(self.stats_json, DATASET_KEY, "demonstrations", self.cfg.action_dim,
+                                               self.cfg.proprio_dim)
+        self.tokenizer = build_tiny_tokenizer()
+        self.processor = ImageProcessor(self.cfg.image_size, self.cfg.center_crop)
+        self.samples = [(e, t) for e, episode in enumerate(self.episodes) for t in range(len(episode["actions"]))]
+        self.prompts = {e["instruction"]: encode_prompt(self.tokenizer, e["instruction"]) for e in self.episodes}
+        torch.manual_seed(config.seed)
+        self.model = random_model(self.cfg, seed=config.seed).train()
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.step = 0
+        self.losses: list[float] = []
+        self.seconds = 0.0
+
+    # ---- state (resumable) ----------------------------------------------------------------------------
+    def resume(self) -> bool:
+        path = self.out / STATE_FILE
+        if not path.exists():
+            return False
+        try:
+            state = torch.load(path, weights_only=True)
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except Exception as exc:   # torch raises many types for broken files
+            raise DemoError(f"{path}: cannot resume from this training state ({type(exc).__name__}: {exc}); "
+                            f"move it away to start over") from None
+        self.step = int(state["step"])
+        self.losses = [float(v) for v in state["losses"]]
+        self.seconds = float(state["seconds"])
+        return True
+
+    def save(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        tmp = self.out / (STATE_FILE + ".tmp")
+        torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
+                    "losses": torch.tensor(self.losses, dtype=torch.float64), "seconds": self.seconds}, tmp)
+        tmp.replace(self.out / STATE_FILE)               # atomic: an interrupt never leaves half a file
+
+    # ---- training -------------------------------------------------------------------------------------
+    def sample_loss(self, e: int, t: int) -> torch.Tensor:
+        episode = self.episodes[e]
+        frames = self.processor.frames([episode["primary"][t], episode["wrist"][t]])
+        pixels = self.processor.pixels(frames)
+        proprio = torch.as_tensor(self.stats.normalize_proprio(episode["proprio"][t]), dtype=torch.float32)
+        target = torch.as_tensor(normalize_actions(action_chunk(episode["actions"], t, self.cfg.chunk_size),
+                                                   self.stats), dtype=torch.float32)
+        predicted, _ = self.model.predict(pixels, proprio, self.prompts[episode["instruction"]])
+        return torch.nn.functional.l1_loss(predicted, target)
+
+    def learning_rate(self, step: int) -> float:
+        c = self.config
+        if step < c.warmup:
+            return c.lr * (step + 1) / c.warmup
+        progress = (step - c.warmup) / max(1, c.steps - c.warmup)
+        return c.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    def train(self, until: int | None = None) -> dict[str, Any]:
+        """Train to ``config.steps`` (or stop at step ``until``, as an interrupted run would)."""
+        c = self.config
+        while self.step < min(c.steps, until or c.steps):
+            start = time.perf_counter()
+            rng = np.random.default_rng(c.seed * 1_000_003 + self.step)     # the same batches after a resume
+            picks = rng.choice(len(self.samples), size=c.batch, replace=len(self.samples) < c.batch)
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.learning_rate(self.step)
+            self.optimizer.zero_grad(set_to_none=True)
+            total = 0.0
+            for i in picks:
+                loss = self.sample_loss(*self.samples[i]) / c.batch
+                loss.backward()
+                total += float(loss.detach())
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            self.optimizer.step()
+            self.step += 1
+            self.losses.append(total)
+            self.seconds += time.perf_counter() - start
+            if self.step % c.checkpoint_every == 0 or self.step == c.steps:
+                self.save()
+            if self.progress:
+                self.progress(self.step, c.steps, total)
+        return self.finish() if self.step >= c.steps else {"steps": self.step, "interrupted": True}
+
+    def finish(self) -> dict[str, Any]:
+        """The released checkpoint layout, the loss curve and a summary."""
+        model_dir = self.out / "model"
+        self.model.eval()
+        write_checkpoint(self.model, self.stats_json, self.tokenizer, model_dir, step=self.step, seed=self.config.seed)
+        summary = {"steps": self.step, "batch": self.config.batch, "episodes": len(self.episodes),
+                   "samples": len(self.samples), "seconds": self.seconds, "device": "cpu",
+                   "loss_first": float(np.mean(self.losses[:20])) if self.losses else None,
+                   "loss_last": float(np.mean(self.losses[-20:])) if self.losses else None,
+                   "model": str(model_dir)}
+        (self.out / "train.json").write_text(json.dumps(summary, indent=2))
+        _loss_plot(self.losses, self.out / "loss.png")
+        return summary
+
+
+def _loss_plot(losses: list[float], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.plot(np.arange(1, len(losses) + 1), losses, lw=0.6, alpha=0.5, label="batch")
+    if len(losses) >= 20:
+        smooth = np.convolve(losses, np.ones(20) / 20, mode="valid")
+        ax.plot(np.arange(20, len(losses) + 1), smooth, lw=1.5, label="mean of 20")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("L1 loss (normalized actions)")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,74 @@
+"""Training the small OpenVLA-OFT model on demonstrations: the loss falls, a run resumes, and the
+result loads through the released-layout loader and acts in the environment."""
+import numpy as np
+import pytest
+
+pytest.importorskip("specprune_ros.sim.env", reason="mujoco and gymnasium are installed by make setup")
+
+from specprune_ros.config import Config  # noqa: E402
+from specprune_ros.model.checkpoint import load_checkpoint  # noqa: E402
+from specprune_ros.observation import Observation  # noqa: E402
+from specprune_ros.policy import SpecPrunePolicy  # noqa: E402
+from specprune_ros.sim.collect import DemoError, collect  # noqa: E402
+from specprune_ros.sim.env import TabletopEnv, seed_range  # noqa: E402
+from specprune_ros.sim.train import STATE_FILE, TrainConfig, Trainer, action_chunk, normalize_actions  # noqa: E402
+
+FAST = TrainConfig(steps=8, batch=3, lr=1e-3, warmup=1, checkpoint_every=4)
+
+
+@pytest.fixture(scope="module")
+def demos(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demos")
+    collect(out, 2, "validation")
+    return out
+
+
+def test_a_short_run_lowers_the_loss_and_writes_a_loadable_model(demos, tmp_path):
+    trainer = Trainer(demos, tmp_path / "run", FAST)
+    summary = trainer.train()
+    assert np.mean(trainer.losses[-3:]) < np.mean(trainer.losses[:3])
+    for name in ("train.json", "loss.png", STATE_FILE):
+        assert (tmp_path / "run" / name).is_file()
+    loaded = load_checkpoint(summary["model"], device="cpu")
+    assert loaded.model.config.center_crop is False and loaded.stats.key == "sim_tabletop"
+
+    env = TabletopEnv()                                  # the trained model acts in the environment
+    obs, info = env.reset(seed=seed_range("test")[0])
+    policy = SpecPrunePolicy(loaded, Config())
+    for step in range(3):
+        out = policy.step(Observation([obs["primary"], obs["wrist"]], obs["proprio"], info["instruction"],
+                                      stamp=0.1 * step))
+        assert out.actions.shape == (8, 7) and np.all(np.isfinite(out.actions))
+        obs, _, _, _, info = env.step(out.actions[0])
+    env.close()
+
+
+def test_an_interrupted_run_resumes_where_it_stopped(demos, tmp_path):
+    first = Trainer(demos, tmp_path / "run", FAST)
+    assert first.train(until=4)["interrupted"]                       # stopped after the step-4 checkpoint
+    resumed = Trainer(demos, tmp_path / "run", FAST)
+    assert resumed.resume() and resumed.step == 4 and len(resumed.losses) == 4
+    resumed.train()
+    straight = Trainer(demos, tmp_path / "straight", FAST)
+    straight.train()
+    np.testing.assert_allclose(resumed.losses, straight.losses, rtol=1e-4)   # the same batches, the same run
+
+
+def test_a_broken_training_state_is_one_clear_error(demos, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / STATE_FILE).write_bytes(b"interrupted")
+    with pytest.raises(DemoError, match="cannot resume from this training state"):
+        Trainer(demos, tmp_path / "run", FAST).resume()
+
+
+def test_normalization_and_chunks():
+    from specprune_ros.model.processing import NormStats
+    stats = NormStats(np.array([-0.02] * 6 + [0.0]), np.array([0.02] * 6 + [1.0]), np.array([True] * 6 + [False]),
+                      None, None)
+    a = np.array([[0.01, -0.02, 0.0, 0.0, 0.03, 0.0, -1.0]])
+    n = normalize_actions(a, stats)
+    np.testing.assert_allclose(n[0, :6], [0.5, -1, 0, 0, 1, 0], atol=1e-6)       # clipped at the bounds
+    assert n[0, 6] == -1.0                                                       # the gripper passes through
+    np.testing.assert_allclose(stats.unnormalize_actions(n)[0, :4], a[0, :4], atol=1e-9)
+    actions = np.arange(10)[:, None].repeat(7, 1)
+    assert action_chunk(actions, 7, 8)[:, 0].tolist() == [7, 8, 9, 9, 9, 9, 9, 9]

@@ -256,6 +256,36 @@ def cmd_sim_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sim_eval(args: argparse.Namespace) -> int:
+    from .model.checkpoint import load_checkpoint
+    from .policy import SpecPrunePolicy
+    from .sim.collect import progress_bar
+    from .sim.env import seed_range
+    from .sim.rollout import evaluate
+
+    cfg = _config(args).replace(model_path=args.model)
+    node = cfg.node
+    loaded = load_checkpoint(node.model_path, node.device, node.dtype, node.unnorm_key)
+    seeds = list(seed_range(args.split))[:args.episodes]
+    results, lines = {}, []
+    for label, enabled in (("unpruned", False), ("specprune", True)):
+        if args.pruning != "both" and (args.pruning == "on") != enabled:
+            continue
+        policy = SpecPrunePolicy(loaded, cfg.replace(**{"pruning.enabled": enabled}))
+        show = progress_bar(label) if not args.json and sys.stderr.isatty() else None
+        r = evaluate(policy, seeds, show)
+        if show:
+            print(file=sys.stderr)
+        results[label] = r
+        low, high = r["success_ci95"]
+        lines.append(f"  {label:10s} success {100 * r['success_rate']:5.1f} % [{100 * low:.0f}, {100 * high:.0f}] "
+                     f"({r['successes']}/{r['episodes']}), step {r['latency_ms_mean']:.1f} ms, "
+                     f"tokens kept {r['kept_tokens_mean']:.0f}, LLM FLOPs {r['flops_ratio_mean']:.3f}")
+    _emit(args, {"model": args.model, "split": args.split, "results": results},
+          f"closed loop on {len(seeds)} {args.split} seeds, {args.model}:\n" + "\n".join(lines))
+    return 0
+
+
 def config_args(p: argparse.ArgumentParser) -> None:
     """The one way every subcommand takes its knobs: the node's parameter file, then overrides."""
     p.add_argument("--params", help="the node's ROS parameter file (config/*.yaml)")
@@ -341,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="tiny-random")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
 
-    sim = sub.add_parser("sim", help="the simulated tabletop task (MuJoCo): bench, collect, train",
+    sim = sub.add_parser("sim", help="the simulated tabletop task (MuJoCo): bench, collect, train, eval",
                          description="the simulated tabletop task (MuJoCo, Gymnasium API)")
     sim_sub = sim.add_subparsers(dest="sim_command", required=True, metavar="SIM_COMMAND")
 
@@ -365,6 +395,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--lr", type=float, default=3e-4)
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--checkpoint-every", type=positive_int, default=100)
+    q = add_sim("eval", cmd_sim_eval, "closed-loop success of a model on the task's seeds, pruned and unpruned")
+    q.add_argument("--model", required=True, help="checkpoint directory (released layout), e.g. sim train's model/")
+    q.add_argument("--episodes", type=positive_int, default=50)
+    q.add_argument("--split", choices=("train", "validation", "test"), default="test")
+    q.add_argument("--pruning", choices=("on", "off", "both"), default="both")
+    config_args(q)
 
     p = add("write-tiny-checkpoint", cmd_write_tiny_checkpoint,
             "write a small random model in exactly the released checkpoint layout")

@@ -1,0 +1,34 @@
+"""Closed-loop episodes: chunks executed open loop, the frames in between reach the history."""
+import pytest
+
+pytest.importorskip("specprune_ros.sim.env", reason="mujoco and gymnasium are installed by make setup")
+
+from specprune_ros.config import Config  # noqa: E402
+from specprune_ros.model.checkpoint import load_tiny_random  # noqa: E402
+from specprune_ros.policy import SpecPrunePolicy  # noqa: E402
+from specprune_ros.sim.env import TabletopEnv  # noqa: E402
+from specprune_ros.sim.rollout import run_policy_episode, wilson_interval  # noqa: E402
+
+
+def test_an_episode_queries_once_per_chunk_and_feeds_the_history():
+    env = TabletopEnv(max_steps=24)
+    policy = SpecPrunePolicy(load_tiny_random("cpu"), Config())
+    seen = []
+    step = policy.step
+
+    def recording(obs):
+        seen.append(obs)
+        return step(obs)
+    policy.step = recording
+    result = run_policy_episode(env, policy, seed=3)
+    env.close()
+    assert result.steps == 24 and not result.success and len(seen) == 3
+    assert [o.stamp for o in seen] == pytest.approx([0.0, 0.8, 1.6])
+    assert [len(o.history) for o in seen] == [0, 7, 7]                  # the periods in between
+    assert result.kept_tokens[0] == 512 and result.kept_tokens[1] < 512   # unpruned first step, then pruned
+
+
+def test_wilson_interval():
+    low, high = wilson_interval(40, 50)
+    assert low == pytest.approx(0.670, abs=1e-3) and high == pytest.approx(0.888, abs=1e-3)
+    assert wilson_interval(50, 50)[1] == 1.0 and wilson_interval(0, 50)[0] == 0.0

@@ -286,6 +286,19 @@ def cmd_sim_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sim_record(args: argparse.Namespace) -> int:
+    from .sim.collect import progress_bar
+    from .sim.record import record
+
+    cfg = _config(args).replace(model_path=args.model)
+    show = progress_bar("record") if not args.json and sys.stderr.isatty() else None
+    r = record(args.bag, cfg, args.episodes, args.split, show)
+    if show:
+        print(file=sys.stderr)
+    _emit(args, r, f"recorded {len(r['episodes'])} closed-loop episodes ({r['successes']} successful) to {r['bag']}")
+    return 0
+
+
 def config_args(p: argparse.ArgumentParser) -> None:
     """The one way every subcommand takes its knobs: the node's parameter file, then overrides."""
     p.add_argument("--params", help="the node's ROS parameter file (config/*.yaml)")
@@ -371,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="tiny-random")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
 
-    sim = sub.add_parser("sim", help="the simulated tabletop task (MuJoCo): bench, collect, train, eval",
+    sim = sub.add_parser("sim", help="the simulated tabletop task (MuJoCo): bench, collect, train, record, eval",
                          description="the simulated tabletop task (MuJoCo, Gymnasium API)")
     sim_sub = sim.add_subparsers(dest="sim_command", required=True, metavar="SIM_COMMAND")
 
@@ -395,6 +408,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--lr", type=float, default=3e-4)
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--checkpoint-every", type=positive_int, default=100)
+    q = add_sim("record", cmd_sim_record, "closed-loop episodes of a model as a rosbag2 on the node's topics")
+    q.add_argument("bag", help="new bag directory")
+    q.add_argument("--model", required=True, help="checkpoint directory or tiny-random")
+    q.add_argument("--episodes", type=positive_int, default=3)
+    q.add_argument("--split", choices=("train", "validation", "test"), default="test")
+    config_args(q)
     q = add_sim("eval", cmd_sim_eval, "closed-loop success of a model on the task's seeds, pruned and unpruned")
     q.add_argument("--model", required=True, help="checkpoint directory (released layout), e.g. sim train's model/")
     q.add_argument("--episodes", type=positive_int, default=50)

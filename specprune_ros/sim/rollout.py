@@ -28,7 +28,9 @@ class EpisodeResult:
     flops_ratio: list[float] = field(default_factory=list)
 
 
-def run_policy_episode(env: TabletopEnv, policy: SpecPrunePolicy, seed: int, execute: int = 8) -> EpisodeResult:
+def run_policy_episode(env: TabletopEnv, policy: SpecPrunePolicy, seed: int, execute: int = 8,
+                       on_step: Callable[[float, dict, np.ndarray, str], None] | None = None) -> EpisodeResult:
+    """``on_step(stamp, observation, action, instruction)`` sees every executed action (recording)."""
     obs, info = env.reset(seed=seed)
     policy.reset()
     result = EpisodeResult(seed, info["instruction"], False, 0)
@@ -41,6 +43,8 @@ def run_policy_episode(env: TabletopEnv, policy: SpecPrunePolicy, seed: int, exe
         result.flops_ratio.append(out.stats.flops_ratio)
         history = []
         for action in out.actions[:execute]:
+            if on_step is not None:
+                on_step(env.steps * ACTION_DT, obs, action, info["instruction"])
             obs, _, success, truncated, info = env.step(action)
             if success or truncated:
                 result.success, result.steps = bool(success), env.steps

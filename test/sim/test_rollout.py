@@ -32,3 +32,20 @@ def test_wilson_interval():
     low, high = wilson_interval(40, 50)
     assert low == pytest.approx(0.670, abs=1e-3) and high == pytest.approx(0.888, abs=1e-3)
     assert wilson_interval(50, 50)[1] == 1.0 and wilson_interval(0, 50)[0] == 0.0
+
+
+def test_recorded_closed_loop_episodes_replay(tmp_path):
+    from specprune_ros.sim.record import record
+    from specprune_ros.tools.bags import BagReader
+    from specprune_ros.tools.replay import run_replay
+
+    config = Config.from_dict({"device": "cpu"})
+    result = record(tmp_path / "sim", config, episodes=1)
+    steps = result["episodes"][0]["steps"]
+    with BagReader(tmp_path / "sim") as reader:
+        counts = {c.topic: c.msgcount for c in reader.reader.connections}
+    assert counts["/image_primary"] == counts["/image_wrist"] == counts["/expert_action"] == steps
+    assert counts["/instruction"] == 1
+    run = run_replay(tmp_path / "sim", config.replace(max_observation_age_s=5.0), compare=False, motion="recorded",
+                     max_steps=6)
+    assert len(run.steps) == 6 and run.instruction == result["episodes"][0]["instruction"]

@@ -1,0 +1,87 @@
+"""Closed-loop episodes of a model recorded as a rosbag2 on the node's topics (`specprune sim record`).
+
+Per executed action period: both camera images (rgb8, 224 px), the proprio state as a
+JointState (8 named positions: eef x y z, axis-angle, the two fingers; the node reads them in
+message order), the executed command on ``/expert_action`` (env units), and the instruction
+(latched) at each episode's start. Episodes follow each other with a 2 s gap. ``specprune replay``
+runs on the result with meaningful actions.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..config import Config
+from ..model.checkpoint import load_checkpoint
+from ..policy import SpecPrunePolicy
+from ..tools.bags import (
+    TOPIC_EXPERT,
+    TOPIC_INSTRUCTION,
+    TOPIC_JOINTS,
+    TOPIC_PRIMARY,
+    TOPIC_WRIST,
+    BagError,
+    Recording,
+    _header,
+    _write_part,
+    bag_name,
+    typestore,
+)
+from .env import TabletopEnv, seed_range
+from .rollout import run_policy_episode
+
+PROPRIO_NAMES = ["eef_x", "eef_y", "eef_z", "eef_rx", "eef_ry", "eef_rz", "finger_left", "finger_right"]
+START_NS = 1_700_000_000_000_000_000
+GAP_NS = 2_000_000_000
+
+
+def record(bag: str | Path, config: Config, episodes: int, split: str = "test",
+           progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    bag = Path(bag)
+    if bag.exists():
+        raise BagError(f"{bag}: already exists (choose a new path)")
+    node = config.node
+    policy = SpecPrunePolicy(load_checkpoint(node.model_path, node.device, node.dtype, node.unnorm_key), config)
+    store = typestore()
+    T = store.types
+    records: list[tuple[str, int, Any]] = []
+    clock = {"offset": START_NS}
+
+    def on_step(stamp: float, obs: dict, action: np.ndarray, instruction: str) -> None:
+        ns = clock["offset"] + int(round(stamp * 1e9))
+        if stamp == 0.0:
+            records.append((TOPIC_INSTRUCTION, ns, T["std_msgs/msg/String"](data=instruction)))
+        for topic, image, frame in ((TOPIC_PRIMARY, obs["primary"], "camera_primary"),
+                                    (TOPIC_WRIST, obs["wrist"], "camera_wrist")):
+            records.append((topic, ns + 1_000_000, T["sensor_msgs/msg/Image"](
+                header=_header(store, ns, frame), height=image.shape[0], width=image.shape[1], encoding="rgb8",
+                is_bigendian=0, step=image.shape[1] * 3, data=image.reshape(-1).copy())))
+        records.append((TOPIC_JOINTS, ns, T["sensor_msgs/msg/JointState"](
+            header=_header(store, ns, "base_link"), name=PROPRIO_NAMES, position=np.asarray(obs["proprio"]),
+            velocity=np.zeros(0), effort=np.zeros(0))))
+        records.append((TOPIC_EXPERT, ns, T["std_msgs/msg/Float64MultiArray"](
+            layout=T["std_msgs/msg/MultiArrayLayout"](dim=[], data_offset=0), data=np.asarray(action, np.float64))))
+
+    env = TabletopEnv()
+    results = []
+    try:
+        for i, seed in enumerate(list(seed_range(split))[:episodes], start=1):
+            result = run_policy_episode(env, policy, seed, on_step=on_step)
+            results.append({"seed": seed, "success": result.success, "steps": result.steps,
+                            "instruction": result.instruction})
+            clock["offset"] += int(round(result.steps * 0.1e9)) + GAP_NS
+            if progress:
+                progress(i, episodes)
+    finally:
+        env.close()
+    topics = config.topics
+    named = {TOPIC_PRIMARY: topics.image_primary, TOPIC_WRIST: topics.image_wrist, TOPIC_JOINTS: topics.joint_states,
+             TOPIC_INSTRUCTION: topics.instruction, TOPIC_EXPERT: TOPIC_EXPERT}
+    types = {TOPIC_PRIMARY: "sensor_msgs/msg/Image", TOPIC_WRIST: "sensor_msgs/msg/Image",
+             TOPIC_JOINTS: "sensor_msgs/msg/JointState", TOPIC_INSTRUCTION: "std_msgs/msg/String",
+             TOPIC_EXPERT: "std_msgs/msg/Float64MultiArray"}
+    records.sort(key=lambda r: r[1])
+    _write_part(bag, Recording(), store, {k: (bag_name(named[k]), types[k]) for k in named}, records)
+    return {"bag": str(bag), "episodes": results, "successes": sum(r["success"] for r in results)}

@@ -164,6 +164,9 @@ class NodeConfig:
                                     "image / joint state of one observation.", low=0.0, high=5.0)
     action_dt: float = knob(0.1, "Seconds between consecutive actions of a chunk (ActionChunk.dt, trajectory "
                             "timing).", low=0.001, high=10.0)
+    episode_gap_s: float = knob(1.0, "No step for longer than this: the next one starts afresh (prior, frame "
+                                "history and controller reset; runs unpruned, fallback_reason 'input gap').",
+                                low=0.05, high=3600.0)
     sensor_qos: str = knob("sensor_data", "QoS of the camera and joint-state subscriptions.",
                            choices=("sensor_data", "reliable"), read_only=True)
     joint_names: tuple[str, ...] = knob((), "Joints read from joint_states for proprio, in order (empty: the "

@@ -190,6 +190,9 @@ class SpecPrunePolicy:
         pixels = self.processor.pixels(frames)
         layout = self.model.layout(prompt, len(obs.images))
 
+        gap = self._previous_stamp is not None and obs.stamp - self._previous_stamp > cfg.node.episode_gap_s
+        if gap:                    # a prior from before the gap is no prior: start afresh
+            self.reset()
         watch = Stopwatch(self.device)
         stats = StepStats(step=self._step, stamp=obs.stamp, pruning_enabled=cfg.pruning.enabled,
                           alpha=cfg.pruning.alpha, vision_tokens_total=layout.num_vision)
@@ -204,6 +207,8 @@ class SpecPrunePolicy:
             stats.rotation_speed = plan.decision.motion.rotation_speed
             stats.history_frames, stats.history_age_s = plan.history_frames, plan.history_age_s
             stats.fallback_reason = plan.reason if plan.reason != "disabled" else ""
+            if gap:
+                stats.fallback_reason = "input gap"
             if info.fallback:
                 stats.fallback_reason = "scene cut"
         else:

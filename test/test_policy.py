@@ -164,3 +164,20 @@ def test_a_shallower_model_runs_unpruned_and_refuses_pruning_until_the_layer_kno
     policy.step(obs(2))
     pruned = policy.step(obs(3)).stats
     assert pruned.pruning_enabled and pruned.vision_tokens_kept < pruned.vision_tokens_total
+
+
+def test_a_gap_in_the_inputs_starts_afresh(policy):
+    policy.step(obs(0))
+    assert policy.step(obs(1)).stats.fallback_reason == ""                    # pruned with the prior
+    late = obs(2)
+    late.stamp = 1.0 + policy.config.node.episode_gap_s + 0.5                 # nothing for 1.5 s
+    stats = policy.step(late).stats
+    assert stats.fallback_reason == "input gap" and stats.step == 0
+    assert stats.vision_tokens_kept == stats.vision_tokens_total             # no prior: unpruned
+    assert policy.step(_later(late.stamp + 0.1)).stats.step == 1
+
+
+def _later(stamp):
+    o = obs(3)
+    o.stamp = stamp
+    return o

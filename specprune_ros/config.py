@@ -186,6 +186,9 @@ class NodeConfig:
 
     def __post_init__(self) -> None:
         _validate_section(self, "")
+        if self.episode_gap_s <= 1.0 / self.control_rate_hz:
+            raise ConfigError(f"episode_gap_s = {self.episode_gap_s:g} must exceed the control period "
+                              f"1/control_rate_hz = {1.0 / self.control_rate_hz:g} s (else every step is a gap)")
 
 
 def _topic(default: str, what: str) -> Any:

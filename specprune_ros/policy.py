@@ -190,8 +190,8 @@ class SpecPrunePolicy:
         pixels = self.processor.pixels(frames)
         layout = self.model.layout(prompt, len(obs.images))
 
-        gap = self._previous_stamp is not None and obs.stamp - self._previous_stamp > cfg.node.episode_gap_s
-        if gap:                    # a prior from before the gap is no prior: start afresh
+        gap = self._previous_stamp is not None and not 0 <= obs.stamp - self._previous_stamp <= cfg.node.episode_gap_s
+        if gap:                    # a prior from before the gap (or a clock reset) is no prior: start afresh
             self.reset()
         watch = Stopwatch(self.device)
         stats = StepStats(step=self._step, stamp=obs.stamp, pruning_enabled=cfg.pruning.enabled,

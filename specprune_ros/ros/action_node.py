@@ -69,6 +69,7 @@ class ActionNode(LifecycleNode):
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
         self._acting = False                     # the last tick published an action
+        self._publishing = threading.Lock()      # an action and the "stop" trajectory never interleave
         self._latencies: deque[float] = deque(maxlen=100)
         self._end_to_end: deque[float] = deque(maxlen=100)
         self._published: deque[float] = deque(maxlen=100)
@@ -98,6 +99,10 @@ class ActionNode(LifecycleNode):
         except (CheckpointError, ConfigError, ValueError, OSError) as exc:
             self._startup_error = str(exc)
             self.get_logger().fatal(f"cannot configure: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        except Exception as exc:   # rclpy's lifecycle code would swallow it silently
+            self._startup_error = f"{type(exc).__name__}: {exc}"
+            self.get_logger().fatal(f"cannot configure: {self._startup_error}")
             return TransitionCallbackReturn.FAILURE
         with self._lock:
             self.policy = policy
@@ -173,13 +178,16 @@ class ActionNode(LifecycleNode):
 
     def _stop_acting(self) -> None:
         """No more actions: with publish_trajectory, one empty JointTrajectory ("cancel and hold"
-        for ros2_control's joint_trajectory_controller), once per stop."""
+        for ros2_control's joint_trajectory_controller), once per stop, after any action in flight."""
         self._active.clear()
-        with self._lock:
+        self._send_stop()
+
+    def _send_stop(self) -> None:
+        with self._publishing:
             acting, self._acting = self._acting, False
-        if acting and self.trajectory_pub is not None and rclpy.ok(context=self.context):
-            self.trajectory_pub.publish(empty_trajectory(self.config.node.trajectory_joints,
-                                                         self.get_clock().now().to_msg()))
+            if acting and self.trajectory_pub is not None and rclpy.ok(context=self.context):
+                self.trajectory_pub.publish(empty_trajectory(self.config.node.trajectory_joints,
+                                                             self.get_clock().now().to_msg()))
 
     # ---- inputs (executor thread: store only) ------------------------------------------------------
     def _image_callback(self, camera: int):
@@ -228,6 +236,8 @@ class ActionNode(LifecycleNode):
                 self._errors += 1
                 self.get_logger().error(f"inference step failed: {type(exc).__name__}: {exc}",
                                         throttle_duration_sec=5.0)
+                self._last_reason = f"step failed: {type(exc).__name__}"
+                self._send_stop()
             delay = next_tick - time.monotonic()
             if delay < 0:                        # overrun: skip ticks instead of bursting
                 next_tick = time.monotonic()
@@ -243,9 +253,11 @@ class ActionNode(LifecycleNode):
             if result.dropped:
                 self._note_drop(result.reason)
             return
-        if self._stop.is_set() or not self._active.is_set():
-            return                                # stopping or deactivated meanwhile: publish nothing
-        self._publish(result.output, result.observation.stamp_ns)
+        with self._publishing:
+            if self._stop.is_set() or not self._active.is_set():
+                return                            # stopping or deactivated meanwhile: publish nothing
+            self._publish(result.output, result.observation.stamp_ns)
+            self._acting = True
         self._latencies.append(result.output.stats.latency_ms)
         self._end_to_end.append(result.age_s * 1e3)
         self._published.append(time.monotonic())
@@ -253,11 +265,7 @@ class ActionNode(LifecycleNode):
     def _note_drop(self, reason: str) -> None:
         self._last_reason = reason
         self.get_logger().warning(f"no action: {reason}", throttle_duration_sec=2.0)
-        with self._lock:
-            acting, self._acting = self._acting, False
-        if acting and self.trajectory_pub is not None:     # the robot must not keep executing old actions
-            self.trajectory_pub.publish(empty_trajectory(self.config.node.trajectory_joints,
-                                                         self.get_clock().now().to_msg()))
+        self._send_stop()                        # the robot must not keep executing old actions
 
     # ---- outputs ---------------------------------------------------------------------------------
     def _publish(self, out: PolicyOutput, stamp_ns: int) -> None:
@@ -272,8 +280,6 @@ class ActionNode(LifecycleNode):
                                                            header_stamp))
         if self.debug_pub is not None and out.kept_mask is not None and out.frames is not None:
             self.debug_pub.publish(overlay_message(out, header_stamp))
-        with self._lock:
-            self._acting = True
 
     def _publish_diagnostics(self) -> None:
         now = time.monotonic()

@@ -76,6 +76,7 @@ class ObservationAssembler:
         self.instruction = ""
         self.drops: Counter[str] = Counter()
         self.last_used: int | None = None        # stamp (ns) of the last primary image used
+        self._first_primary: int | None = None   # stamp of the first primary image (start-up grace)
 
     @classmethod
     def for_node(cls, config: Config, needs_joint_states: bool = True) -> "ObservationAssembler":
@@ -100,6 +101,8 @@ class ObservationAssembler:
         item = Stamped(stamp, msg)
         with self._lock:
             self.images[camera].append(item)
+            if camera == 0 and self._first_primary is None:
+                self._first_primary = stamp
             kept = self.period_frames[camera]
             if not kept or self._period(stamp) > self._period(kept[-1].stamp):
                 kept.append(item)
@@ -116,10 +119,14 @@ class ObservationAssembler:
 
     def clear(self) -> None:
         with self._lock:
-            for q in (*self.images, *self.period_frames):
-                q.clear()
-            self.joints.clear()
-            self.last_used = None
+            self._clear_locked()
+
+    def _clear_locked(self) -> None:
+        for q in (*self.images, *self.period_frames):
+            q.clear()
+        self.joints.clear()
+        self.last_used = None
+        self._first_primary = None
 
     # ---- assembly ---------------------------------------------------------------------------------
     def _drop(self, reason: str) -> Assembled:
@@ -175,6 +182,13 @@ class ObservationAssembler:
         if not usable:
             ahead = min(s.stamp for s in self.images[0]) - now
             return self._drop(f"future stamp: primary image is {ahead * 1e-9:.3f} s ahead of the clock")
+        newest = max(usable, key=lambda f: f.stamp)
+        if self.last_used is not None and newest.stamp < self.last_used - _ns(self.tolerance_s):
+            # The clock went back (a simulator reset, a looped bag): what is buffered belongs to
+            # another time line. Start over rather than wait for the old maximum forever.
+            self._clear_locked()
+            self.images[0].append(newest)
+            return self._drop("clock jumped back: buffers cleared (a simulator reset or a looped bag?)")
         fresh = sorted((f for f in usable if self.last_used is None or f.stamp > self.last_used),
                        key=lambda f: f.stamp, reverse=True)
         if not fresh:
@@ -182,10 +196,14 @@ class ObservationAssembler:
         age = now - fresh[0].stamp
         if age > _ns(self.max_age_s):
             self.last_used = fresh[0].stamp      # never reconsider it
+            found = self._partners(fresh[0])
+            if isinstance(found, str):           # it was waiting for a partner that never came
+                return self._drop(f"incomplete: {found} (waited {age * 1e-9:.3f} s)")
             return self._drop(f"stale: primary image is {age * 1e-9:.3f} s old (max_observation_age_s "
                               f"{self.max_age_s:g})")
-        # The newest primary image with a complete set of partners; a set whose partners may still
-        # arrive (stamp within match_tolerance_s of now) is waited for, not dropped.
+        # The newest primary image with a complete set of partners. A set whose partners may still
+        # arrive (no later message on that stream yet: streams arrive in order) is waited for, not
+        # dropped; an older complete set is used meanwhile.
         missing = ""
         pending = False
         for primary in fresh:
@@ -194,7 +212,7 @@ class ObservationAssembler:
             found = self._partners(primary)
             if isinstance(found, str):
                 missing = missing or found
-                pending = pending or now - primary.stamp <= _ns(self.tolerance_s)
+                pending = pending or self._may_complete(primary)
                 continue
             frames, joint = found
             past = self._past_frames(primary)
@@ -202,8 +220,27 @@ class ObservationAssembler:
             return frames, joint, self.instruction, past
         if pending:
             return Assembled(None, f"waiting for partners: {missing}")
-        self.last_used = fresh[0].stamp          # those sets can no longer complete
+        self.last_used = fresh[0].stamp          # none of those sets can complete any more
         return self._drop(f"incomplete: {missing}")
+
+    def _may_complete(self, primary: Stamped) -> bool:
+        """A missing partner can still come if its stream is alive (delivered within
+        max_observation_age_s of the primary image) and has nothing stamped after the window yet
+        (streams arrive in order). A dead or never-seen stream cannot complete a set."""
+        tolerance = _ns(self.tolerance_s)
+        horizon = primary.stamp + tolerance
+        streams = [self.images[c] for c in range(1, self.num_images)]
+        if self.needs_joint_states:
+            streams.append(self.joints)
+        for q in streams:
+            if _closest(q, primary.stamp, tolerance) is not None:
+                continue
+            if not q:      # never seen: only at start-up (within max_observation_age_s) can it still come
+                if self._first_primary is None or primary.stamp - self._first_primary > _ns(self.max_age_s):
+                    return False
+            elif q[-1].stamp > horizon or q[-1].stamp < primary.stamp - _ns(self.max_age_s):
+                return False
+        return True
 
     def _partners(self, primary: Stamped) -> tuple[list[Stamped], Stamped | None] | str:
         """The other cameras' images and the joint state within tolerance of ``primary``, or what is missing."""

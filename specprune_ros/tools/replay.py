@@ -152,10 +152,12 @@ class TimeBase:
                 self.offset = header - m.timestamp
             else:
                 self.recording += 1
-        return header or m.timestamp
+            return header or m.timestamp
+        # Other streams stamped zero: their recording time, moved onto the primary camera's clock.
+        return header or self.from_recording(m.timestamp)
 
     def from_recording(self, timestamp: int) -> int:
-        """A recording time (messages without a header) on the header clock."""
+        """A recording time (messages without a header, or stamped zero) on the header clock."""
         return timestamp + (self.offset or 0)
 
     @property

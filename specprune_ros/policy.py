@@ -257,17 +257,14 @@ class SpecPrunePolicy:
     def _observe_history(self, engine: SpecPruneEngine, obs: Observation, watch: Stopwatch) -> None:
         """Frames that arrived since the previous step join the history (never acted on).
 
-        A frame that cannot be preprocessed is skipped: it would only have been compared with.
+        Each is preprocessed only if it becomes the frame compared (one per step at most); one
+        that cannot be preprocessed then is compared with nothing (the step has no dynamic set).
         """
         for past in obs.history:
             if past.stamp >= obs.stamp or len(past.images) != len(obs.images):
                 continue
-            try:
-                frames = self.processor.frames(past.images)
-            except ObservationError:
-                continue
             with watch:
-                engine.observe(past.stamp, frames)
+                engine.observe(past.stamp, lambda images=past.images: self.processor.frames(images))
 
     def _executed_motion(self, obs: Observation) -> np.ndarray | None:
         """The actions executed since the previous step: measured ones if the observation has

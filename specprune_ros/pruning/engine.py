@@ -16,6 +16,7 @@ detected on the device, keeps every token through ``selection.fallback``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -95,9 +96,15 @@ class SpecPruneEngine:
             self._tau_key = key
         return self._tau
 
-    def observe(self, stamp: float, frames: torch.Tensor) -> None:
-        """A frame seen between steps (model resolution, all cameras): history only."""
-        self.frames.add(stamp, patch_unit_vectors(frames, PATCH), self.config.node.action_dt)
+    def observe(self, stamp: float, frames: torch.Tensor | Callable[[], torch.Tensor]) -> None:
+        """A frame seen between steps (model resolution, all cameras), for the history only; given
+        as a function, it is prepared only if it is ever the frame compared."""
+        if isinstance(frames, torch.Tensor):
+            item: torch.Tensor | Callable[[], torch.Tensor] = patch_unit_vectors(frames, PATCH)
+        else:
+            def item(make=frames) -> torch.Tensor:
+                return patch_unit_vectors(make(), PATCH)
+        self.frames.add(stamp, item, self.config.node.action_dt)
 
     def begin_step(self, frames: torch.Tensor, motion: np.ndarray | None, stamp: float) -> StepPlan:
         """Decide the mode and the K values, compare with the history, then store this frame.

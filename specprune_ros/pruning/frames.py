@@ -12,6 +12,7 @@ distance"), whatever the control rate.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 import torch
@@ -83,6 +84,9 @@ class FrameHistory:
     arrive at any camera rate are downsampled to one per period; ``closest(t)`` returns the kept
     frame whose stamp is nearest to ``t``, which clamps a look-back to what the buffer holds.
     ``capacity`` periods are kept (``PruningConfig.history_capacity()`` covers the longest T).
+
+    An item may be given as a function that makes it: it is called only if that frame is ever
+    the one compared (a policy queried once per chunk sees 7 frames in between and compares one).
     """
 
     def __init__(self, capacity: int, item_shape: tuple[int, ...], device: torch.device | str = "cpu",
@@ -93,16 +97,18 @@ class FrameHistory:
         self.items = torch.zeros((capacity, *item_shape), dtype=dtype, device=device)
         self.stamps: list[float] = []     # oldest first; slot of stamps[i] is _slots[i]
         self._slots: list[int] = []
+        self._pending: dict[int, Callable[[], torch.Tensor]] = {}   # slot -> makes its item
 
     def reset(self) -> None:
-        self.stamps, self._slots = [], []
+        self.stamps, self._slots, self._pending = [], [], {}
 
     def __len__(self) -> int:
         return len(self.stamps)
 
-    def add(self, stamp: float, item: torch.Tensor, action_dt: float) -> bool:
-        """Keep ``item`` if it is the first frame of a later action period; True if kept."""
-        if item.shape != self.items.shape[1:]:
+    def add(self, stamp: float, item: torch.Tensor | Callable[[], torch.Tensor], action_dt: float) -> bool:
+        """Keep ``item`` (or the function making it) if it is the first frame of a later action
+        period; True if kept."""
+        if isinstance(item, torch.Tensor) and item.shape != self.items.shape[1:]:
             raise ValueError(f"item has shape {tuple(item.shape)}, the history holds {tuple(self.items.shape[1:])}")
         if self.stamps and math.floor(stamp / action_dt) <= math.floor(self.stamps[-1] / action_dt):
             return False
@@ -111,7 +117,11 @@ class FrameHistory:
             self.stamps.pop(0)
         else:
             slot = len(self.stamps)
-        self.items[slot].copy_(item, non_blocking=True)
+        self._pending.pop(slot, None)
+        if isinstance(item, torch.Tensor):
+            self.items[slot].copy_(item, non_blocking=True)
+        else:
+            self._pending[slot] = item
         self.stamps.append(stamp)
         self._slots.append(slot)
         return True
@@ -122,4 +132,18 @@ class FrameHistory:
         for stamp, slot in zip(self.stamps, self._slots):
             if stamp < before and (best is None or abs(stamp - target) < abs(best[1] - target)):
                 best = (slot, stamp)
-        return None if best is None else (self.items[best[0]], best[1])
+        if best is None:
+            return None
+        make = self._pending.pop(best[0], None)
+        if make is not None:
+            try:
+                item = make()
+            except ValueError:        # a frame that cannot be prepared is forgotten; try the next
+                index = self._slots.index(best[0])
+                del self._slots[index], self.stamps[index]
+                return self.closest(target, before)
+            if item.shape != self.items.shape[1:]:
+                raise ValueError(f"item has shape {tuple(item.shape)}, the history holds "
+                                 f"{tuple(self.items.shape[1:])}")
+            self.items[best[0]].copy_(item, non_blocking=True)
+        return self.items[best[0]], best[1]

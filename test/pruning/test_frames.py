@@ -109,3 +109,26 @@ def test_history_capacity_covers_the_longest_look_back():
     from specprune_ros.config import Config
     p = Config().pruning
     assert p.history_capacity() == history_periods(0.0, p.history_base, p.history_slope, p.history_offset) + 1 == 12
+
+
+def test_history_items_made_on_demand_only_when_compared():
+    made = []
+
+    def maker(value):
+        def make():
+            made.append(value)
+            return torch.full((2,), value)
+        return make
+
+    def broken():
+        raise ValueError("cannot prepare this frame")
+
+    hist = FrameHistory(capacity=4, item_shape=(2,))
+    for k, t in enumerate((0.0, 0.1, 0.2)):
+        hist.add(t, maker(float(k)), action_dt=0.1)
+    item, stamp = hist.closest(0.1, before=1.0)
+    assert made == [1.0] and float(item[0]) == 1.0                     # only the frame compared
+    assert float(hist.closest(0.1, before=1.0)[0][0]) == 1.0 and made == [1.0]   # made once
+    hist.add(0.3, broken, action_dt=0.1)
+    item, stamp = hist.closest(0.3, before=1.0)                         # the broken one is forgotten
+    assert stamp == pytest.approx(0.2) and 0.3 not in hist.stamps

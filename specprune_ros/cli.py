@@ -307,16 +307,22 @@ def config_args(p: argparse.ArgumentParser) -> None:
                         "e.g. -p pruning.alpha:=0.6")
 
 
+def _adder(subparsers) -> Callable[[str, Callable[[argparse.Namespace], int], str], argparse.ArgumentParser]:
+    """Subcommands all take --json and run ``func``."""
+    def add(name: str, func: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+        p = subparsers.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+        p.set_defaults(func=func)
+        return p
+    return add
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="specprune", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, func: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-        p.set_defaults(func=func)
-        return p
+    add = _adder(sub)
 
     p = add("demo", cmd_demo, "the main job on the embedded default (synthetic bag, tiny model, pruned vs unpruned)")
     p.add_argument("--out", default="demo_out", help="output directory (default demo_out/)")
@@ -388,11 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
                          description="the simulated tabletop task (MuJoCo, Gymnasium API)")
     sim_sub = sim.add_subparsers(dest="sim_command", required=True, metavar="SIM_COMMAND")
 
-    def add_sim(name: str, func: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
-        q = sim_sub.add_parser(name, help=help_text, description=help_text)
-        q.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-        q.set_defaults(func=func)
-        return q
+    add_sim = _adder(sim_sub)
 
     q = add_sim("bench", cmd_sim_bench, "environment steps per second with both cameras rendered")
     q.add_argument("--steps", type=positive_int, default=200)

@@ -168,11 +168,15 @@ class Trainer:
                 self.progress(self.step, c.steps, total)
         return self.finish() if self.step >= c.steps else {"steps": self.step, "interrupted": True}
 
+    def write_model(self, directory: str | Path) -> Path:
+        """The model as it is now, in the released checkpoint layout (e.g. from a resumed state)."""
+        self.model.eval()
+        return write_checkpoint(self.model, self.stats_json, self.tokenizer, directory, step=self.step,
+                                seed=self.config.seed)
+
     def finish(self) -> dict[str, Any]:
         """The released checkpoint layout, the loss curve and a summary."""
-        model_dir = self.out / "model"
-        self.model.eval()
-        write_checkpoint(self.model, self.stats_json, self.tokenizer, model_dir, step=self.step, seed=self.config.seed)
+        model_dir = self.write_model(self.out / "model")
         summary = {"steps": self.step, "batch": self.config.batch, "episodes": len(self.episodes),
                    "samples": len(self.samples), "seconds": self.seconds, "device": "cpu",
                    "loss_first": float(np.mean(self.losses[:20])) if self.losses else None,

@@ -23,6 +23,8 @@ from .processing import NormStats
 from .prompt import build_tiny_tokenizer, load_tokenizer
 
 TINY_RANDOM = "tiny-random"
+# Models shipped in the repository, by name (model_path: sim-tabletop).
+SHIPPED_MODELS = {"sim-tabletop": str(Path(__file__).resolve().parents[2] / "models" / "sim-tabletop")}
 INDEX_FILE = "model.safetensors.index.json"
 HEAD_PATTERN = re.compile(r"^(action_head|proprio_projector)--(\d+)_checkpoint\.pt$")
 # Released keys this implementation does not build (unused at inference).
@@ -224,8 +226,11 @@ def load_checkpoint(path: str | Path, device: str = "auto", dtype: str = "bfloat
     """Load a checkpoint directory (or ``tiny-random``) onto the device."""
     if str(path) == TINY_RANDOM:
         return load_tiny_random(device, dtype, unnorm_key)
-    directory = Path(path)
+    directory = Path(SHIPPED_MODELS.get(str(path), path))
     if not directory.is_dir():
+        if str(path) in SHIPPED_MODELS:
+            raise CheckpointError(f"{path}: the shipped model is not in this checkout ({directory}); train one "
+                                  f"with `specprune sim collect` + `specprune sim train` and pass its model/ directory")
         raise CheckpointError(f"{directory}: checkpoint directory not found")
     hf_config = _read_json(directory / "config.json")
     try:

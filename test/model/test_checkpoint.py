@@ -125,3 +125,13 @@ def test_statistics_key_and_files(ckpt):
 def test_missing_tokenizer(ckpt):
     (ckpt / "tokenizer.json").unlink()
     expect(ckpt, r"no tokenizer.json or tokenizer.model")
+
+
+def test_a_shipped_model_name_that_is_not_shipped_says_how_to_make_one(monkeypatch, tmp_path):
+    from specprune_ros.model import checkpoint
+
+    monkeypatch.setitem(checkpoint.SHIPPED_MODELS, "sim-tabletop", str(tmp_path / "absent"))
+    with pytest.raises(CheckpointError, match="sim-tabletop: the shipped model is not in this checkout"):
+        load_checkpoint("sim-tabletop", device="cpu")
+    write_tiny_checkpoint(tmp_path / "absent")
+    assert load_checkpoint("sim-tabletop", device="cpu").model.config.llm.layers == 32

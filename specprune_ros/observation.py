@@ -6,7 +6,7 @@ the ROS-facing layers can build observations without importing the model.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -15,12 +15,23 @@ class ObservationError(ValueError):
     """An observation that must not produce an action (malformed image, bad proprio, ...)."""
 
 
+Images = Sequence[np.ndarray]
+
+
 @dataclass(frozen=True)
 class HistoryFrame:
-    """Camera frames seen between two steps, kept for frame differencing only (one per action period)."""
+    """Camera frames seen between two steps, kept for frame differencing only (one per action period).
 
-    stamp: float                          # seconds (stamp of the primary image)
-    images: Sequence[np.ndarray]          # HxWx3 uint8 RGB, one per camera, primary first
+    ``images`` may be a function that decodes them: a step compares with one past frame at most,
+    so the others are never decoded.
+    """
+
+    stamp: float                                      # seconds (stamp of the primary image)
+    images: Images | Callable[[], Images]             # HxWx3 uint8 RGB, one per camera, primary first
+
+    def load(self) -> Images:
+        """The images (decoded now if given as a function; may raise ObservationError)."""
+        return self.images() if callable(self.images) else self.images
 
 
 @dataclass

@@ -21,6 +21,7 @@ import torch
 
 from .config import Config, ConfigError, iter_specs
 from .model.checkpoint import LoadedPolicyModel, load_checkpoint
+from .model.config import dimension_names
 from .model.flops import flops_ratio
 from .model.openvla_oft import Stopwatch, check_layers
 from .model.processing import ImageProcessor
@@ -79,8 +80,6 @@ class PolicyOutput:
 
     def chunk_fields(self, action_dt: float) -> dict[str, object]:
         """specprune_ros/ActionChunk's fields except the header (node and output bags alike)."""
-        from .model.config import dimension_names
-
         chunk_size, action_dim = self.actions.shape
         return {"step": self.stats.step, "chunk_size": chunk_size, "action_dim": action_dim, "dt": action_dt,
                 "dimension_names": list(dimension_names(action_dim)),
@@ -257,14 +256,13 @@ class SpecPrunePolicy:
     def _observe_history(self, engine: SpecPruneEngine, obs: Observation, watch: Stopwatch) -> None:
         """Frames that arrived since the previous step join the history (never acted on).
 
-        Each is preprocessed only if it becomes the frame compared (one per step at most); one
-        that cannot be preprocessed then is compared with nothing (the step has no dynamic set).
+        Each is decoded and preprocessed only if it becomes the frame compared (one per step at
+        most); one that cannot be, then, is forgotten and the next closest is compared.
         """
         for past in obs.history:
-            if past.stamp >= obs.stamp or len(past.images) != len(obs.images):
-                continue
-            with watch:
-                engine.observe(past.stamp, lambda images=past.images: self.processor.frames(images))
+            if past.stamp < obs.stamp:
+                with watch:
+                    engine.observe(past.stamp, lambda past=past: self.processor.frames(past.load()))
 
     def _executed_motion(self, obs: Observation) -> np.ndarray | None:
         """The actions executed since the previous step: measured ones if the observation has

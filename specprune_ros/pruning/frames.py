@@ -115,8 +115,8 @@ class FrameHistory:
         if len(self.stamps) == self.capacity:
             slot = self._slots.pop(0)
             self.stamps.pop(0)
-        else:
-            slot = len(self.stamps)
+        else:                         # a free slot (forgotten frames leave holes anywhere)
+            slot = next(i for i in range(self.capacity) if i not in self._slots)
         self._pending.pop(slot, None)
         if isinstance(item, torch.Tensor):
             self.items[slot].copy_(item, non_blocking=True)
@@ -138,12 +138,12 @@ class FrameHistory:
         if make is not None:
             try:
                 item = make()
+                if item.shape != self.items.shape[1:]:
+                    raise ValueError(f"item has shape {tuple(item.shape)}, the history holds "
+                                     f"{tuple(self.items.shape[1:])}")
             except ValueError:        # a frame that cannot be prepared is forgotten; try the next
                 index = self._slots.index(best[0])
                 del self._slots[index], self.stamps[index]
                 return self.closest(target, before)
-            if item.shape != self.items.shape[1:]:
-                raise ValueError(f"item has shape {tuple(item.shape)}, the history holds "
-                                 f"{tuple(self.items.shape[1:])}")
             self.items[best[0]].copy_(item, non_blocking=True)
         return self.items[best[0]], best[1]

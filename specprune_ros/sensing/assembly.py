@@ -145,12 +145,9 @@ class ObservationAssembler:
             proprio = None if joint is None else self._proprio(*joint.value)
         except ObservationError as exc:
             return self._drop(f"malformed: {exc}")
-        history = []
-        for sets in past:
-            try:
-                history.append(HistoryFrame(sets[0].stamp * 1e-9, [to_rgb(f.value) for f in sets]))
-            except ObservationError:
-                continue          # a malformed past frame is only never compared with
+        # Decoded only if the policy compares with it (a malformed one is then forgotten).
+        history = [HistoryFrame(sets[0].stamp * 1e-9, lambda sets=sets: [to_rgb(f.value) for f in sets])
+                   for sets in past]
         return Assembled(Observation(images, proprio, instruction, stamp=frames[0].stamp * 1e-9,
                                      stamp_ns=frames[0].stamp, history=history))
 

@@ -132,3 +132,16 @@ def test_history_items_made_on_demand_only_when_compared():
     hist.add(0.3, broken, action_dt=0.1)
     item, stamp = hist.closest(0.3, before=1.0)                         # the broken one is forgotten
     assert stamp == pytest.approx(0.2) and 0.3 not in hist.stamps
+
+
+def test_a_forgotten_frame_frees_its_slot_without_overwriting_others():
+    def broken():
+        raise ValueError("cannot prepare this frame")
+
+    hist = FrameHistory(capacity=4, item_shape=(1,))
+    hist.add(0.0, torch.tensor([0.0]), action_dt=0.1)
+    hist.add(0.1, broken, action_dt=0.1)
+    hist.add(0.2, torch.tensor([2.0]), action_dt=0.1)
+    assert hist.closest(0.1, before=1.0)[1] == pytest.approx(0.0)        # 0.1 forgotten (0.0 and 0.2 tie)
+    hist.add(0.3, torch.tensor([3.0]), action_dt=0.1)                     # takes the freed slot
+    assert [float(hist.closest(t, before=1.0)[0][0]) for t in (0.0, 0.2, 0.3)] == [0.0, 2.0, 3.0]

@@ -218,7 +218,8 @@ def cmd_sim_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_sim_collect(args: argparse.Namespace) -> int:
-    from .sim.collect import collect, progress_bar
+    from .sim.collect import collect
+    from .tools.progress import progress_bar
 
     show = progress_bar("collect") if not args.json and sys.stderr.isatty() else None
     index = collect(args.out, args.episodes, args.split, progress=show)
@@ -232,14 +233,14 @@ def cmd_sim_collect(args: argparse.Namespace) -> int:
 
 def cmd_sim_train(args: argparse.Namespace) -> int:
     from .sim.train import TrainConfig, Trainer
+    from .tools.progress import progress_bar
 
     interactive = not args.json and sys.stderr.isatty()
 
+    bar = progress_bar("train", "steps")
+
     def show(step: int, total: int, loss: float) -> None:
-        width = 30
-        filled = int(width * step / max(total, 1))
-        print(f"\rtrain [{'#' * filled}{'.' * (width - filled)}] {step}/{total} loss {loss:.4f}", end="",
-              file=sys.stderr, flush=True)
+        bar(step, total, f"loss {loss:.4f}")
 
     config = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
                          checkpoint_every=args.checkpoint_every)
@@ -259,9 +260,9 @@ def cmd_sim_train(args: argparse.Namespace) -> int:
 def cmd_sim_eval(args: argparse.Namespace) -> int:
     from .model.checkpoint import load_checkpoint
     from .policy import SpecPrunePolicy
-    from .sim.collect import progress_bar
     from .sim.env import seed_range
     from .sim.rollout import evaluate
+    from .tools.progress import progress_bar
 
     cfg = _config(args).replace(model_path=args.model)
     node = cfg.node
@@ -287,8 +288,8 @@ def cmd_sim_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_sim_record(args: argparse.Namespace) -> int:
-    from .sim.collect import progress_bar
     from .sim.record import record
+    from .tools.progress import progress_bar
 
     cfg = _config(args).replace(model_path=args.model)
     show = progress_bar("record") if not args.json and sys.stderr.isatty() else None

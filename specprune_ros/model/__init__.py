@@ -11,12 +11,12 @@
 * flops       - LLM FLOPs of a token schedule
 """
 from .checkpoint import (
-                         TINY_RANDOM,
-                         CheckpointError,
-                         LoadedPolicyModel,
-                         load_checkpoint,
-                         random_model,
-                         write_tiny_checkpoint,
+    TINY_RANDOM,
+    CheckpointError,
+    LoadedPolicyModel,
+    load_checkpoint,
+    random_model,
+    write_tiny_checkpoint,
 )
 from .config import PRESETS, ModelConfig, preset
 from .openvla_oft import ForwardInfo, OpenVLAOFT

@@ -14,7 +14,6 @@ episodes are kept. Collection resumes: episodes already in the index are not col
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -112,12 +111,3 @@ def bench(steps: int = 200, seed: int = 0) -> dict[str, Any]:
         env.close()
     result.update({"steps": steps, "image_size": 224, "cameras": 2})
     return result
-
-
-def progress_bar(label: str) -> Callable[[int, int], None]:
-    def show(done: int, total: int) -> None:
-        width = 30
-        filled = int(width * done / max(total, 1))
-        print(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end="", file=sys.stderr,
-              flush=True)
-    return show

@@ -24,10 +24,12 @@ from ..tools.bags import (
     TOPIC_WRIST,
     BagError,
     Recording,
-    _header,
-    _write_part,
-    bag_name,
+    camera_message,
+    command_message,
+    joint_state_message,
+    stamp_header,
     typestore,
+    write_records,
 )
 from .env import TabletopEnv, seed_range
 from .rollout import run_policy_episode
@@ -46,6 +48,7 @@ def record(bag: str | Path, config: Config, episodes: int, split: str = "test",
     policy = SpecPrunePolicy(load_checkpoint(node.model_path, node.device, node.dtype, node.unnorm_key), config)
     store = typestore()
     T = store.types
+    recording = Recording(topics=config.topics)
     records: list[tuple[str, int, Any]] = []
     clock = {"offset": START_NS}
 
@@ -55,14 +58,10 @@ def record(bag: str | Path, config: Config, episodes: int, split: str = "test",
             records.append((TOPIC_INSTRUCTION, ns, T["std_msgs/msg/String"](data=instruction)))
         for topic, image, frame in ((TOPIC_PRIMARY, obs["primary"], "camera_primary"),
                                     (TOPIC_WRIST, obs["wrist"], "camera_wrist")):
-            records.append((topic, ns + 1_000_000, T["sensor_msgs/msg/Image"](
-                header=_header(store, ns, frame), height=image.shape[0], width=image.shape[1], encoding="rgb8",
-                is_bigendian=0, step=image.shape[1] * 3, data=image.reshape(-1).copy())))
-        records.append((TOPIC_JOINTS, ns, T["sensor_msgs/msg/JointState"](
-            header=_header(store, ns, "base_link"), name=PROPRIO_NAMES, position=np.asarray(obs["proprio"]),
-            velocity=np.zeros(0), effort=np.zeros(0))))
-        records.append((TOPIC_EXPERT, ns, T["std_msgs/msg/Float64MultiArray"](
-            layout=T["std_msgs/msg/MultiArrayLayout"](dim=[], data_offset=0), data=np.asarray(action, np.float64))))
+            records.append((topic, ns + 1_000_000, camera_message(T, recording, stamp_header(store, ns, frame), image)))
+        records.append((TOPIC_JOINTS, ns, joint_state_message(T, stamp_header(store, ns, "base_link"), PROPRIO_NAMES,
+                                                              obs["proprio"])))
+        records.append((TOPIC_EXPERT, ns, command_message(T, action)))
 
     env = TabletopEnv()
     results = []
@@ -76,12 +75,6 @@ def record(bag: str | Path, config: Config, episodes: int, split: str = "test",
                 progress(i, episodes)
     finally:
         env.close()
-    topics = config.topics
-    named = {TOPIC_PRIMARY: topics.image_primary, TOPIC_WRIST: topics.image_wrist, TOPIC_JOINTS: topics.joint_states,
-             TOPIC_INSTRUCTION: topics.instruction, TOPIC_EXPERT: TOPIC_EXPERT}
-    types = {TOPIC_PRIMARY: "sensor_msgs/msg/Image", TOPIC_WRIST: "sensor_msgs/msg/Image",
-             TOPIC_JOINTS: "sensor_msgs/msg/JointState", TOPIC_INSTRUCTION: "std_msgs/msg/String",
-             TOPIC_EXPERT: "std_msgs/msg/Float64MultiArray"}
     records.sort(key=lambda r: r[1])
-    _write_part(bag, Recording(), store, {k: (bag_name(named[k]), types[k]) for k in named}, records)
+    write_records(bag, recording, store, records)
     return {"bag": str(bag), "episodes": results, "successes": sum(r["success"] for r in results)}

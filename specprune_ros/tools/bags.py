@@ -67,7 +67,7 @@ def _time(store, ns: int):
     return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
 
 
-def _header(store, ns: int, frame: str):
+def stamp_header(store, ns: int, frame: str):
     return store.types["std_msgs/msg/Header"](stamp=_time(store, ns), frame_id=frame)
 
 
@@ -117,20 +117,12 @@ def write_synthetic_bag(out: str | Path, steps: int = 60, storage: str = "mcap",
         raise BagError(f"--steps {steps}: an episode needs at least 2 steps")
     store = typestore()
     T = store.types
-    JointState, String = T["sensor_msgs/msg/JointState"], T["std_msgs/msg/String"]
-    Array, Layout = T["std_msgs/msg/Float64MultiArray"], T["std_msgs/msg/MultiArrayLayout"]
-    image_type = T["sensor_msgs/msg/CompressedImage" if rec.image_format == "jpeg" else "sensor_msgs/msg/Image"]
-    names = rec.topics or _DEFAULT
-    named = {TOPIC_PRIMARY: names.image_primary, TOPIC_WRIST: names.image_wrist, TOPIC_JOINTS: names.joint_states,
-             TOPIC_INSTRUCTION: names.instruction, TOPIC_EXPERT: TOPIC_EXPERT}
-    types = {TOPIC_PRIMARY: image_type, TOPIC_WRIST: image_type, TOPIC_JOINTS: JointState,
-             TOPIC_INSTRUCTION: String, TOPIC_EXPERT: Array}
     shift = 0 if rec.header_clock_s is None else int(rec.header_clock_s * 1e9) - start_ns
 
     def header(ns, frame):
-        return _header(store, 0 if rec.zero_stamps else ns + shift, frame)
+        return stamp_header(store, 0 if rec.zero_stamps else ns + shift, frame)
 
-    records: list[tuple[str, int, Any]] = [(TOPIC_INSTRUCTION, start_ns, String(data=INSTRUCTION))]
+    records: list[tuple[str, int, Any]] = [(TOPIC_INSTRUCTION, start_ns, T["std_msgs/msg/String"](data=INSTRUCTION))]
     frames = episode(steps, seed)
     for i, step in enumerate(frames):
         t = start_ns + (i + 1) * STEP_NS
@@ -138,27 +130,44 @@ def write_synthetic_bag(out: str | Path, steps: int = 60, storage: str = "mcap",
         for j in range(JOINT_RATE):            # joint states between frames, interpolated
             tj = t + j * STEP_NS // JOINT_RATE
             q = step.joints + (nxt - step.joints) * j / JOINT_RATE
-            records.append((TOPIC_JOINTS, tj, JointState(header=header(tj, "base_link"), name=list(JOINT_NAMES),
-                                                         position=np.asarray(q, np.float64),
-                                                         velocity=np.zeros(0), effort=np.zeros(0))))
+            records.append((TOPIC_JOINTS, tj, joint_state_message(T, header(tj, "base_link"), JOINT_NAMES, q)))
         for topic, img, frame in ((TOPIC_PRIMARY, step.primary, "camera_primary"),
                                   (TOPIC_WRIST, step.wrist, "camera_wrist")):
-            records.append((topic, t + 2_000_000, _camera_message(T, rec, header(t, frame), img)))
-        records.append((TOPIC_EXPERT, t, Array(layout=Layout(dim=[], data_offset=0),
-                                               data=step.action.astype(np.float64))))
+            records.append((topic, t + 2_000_000, camera_message(T, rec, header(t, frame), img)))
+        records.append((TOPIC_EXPERT, t, command_message(T, step.action)))
     parts = np.array_split(np.arange(len(records)), rec.split)
     out.mkdir(parents=True)
     metadata = []
     for k, index in enumerate(parts):
         part = out / f"part_{k}"
-        _write_part(part, rec, store, {key: (bag_name(named[key]), types[key].__msgtype__) for key in named},
-                    [records[i] for i in index])
+        write_records(part, rec, store, [records[i] for i in index])
         metadata.append(part)
     _merge_parts(out, metadata)
     return out
 
 
-def _camera_message(T, rec: Recording, header, img: np.ndarray):
+def episode_connections(rec: Recording) -> dict[str, tuple[str, str]]:
+    """The topics of an episode bag, by the node's default name: (topic as recorded, message type)."""
+    names = rec.topics or _DEFAULT
+    image = "sensor_msgs/msg/CompressedImage" if rec.image_format == "jpeg" else "sensor_msgs/msg/Image"
+    return {TOPIC_PRIMARY: (bag_name(names.image_primary), image), TOPIC_WRIST: (bag_name(names.image_wrist), image),
+            TOPIC_JOINTS: (bag_name(names.joint_states), "sensor_msgs/msg/JointState"),
+            TOPIC_INSTRUCTION: (bag_name(names.instruction), "std_msgs/msg/String"),
+            TOPIC_EXPERT: (TOPIC_EXPERT, "std_msgs/msg/Float64MultiArray")}
+
+
+def joint_state_message(T, header, names, positions):
+    return T["sensor_msgs/msg/JointState"](header=header, name=list(names), position=np.asarray(positions, np.float64),
+                                           velocity=np.zeros(0), effort=np.zeros(0))
+
+
+def command_message(T, values):
+    """The executed (or commanded) action, as recorded on /expert_action."""
+    return T["std_msgs/msg/Float64MultiArray"](layout=T["std_msgs/msg/MultiArrayLayout"](dim=[], data_offset=0),
+                                               data=np.asarray(values, np.float64))
+
+
+def camera_message(T, rec: Recording, header, img: np.ndarray):
     import cv2
 
     if rec.image_format == "jpeg":
@@ -173,9 +182,11 @@ def _camera_message(T, rec: Recording, header, img: np.ndarray):
                                       step=w * c, data=img.reshape(-1).copy())
 
 
-def _write_part(path: Path, rec: Recording, store, connections: dict[str, tuple[str, str]],
-                records: list[tuple[str, int, Any]]) -> None:
+def write_records(path: Path, rec: Recording, store, records: list[tuple[str, int, Any]]) -> None:
+    """(node topic key, receive time ns, message) records as one bag, recorded as ``rec`` says."""
     from rosbags.rosbag2 import CompressionFormat, CompressionMode, Writer
+
+    connections = episode_connections(rec)
 
     writer = Writer(path, version=9, storage_plugin=_storage(rec.storage))
     if rec.compression != "none":                 # before open: rosbags refuses it after

@@ -25,6 +25,7 @@ from ..observation import Observation
 from ..policy import PolicyOutput, SpecPrunePolicy
 from ..sensing.assembly import ObservationAssembler, stamp_nanoseconds
 from .bags import IMAGE_TYPES, TOPIC_EXPERT, BagError, BagMessage, BagReader, bag_name
+from .progress import progress_bar
 
 EXPERT_TYPES = ("std_msgs/msg/Float64MultiArray", "std_msgs/msg/Float32MultiArray")
 
@@ -375,7 +376,7 @@ def replay(bag: str | Path, out: str | Path, config: Config, compare: bool = Tru
     from .report import write_plots, write_report
 
     bag, out = Path(bag), Path(out)
-    progress = _progress_bar if show_progress else None
+    progress = progress_bar("replay", "steps") if show_progress else None
     run = run_replay(bag, config, compare, progress, motion, start_s, duration_s, max_steps)
     if show_progress:
         print(file=sys.stderr)
@@ -400,13 +401,6 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, tuple):
         return list(value)
     raise TypeError(type(value).__name__)
-
-
-def _progress_bar(done: int, total: int) -> None:
-    width = 30
-    filled = int(width * done / max(total, 1))
-    print(f"\rreplay [{'#' * filled}{'.' * (width - filled)}] {done}/{total} steps", end="", file=sys.stderr,
-          flush=True)
 
 
 def write_output_bag(run: ReplayRun, path: Path, dt: float) -> Path:

@@ -110,7 +110,7 @@ class FrameHistory:
         period; True if kept."""
         if isinstance(item, torch.Tensor) and item.shape != self.items.shape[1:]:
             raise ValueError(f"item has shape {tuple(item.shape)}, the history holds {tuple(self.items.shape[1:])}")
-        if self.stamps and math.floor(stamp / action_dt) <= math.floor(self.stamps[-1] / action_dt):
+        if self.stamps and _period(stamp, action_dt) <= _period(self.stamps[-1], action_dt):
             return False
         if len(self.stamps) == self.capacity:
             slot = self._slots.pop(0)
@@ -147,3 +147,8 @@ class FrameHistory:
                 return self.closest(target, before)
             self.items[best[0]].copy_(item, non_blocking=True)
         return self.items[best[0]], best[1]
+
+
+def _period(stamp: float, action_dt: float) -> int:
+    """The action period a stamp falls in; 1 ns of slack so 0.3 / 0.1 = 2.9999999999999996 is period 3."""
+    return math.floor(stamp / action_dt + 1e-9)

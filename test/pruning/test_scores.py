@@ -123,8 +123,10 @@ def test_log_space_entropy_equals_the_direct_computation(layers, heads, m, n_vis
     p = attn / attn.sum(-1, keepdim=True)
     entropy = -(p * p.log()).nan_to_num().sum(-1).mean(dim=(-2, -1))
     torch.testing.assert_close(fast.scores.double(), attn.mean(dim=(-3, -2)), rtol=1e-4, atol=1e-7)
-    torch.testing.assert_close(fast.confidence.double(), 1.0 / (entropy + 1e-6), rtol=1e-3, atol=1e-4)
+    # Compared as entropies: 1 / (entropy + eps) is ill-conditioned when one vision token holds all
+    # the mass (entropy ~1e-5: float32's last bits move the reciprocal by percents).
+    torch.testing.assert_close(1.0 / fast.confidence.double() - 1e-6, entropy, rtol=1e-3, atol=1e-5)
     # The simple reference implementation agrees wherever the vision tokens hold real mass.
     if attn.sum(-1).min() > 1e-4:
         direct = layer_confidence(attn.float(), attn.float().mean(dim=(-3, -2)), "entropy")
-        torch.testing.assert_close(fast.confidence, direct, rtol=1e-3, atol=1e-4)
+        torch.testing.assert_close(1.0 / fast.confidence, 1.0 / direct, rtol=1e-3, atol=1e-5)

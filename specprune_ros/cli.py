@@ -240,11 +240,14 @@ def cmd_sim_train(args: argparse.Namespace) -> int:
     bar = progress_bar("train", "steps")
 
     def show(step: int, total: int, loss: float) -> None:
-        bar(step, total, f"loss {loss:.4f}")
+        if interactive:
+            bar(step, total, f"loss {loss:.4f}")
+        elif step % 50 == 0 or step == total:          # a log file (background run): one line per 50 steps
+            print(f"step {step}/{total} loss {loss:.4f}", file=sys.stderr, flush=True)
 
-    config = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
-                         checkpoint_every=args.checkpoint_every)
-    trainer = Trainer(args.data, args.out, config, progress=show if interactive else None)
+    given = {k: getattr(args, k) for k in ("steps", "batch", "lr", "seed", "checkpoint_every")}
+    config = TrainConfig(**{k: v for k, v in given.items() if v is not None})
+    trainer = Trainer(args.data, args.out, config, progress=None if args.json else show)
     resumed = trainer.resume()
     if resumed and interactive:
         print(f"resuming at step {trainer.step} from {args.out}", file=sys.stderr)
@@ -406,11 +409,12 @@ def build_parser() -> argparse.ArgumentParser:
     q = add_sim("train", cmd_sim_train, "train the small OpenVLA-OFT model on demonstrations (resumable)")
     q.add_argument("data", help="demonstration directory (sim collect)")
     q.add_argument("--out", required=True, help="run directory: train_state.pt, loss.png, train.json, model/")
-    q.add_argument("--steps", type=positive_int, default=3000)
-    q.add_argument("--batch", type=positive_int, default=8)
-    q.add_argument("--lr", type=float, default=3e-4)
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--checkpoint-every", type=positive_int, default=100)
+    # Defaults live in sim.train.TrainConfig (not imported here: it needs torch).
+    q.add_argument("--steps", type=positive_int, help="optimizer steps (default: TrainConfig's)")
+    q.add_argument("--batch", type=positive_int, help="samples per optimizer step")
+    q.add_argument("--lr", type=float, help="peak learning rate (warm-up, then cosine)")
+    q.add_argument("--seed", type=int)
+    q.add_argument("--checkpoint-every", type=positive_int)
     q = add_sim("record", cmd_sim_record, "closed-loop episodes of a model as a rosbag2 on the node's topics")
     q.add_argument("bag", help="new bag directory")
     q.add_argument("--model", required=True, help="checkpoint directory or tiny-random")

@@ -109,22 +109,31 @@ class OpenVLAOFT(nn.Module):
         return TokenLayout(seq_len=seq_len, vision_start=1, num_cameras=num_cameras, text_positions=text,
                            grid=(grid, grid))
 
-    def embed(self, pixels: torch.Tensor, proprio: torch.Tensor | None, prompt: EncodedPrompt) -> torch.Tensor:
-        """(1, seq_len, D) input embeddings; ``pixels`` is (cameras, 6, H, W)."""
+    def embed(self, pixels: torch.Tensor, proprio: torch.Tensor | None,
+              prompt: EncodedPrompt | list[EncodedPrompt]) -> torch.Tensor:
+        """(B, seq_len, D) input embeddings.
+
+        One sample (the robot): ``pixels`` (cameras, 6, H, W), ``proprio`` (P,), one prompt.
+        A batch (training): ``pixels`` (B, cameras, 6, H, W), ``proprio`` (B, P) and B prompts of
+        one token length (their layouts are then identical).
+        """
         llm = self.llm
         dtype = llm.embed_tokens.weight.dtype
-        ids = self.prompt_ids(prompt, pixels.device)
-        patches = self.projector(self.vision_backbone(pixels.to(dtype)))           # (C, P, D)
-        patches = patches.reshape(1, -1, patches.shape[-1])
-        text = llm.embed_tokens(ids).unsqueeze(0)                                 # prompt + </s>
+        prompts = list(prompt) if isinstance(prompt, (list, tuple)) else [prompt]
+        batch = len(prompts)
+        if len({len(p.ids) for p in prompts}) != 1:
+            raise ValueError("a batch needs prompts of one token length")
+        ids = torch.stack([self.prompt_ids(p, pixels.device) for p in prompts])       # (B, prompt + </s>)
+        patches = self.projector(self.vision_backbone(pixels.reshape(-1, *pixels.shape[-3:]).to(dtype)))
+        patches = patches.reshape(batch, -1, patches.shape[-1])                    # (B, C*P, D)
+        text = llm.embed_tokens(ids)
         parts = [text[:, :1], patches]
         if self.proprio_projector is not None:
             if proprio is None:
                 raise ValueError("this model needs the proprio state")
-            parts.append(self.proprio_projector(proprio.to(dtype).view(1, 1, -1)))
-        stop = llm.embed_tokens(ids[-1:]).unsqueeze(0)
-        slots = torch.zeros(1, self.config.num_action_tokens, text.shape[-1], device=text.device, dtype=dtype)
-        return torch.cat(parts + [text[:, 1:-1], slots, stop], dim=1)
+            parts.append(self.proprio_projector(proprio.to(dtype).reshape(batch, 1, -1)))
+        slots = torch.zeros(batch, self.config.num_action_tokens, text.shape[-1], device=text.device, dtype=dtype)
+        return torch.cat(parts + [text[:, 1:-1], slots, text[:, -1:]], dim=1)
 
     def _cached(self, key: tuple, make) -> torch.Tensor:
         """Small device tensors made once per prompt / layout: a host-to-device copy queued
@@ -191,8 +200,17 @@ class OpenVLAOFT(nn.Module):
         layout = self.layout(prompt, pixels.shape[0])
         x = self.embed(pixels, proprio, prompt)
         hidden, info = self.forward_llm(x, layout, pruning, engine, plan, watch)
-        actions = self.action_head(self.action_head_input(hidden).to(self._head_dtype()))
-        return actions[0].float(), info
+        return self.actions(hidden)[0], info
+
+    def predict_batch(self, pixels: torch.Tensor, proprio: torch.Tensor | None,
+                      prompts: list[EncodedPrompt]) -> torch.Tensor:
+        """Unpruned chunks (B, chunk_size, action_dim) of a batch (training; see ``embed``)."""
+        hidden, _ = self.forward_llm(self.embed(pixels, proprio, prompts), self.layout(prompts[0], pixels.shape[1]))
+        return self.actions(hidden)
+
+    def actions(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The action head on the final-normed hidden states: (B, chunk_size, action_dim) float32."""
+        return self.action_head(self.action_head_input(hidden).to(self._head_dtype())).float()
 
     def _head_dtype(self) -> torch.dtype:
         return self.action_head.model.fc1.weight.dtype

@@ -101,3 +101,23 @@ def test_layer_indices_beyond_the_model_are_rejected(tiny, tiny_inputs):
     plan = engine.begin_step(frames, None, 0.0)
     with pytest.raises(ValueError, match=r"pruning.global_layers = \[15, 40\]: the model has 32 layers"):
         tiny.model.predict(pixels, proprio, prompt, cfg.pruning, engine, plan)
+
+
+@torch.inference_mode()
+def test_a_batch_predicts_what_each_sample_predicts_alone(tiny, tiny_inputs):
+    """Training runs batches (predict_batch); the robot runs one sample (predict): same numbers."""
+    from specprune_ros.model.prompt import encode_prompt
+    _, pixels, proprio, prompt = tiny_inputs
+    model = tiny.model
+    other = encode_prompt(tiny.tokenizer, "put the blue ball in the bowl")
+    same_length = other if len(other.ids) == len(prompt.ids) else prompt
+    batch_pixels = torch.stack([pixels, pixels.flip(-1)])
+    batch_proprio = torch.stack([proprio, -proprio])
+    got = model.predict_batch(batch_pixels, batch_proprio, [prompt, same_length])
+    for i, p in enumerate((prompt, same_length)):
+        alone, _ = model.predict(batch_pixels[i], batch_proprio[i], p)
+        torch.testing.assert_close(got[i], alone, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(got[0], got[1])                 # the samples really differ
+    with pytest.raises(ValueError, match="one token length"):
+        longer = encode_prompt(tiny.tokenizer, "put the blue ball in the bowl next to the red cube please")
+        model.predict_batch(batch_pixels, batch_proprio, [prompt, longer])

@@ -1,5 +1,7 @@
 """Training the small OpenVLA-OFT model on demonstrations: the loss falls, a run resumes, and the
 result loads through the released-layout loader and acts in the environment."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -11,7 +13,15 @@ from specprune_ros.observation import Observation  # noqa: E402
 from specprune_ros.policy import SpecPrunePolicy  # noqa: E402
 from specprune_ros.sim.collect import DemoError, collect  # noqa: E402
 from specprune_ros.sim.env import TabletopEnv, seed_range  # noqa: E402
-from specprune_ros.sim.train import STATE_FILE, TrainConfig, Trainer, action_chunk, normalize_actions  # noqa: E402
+from specprune_ros.sim.train import (  # noqa: E402
+    PARAMS_FILE,
+    STATE_FILE,
+    TrainConfig,
+    Trainer,
+    action_chunk,
+    layer_knobs,
+    normalize_actions,
+)
 
 FAST = TrainConfig(steps=8, batch=3, lr=1e-3, warmup=1, checkpoint_every=4)
 
@@ -31,10 +41,13 @@ def test_a_short_run_lowers_the_loss_and_writes_a_loadable_model(demos, tmp_path
         assert (tmp_path / "run" / name).is_file()
     loaded = load_checkpoint(summary["model"], device="cpu")
     assert loaded.model.config.center_crop is False and loaded.stats.key == "sim_tabletop"
+    # The model's depth is not the release's: it ships the layer knobs that fit it.
+    config = Config.from_yaml(Path(summary["model"]) / PARAMS_FILE)
+    assert config.pruning.enabled and max(config.pruning.global_layers) == loaded.model.config.llm.layers
 
     env = TabletopEnv()                                  # the trained model acts in the environment
     obs, info = env.reset(seed=seed_range("test")[0])
-    policy = SpecPrunePolicy(loaded, Config())
+    policy = SpecPrunePolicy(loaded, config)
     for step in range(3):
         out = policy.step(Observation([obs["primary"], obs["wrist"]], obs["proprio"], info["instruction"],
                                       stamp=0.1 * step))
@@ -72,3 +85,11 @@ def test_normalization_and_chunks():
     np.testing.assert_allclose(stats.unnormalize_actions(n)[0, :4], a[0, :4], atol=1e-9)
     actions = np.arange(10)[:, None].repeat(7, 1)
     assert action_chunk(actions, 7, 8)[:, 0].tolist() == [7, 8, 9, 9, 9, 9, 9, 9]
+
+
+def test_layer_knobs_map_the_paper_choices_in_proportion():
+    assert layer_knobs(32) == {"pruning.local_layers": 2, "pruning.global_layers": [15, 32],
+                               "pruning.dynamic_layers": [5, 10, 15, 20]}
+    assert layer_knobs(16) == {"pruning.local_layers": 1, "pruning.global_layers": [8, 16],
+                               "pruning.dynamic_layers": [3, 5, 8, 10]}
+    Config().replace(**layer_knobs(8))                   # still a valid configuration when shallower

@@ -9,12 +9,15 @@ import argparse
 import json
 import math
 import sys
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import yaml
 
 from .config import Config, ConfigError
 from .model.config import PRESETS
+
+DEMO_MODEL = "sim-tabletop"
 
 
 class CliError(Exception):
@@ -97,24 +100,42 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """make-bag -> replay with tiny-random (pruned vs unpruned) -> table."""
+    """The shipped sim model: closed loop pruned vs unpruned, then a recorded episode replayed."""
     import shutil
-    from pathlib import Path
 
-    from .tools.bags import write_synthetic_bag
+    from .model.checkpoint import SHIPPED_MODELS
+    from .sim.env import seed_range
+    from .sim.evaluate import TABLE_HEADER, evaluate, parse_methods, table_rows
+    from .sim.record import record
+    from .sim.train import PARAMS_FILE
+    from .tools.progress import progress_bar
     from .tools.replay import replay
 
     out = Path(args.out)
-    bag = out / "episode"
+    interactive = not args.json and sys.stderr.isatty()
+    model = Path(SHIPPED_MODELS[DEMO_MODEL])
+    if not (model / PARAMS_FILE).is_file():
+        raise ConfigError(f"{model}: the shipped {DEMO_MODEL} model is not in this checkout (train one with "
+                          f"`specprune sim train`, see README)")
+    cfg = Config.from_yaml(model / PARAMS_FILE).replace(model_path=DEMO_MODEL, device="cpu")
+    seeds = list(seed_range("test"))[:args.episodes]
+    show = progress_bar("closed loop", "episodes") if interactive else None
+    closed = evaluate(cfg, parse_methods("none,specprune@0.8"), seeds, out / "closed_loop", 1, show)
+    if show:
+        print(file=sys.stderr)
+    bag = out / "sim_episode"
     if bag.exists():
         shutil.rmtree(bag)
-    write_synthetic_bag(bag, steps=args.steps, storage="mcap", seed=0)
-    cfg = Config().replace(model_path="tiny-random", device="cpu")
-    # The random tiny model's predictions carry no motion: the controller reads the recorded command.
-    summary = replay(bag, out / "replay", cfg, compare=True, show_progress=not args.json and sys.stderr.isatty(),
-                     motion="recorded")
-    _emit(args, summary, f"SpecPrune-VLA demo: {args.steps}-step synthetic episode, built-in tiny model, "
-                         f"pruned vs unpruned\n{_table(summary)}\nreport: {summary['report']}")
+    record(bag, cfg, 1, "test")
+    summary = replay(bag, out / "replay", cfg, compare=True, show_progress=interactive)
+    rows = [TABLE_HEADER[:6]] + [row[:6] for row in table_rows(closed["methods"])]
+    widths = [max(len(row[i]) for row in rows) for i in range(6)]
+    text = "\n".join("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows)
+    _emit(args, {"closed_loop": closed, "replay": summary},
+          f"SpecPrune-VLA demo on the shipped sim-tabletop model (CPU)\n"
+          f"closed loop, {len(seeds)} test episodes per method:\n{text}\n"
+          f"replay of a recorded closed-loop episode ({bag}), pruned vs unpruned:\n{_table(summary)}\n"
+          f"reports: {out / 'closed_loop' / 'report.html'}, {summary['report']}")
     return 0
 
 
@@ -261,32 +282,22 @@ def cmd_sim_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sim_eval(args: argparse.Namespace) -> int:
-    from .model.checkpoint import load_checkpoint
-    from .policy import SpecPrunePolicy
     from .sim.env import seed_range
-    from .sim.rollout import evaluate
+    from .sim.evaluate import TABLE_HEADER, evaluate, parse_methods, table_rows
     from .tools.progress import progress_bar
 
     cfg = _config(args).replace(model_path=args.model)
-    node = cfg.node
-    loaded = load_checkpoint(node.model_path, node.device, node.dtype, node.unnorm_key)
+    methods = parse_methods(args.methods)
     seeds = list(seed_range(args.split))[:args.episodes]
-    results, lines = {}, []
-    for label, enabled in (("unpruned", False), ("specprune", True)):
-        if args.pruning != "both" and (args.pruning == "on") != enabled:
-            continue
-        policy = SpecPrunePolicy(loaded, cfg.replace(**{"pruning.enabled": enabled}))
-        show = progress_bar(label) if not args.json and sys.stderr.isatty() else None
-        r = evaluate(policy, seeds, show)
-        if show:
-            print(file=sys.stderr)
-        results[label] = r
-        low, high = r["success_ci95"]
-        lines.append(f"  {label:10s} success {100 * r['success_rate']:5.1f} % [{100 * low:.0f}, {100 * high:.0f}] "
-                     f"({r['successes']}/{r['episodes']}), step {r['latency_ms_mean']:.1f} ms, "
-                     f"tokens kept {r['kept_tokens_mean']:.0f}, LLM FLOPs {r['flops_ratio_mean']:.3f}")
-    _emit(args, {"model": args.model, "split": args.split, "results": results},
-          f"closed loop on {len(seeds)} {args.split} seeds, {args.model}:\n" + "\n".join(lines))
+    show = progress_bar("eval", "episodes") if not args.json and sys.stderr.isatty() else None
+    result = evaluate(cfg, methods, seeds, args.out, args.workers, show)
+    if show:
+        print(file=sys.stderr)
+    rows = [TABLE_HEADER] + table_rows(result["methods"])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_HEADER))]
+    text = "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows)
+    _emit(args, result, f"closed loop on {len(seeds)} {args.split} seeds per method, {args.model}:\n{text}\n"
+                        f"report: {args.out}/report.html")
     return 0
 
 
@@ -328,9 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add = _adder(sub)
 
-    p = add("demo", cmd_demo, "the main job on the embedded default (synthetic bag, tiny model, pruned vs unpruned)")
+    p = add("demo", cmd_demo, "the shipped sim model: closed loop pruned vs unpruned, then replay of a recorded "
+                               "episode")
     p.add_argument("--out", default="demo_out", help="output directory (default demo_out/)")
-    p.add_argument("--steps", type=positive_int, default=60, help="episode length (default 60)")
+    p.add_argument("--episodes", type=positive_int, default=6, help="closed-loop test episodes per method")
 
     p = add("make-bag", cmd_make_bag, "write a synthetic, seeded episode as a rosbag2 on the node's topics")
     p.add_argument("out", help="new bag directory")
@@ -425,7 +437,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--model", required=True, help="checkpoint directory (released layout), e.g. sim train's model/")
     q.add_argument("--episodes", type=positive_int, default=50)
     q.add_argument("--split", choices=("train", "validation", "test"), default="test")
-    q.add_argument("--pruning", choices=("on", "off", "both"), default="both")
+    q.add_argument("--methods", default="none,specprune@0.8",
+                   help="comma-separated name[@alpha]: none, specprune, random, fastv (R matched to specprune@alpha, "
+                        "listed before it), specprune-noglobal/-nodiff/-nolayer/-nocontroller/-meanstd")
+    q.add_argument("--workers", type=positive_int, default=1, help="episodes in parallel processes")
+    q.add_argument("--out", default="sim_eval", help="output directory: results.json, episodes.csv, plots, "
+                                                     "report.html")
     config_args(q)
 
     p = add("write-tiny-checkpoint", cmd_write_tiny_checkpoint,

@@ -56,7 +56,15 @@ def knob(default: Any, description: str, **spec: Any) -> Any:
 class PruningConfig:
     """SpecPrune-VLA knobs; defaults follow docs/specprune.md (paper / authors' code)."""
 
-    enabled: bool = knob(True, "Run SpecPrune-VLA; false runs the plain OpenVLA-OFT forward.")
+    enabled: bool = knob(True, "Prune vision tokens with pruning.method; false runs the plain OpenVLA-OFT forward.")
+    method: str = knob("specprune", "Pruning rule: specprune (this method); random (SpecPrune's per-camera, "
+                       "per-layer token counts, tokens chosen at random: a matched-budget baseline); fastv "
+                       "(FastV: after layer fastv_layer keep the fastv_tokens vision tokens the instruction "
+                       "attends to most).", choices=("specprune", "random", "fastv"))
+    fastv_layer: int = knob(2, "FastV's K: the 1-based LLM layer after which it prunes (FastV: 2).",
+                            low=1, high=1024)
+    fastv_tokens: int = knob(160, "FastV's R: vision tokens kept over all cameras (sim eval matches it to "
+                             "SpecPrune's mean kept count).", low=1, high=8192)
     alpha: float = knob(0.8, "Global pruning strength: every K is scaled by alpha (paper main table: 0.8).",
                         low=0.05, high=4.0)
     k_global: int = knob(30, "K_G: tokens per camera taken from the previous step's global-layer scores.",

@@ -23,12 +23,13 @@ from .config import Config, ConfigError, iter_specs
 from .model.checkpoint import LoadedPolicyModel, load_checkpoint
 from .model.config import dimension_names
 from .model.flops import flops_ratio
-from .model.openvla_oft import Stopwatch, check_layers
 from .model.processing import ImageProcessor
 from .model.prompt import EncodedPrompt, encode_prompt
 from .observation import Observation, ObservationError
-from .pruning.engine import SpecPruneEngine
 from .pruning.frames import executed_actions
+from .pruning.layout import TokenLayout
+from .pruning.stopwatch import Stopwatch
+from .pruning.strategy import PruningStrategy, check_layers, make_strategy
 
 READ_ONLY = frozenset(name for name, spec in iter_specs() if spec.read_only)
 
@@ -40,6 +41,7 @@ class StepStats:
     step: int = 0
     stamp: float = 0.0
     pruning_enabled: bool = False
+    method: str = "none"                  # pruning.method of the step, "none" when disabled
     fine_mode: bool = False
     entered_fine: bool = False
     alpha: float = 0.0
@@ -108,6 +110,10 @@ class SpecPrunePolicy:
         self.config = config
         self.device = next(self.model.parameters()).device
         mcfg = self.model.config
+        if mcfg.num_images is not None and mcfg.num_images != config.node.num_images:
+            raise ConfigError(f"num_images = {config.node.num_images}: the model {loaded.source} was trained with "
+                              f"{mcfg.num_images} camera(s) (config.json oft_config.num_images); set num_images: "
+                              f"{mcfg.num_images} and give it that many image topics")
         check_layers(config.pruning, mcfg.llm.layers)
         rotations = (config.node.rotation_primary, config.node.rotation_wrist)
         self.processor = ImageProcessor(mcfg.image_size, mcfg.center_crop, rotations, self.device,
@@ -115,7 +121,7 @@ class SpecPrunePolicy:
                                         resize=config.node.image_resize)
         self._pending: Config | None = None
         self._lock = threading.Lock()
-        self._engine: SpecPruneEngine | None = None
+        self._strategy: PruningStrategy | None = None
         self._prompt: tuple[str, EncodedPrompt] | None = None
         self._previous_action: np.ndarray | None = None
         self._previous_stamp: float | None = None
@@ -140,8 +146,8 @@ class SpecPrunePolicy:
 
     def reset(self) -> None:
         """Episode start: no prior attention, no frame history, coarse mode, step counter 0."""
-        if self._engine is not None:
-            self._engine.reset()
+        if self._strategy is not None:
+            self._strategy.reset()
         self._previous_action = None
         self._previous_stamp = None
         self._step = 0
@@ -150,8 +156,11 @@ class SpecPrunePolicy:
         with self._lock:
             pending, self._pending = self._pending, None
         if pending is not None:
-            if self._engine is not None:
-                self._engine.configure(pending)
+            if self._strategy is not None:
+                if pending.pruning.method != self._strategy.method:
+                    self._strategy = None          # another rule: built at the next pruned step, fresh
+                else:
+                    self._strategy.configure(pending)
             self.config = pending
 
     def _encoded(self, instruction: str) -> EncodedPrompt:
@@ -195,33 +204,34 @@ class SpecPrunePolicy:
         watch = Stopwatch(self.device)
         stats = StepStats(step=self._step, stamp=obs.stamp, pruning_enabled=cfg.pruning.enabled,
                           alpha=cfg.pruning.alpha, vision_tokens_total=layout.num_vision)
+        pruner = None
         if cfg.pruning.enabled:
-            engine = self._engine_for(layout)
-            self._observe_history(engine, obs, watch)
-            with watch:
-                plan = engine.begin_step(frames, self._executed_motion(obs), obs.stamp)
-            actions, info = self.model.predict(pixels, proprio, prompt, cfg.pruning, engine, plan, watch)
-            stats.fine_mode, stats.entered_fine = plan.decision.fine, plan.decision.entered_fine
-            stats.translation_speed = plan.decision.motion.translation_speed
-            stats.rotation_speed = plan.decision.motion.rotation_speed
-            stats.history_frames, stats.history_age_s = plan.history_frames, plan.history_age_s
-            stats.fallback_reason = plan.reason if plan.reason != "disabled" else ""
-            if gap:
-                stats.fallback_reason = "input gap"
-            if info.fallback:
+            strategy = self._strategy_for(layout)
+            self._observe_history(strategy, obs, watch)
+            pruner = strategy.begin_step(frames, self._executed_motion(obs), obs.stamp, layout, watch)
+            stats.method = strategy.method
+        elif self._strategy is not None:
+            self._strategy.reset()     # re-enabling starts from a fresh prior
+        actions, tokens_per_layer = self.model.predict(pixels, proprio, prompt, pruner)
+        selection = recall = None
+        if pruner is not None:
+            selection, recall = pruner.selection, pruner.recall
+            plan = pruner.plan
+            if plan is not None:
+                stats.fine_mode, stats.entered_fine = plan.decision.fine, plan.decision.entered_fine
+                stats.translation_speed = plan.decision.motion.translation_speed
+                stats.rotation_speed = plan.decision.motion.rotation_speed
+                stats.history_frames, stats.history_age_s = plan.history_frames, plan.history_age_s
+            stats.fallback_reason = "input gap" if gap else pruner.reason
+            if pruner.fallback:
                 stats.fallback_reason = "scene cut"
-        else:
-            if self._engine is not None:
-                self._engine.reset()   # re-enabling starts from a fresh prior
-            actions, info = self.model.predict(pixels, proprio, prompt)
 
         # One transfer at the end of the step: actions and the small stats tensors.
         extras = [actions.reshape(-1)]
-        selection = info.selection
         if selection is not None:
             extras += [selection.counts().float(), selection.kept.reshape(-1).float()]
-        if info.recall is not None:
-            extras.append(info.recall.float().view(1))
+        if recall is not None:
+            extras.append(recall.float().view(1))
         host = torch.cat([e.to(torch.float32) for e in extras]).cpu().numpy()
         n_act = mcfg.chunk_size * mcfg.action_dim
         normalized = host[:n_act].reshape(mcfg.chunk_size, mcfg.action_dim)
@@ -240,10 +250,10 @@ class SpecPrunePolicy:
             offset += selection.kept.numel()
         else:
             stats.vision_tokens_kept = layout.num_vision
-        if info.recall is not None:
+        if recall is not None:
             stats.global_recall = float(host[offset])
-        stats.tokens_per_layer = info.tokens_per_layer
-        stats.flops_ratio = flops_ratio(self.model.config.llm, info.tokens_per_layer)
+        stats.tokens_per_layer = tokens_per_layer
+        stats.flops_ratio = flops_ratio(self.model.config.llm, tokens_per_layer)
         actions_out = self.loaded.stats.unnormalize_actions(normalized).astype(np.float32)
 
         self._previous_action = normalized
@@ -253,7 +263,7 @@ class SpecPrunePolicy:
         stats.latency_ms = (time.perf_counter() - start) * 1e3
         return PolicyOutput(actions_out, normalized, stats, frames, kept_mask)
 
-    def _observe_history(self, engine: SpecPruneEngine, obs: Observation, watch: Stopwatch) -> None:
+    def _observe_history(self, strategy: PruningStrategy, obs: Observation, watch: Stopwatch) -> None:
         """Frames that arrived since the previous step join the history (never acted on).
 
         Each is decoded and preprocessed only if it becomes the frame compared (one per step at
@@ -262,7 +272,7 @@ class SpecPrunePolicy:
         for past in obs.history:
             if past.stamp < obs.stamp:
                 with watch:
-                    engine.observe(past.stamp, lambda past=past: self.processor.frames(past.load()))
+                    strategy.observe(past.stamp, lambda past=past: self.processor.frames(past.load()))
 
     def _executed_motion(self, obs: Observation) -> np.ndarray | None:
         """The actions executed since the previous step: measured ones if the observation has
@@ -274,11 +284,13 @@ class SpecPrunePolicy:
         return executed_actions(self._previous_action, obs.stamp - self._previous_stamp,
                                 self.config.node.action_dt)
 
-    def _engine_for(self, layout) -> SpecPruneEngine:
-        if self._engine is None or self._engine.layout.num_cameras != layout.num_cameras:
+    def _strategy_for(self, layout: TokenLayout) -> PruningStrategy:
+        """The configured rule's state, made at its first pruned step (or for another camera count)."""
+        if self._strategy is None or self._strategy.layout.num_cameras != layout.num_cameras:
             size = self.model.config.image_size
-            self._engine = SpecPruneEngine(self.config, layout, (3, size, size), self.device)
-        return self._engine
+            self._strategy = make_strategy(self.config, layout, self.model.config.llm.layers, (3, size, size),
+                                           self.device)
+        return self._strategy
 
 
 def _checked_motion(motion) -> np.ndarray:

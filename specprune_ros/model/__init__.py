@@ -19,7 +19,7 @@ from .checkpoint import (
     write_tiny_checkpoint,
 )
 from .config import PRESETS, ModelConfig, preset
-from .openvla_oft import ForwardInfo, OpenVLAOFT
+from .openvla_oft import OpenVLAOFT
 
 __all__ = ["TINY_RANDOM", "CheckpointError", "LoadedPolicyModel", "load_checkpoint", "random_model",
-           "write_tiny_checkpoint", "PRESETS", "ModelConfig", "preset", "ForwardInfo", "OpenVLAOFT"]
+           "write_tiny_checkpoint", "PRESETS", "ModelConfig", "preset", "OpenVLAOFT"]

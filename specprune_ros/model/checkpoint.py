@@ -327,7 +327,8 @@ def hf_config_json(cfg: ModelConfig, statistics: dict[str, Any]) -> dict[str, An
         "vision_config": {"featurizer": vit(cfg.featurizer), "fused_featurizer": vit(cfg.fused_featurizer)},
         "oft_config": {"chunk_size": cfg.chunk_size, "action_dim": cfg.action_dim, "proprio_dim": cfg.proprio_dim,
                        "action_head_blocks": cfg.action_head_blocks, "use_proprio": cfg.use_proprio,
-                       "center_crop": cfg.center_crop},
+                       "center_crop": cfg.center_crop,
+                       **({"num_images": cfg.num_images} if cfg.num_images is not None else {})},
     }
 
 

@@ -71,6 +71,9 @@ class ModelConfig:
     image_size: int = 224
     center_crop: bool = True        # models trained with image augmentation: 90 % area crop
     name: str = "openvla-7b"
+    # Cameras the model was trained with. Released config.json files do not say (a deployment
+    # setting there, None = unknown); checkpoints written by this project do (oft_config).
+    num_images: int | None = None
 
     @property
     def vision_dim(self) -> int:
@@ -138,6 +141,7 @@ def model_config_from_hf(cfg: Mapping[str, Any]) -> ModelConfig:
         pad_token_id=int(cfg.get("pad_token_id", 32000)),
         image_size=int(image_sizes[0]),
         center_crop=bool(oft.get("center_crop", True)),
+        num_images=int(oft["num_images"]) if oft.get("num_images") is not None else None,
         name=str(cfg.get("name_or_path", cfg.get("_name_or_path", "checkpoint"))) or "checkpoint",
     )
 

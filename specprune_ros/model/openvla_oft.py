@@ -7,25 +7,17 @@ Input sequence (batch size 1, as on a robot):
 The action head reads the final-normed hidden states shifted one to the left: from the last
 prompt token through the second-to-last action slot (``[-(A+2):-2]``).
 
-Pruned forward: layers 1..local_layers on all tokens (scoring the local set), static pruning
-before the next layer (kept tokens keep their original RoPE positions), dynamic pruning after
-the configured layers, and the global layers' scores kept as the next step's prior. Attention
-stays on SDPA; scores come from the instruction rows only.
+Pruned forward: the step's ``StepPruner`` (pruning/strategy.py) is asked after every layer which
+tokens to keep; kept tokens keep their original RoPE positions. Attention stays on SDPA; a
+layer hands back its instruction queries and keys only when the pruner asks for scores.
 """
 from __future__ import annotations
-
-import time
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from ..config import PruningConfig
-from ..pruning.dynamic import LayerImportance
-from ..pruning.engine import SpecPruneEngine, StepPlan
 from ..pruning.layout import TokenLayout
-from ..pruning.scores import score_layer
-from ..pruning.static import StaticSelection
+from ..pruning.strategy import StepPruner
 from .config import ModelConfig
 from .heads import FusedGeluProjector, L1RegressionActionHead, ProprioProjector
 from .llama import LlamaBackbone
@@ -41,45 +33,6 @@ class _LanguageModel(nn.Module):
     def __init__(self, model: LlamaBackbone) -> None:
         super().__init__()
         self.model = model
-
-
-class Stopwatch:
-    """Sums the time of pruning work. On CUDA it records events, read after the step's one sync."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-        self._cpu = 0.0
-        self._events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
-        self._start: float | torch.cuda.Event | None = None
-
-    def __enter__(self) -> "Stopwatch":
-        if self.cuda:
-            self._start = torch.cuda.Event(enable_timing=True)
-            self._start.record()
-        else:
-            self._start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.cuda:
-            end = torch.cuda.Event(enable_timing=True)
-            end.record()
-            self._events.append((self._start, end))
-        else:
-            self._cpu += time.perf_counter() - self._start
-
-    def total_ms(self) -> float:
-        """Call after the device is synchronized."""
-        return self._cpu * 1e3 + sum(a.elapsed_time(b) for a, b in self._events)
-
-
-@dataclass
-class ForwardInfo:
-    tokens_per_layer: list[int] = field(default_factory=list)
-    selection: StaticSelection | None = None
-    fallback: bool = False                      # scene cut: this step kept every token
-    recall: torch.Tensor | None = None          # () global recall, NaN when not pruned
-    vision_kept: int | None = None              # vision tokens after static pruning
 
 
 class OpenVLAOFT(nn.Module):
@@ -150,62 +103,42 @@ class OpenVLAOFT(nn.Module):
         return self._cached(("ids", prompt, device),
                             lambda: torch.tensor([*prompt.ids, STOP_TOKEN_ID], device=device))
 
-    def text_index(self, layout: TokenLayout, device: torch.device) -> torch.Tensor:
-        return self._cached(("text", layout, device), lambda: layout.text_index(device))
-
     def action_head_input(self, hidden: torch.Tensor) -> torch.Tensor:
         """The shifted slice: last prompt token .. second-to-last action slot (before </s>)."""
         a = self.config.num_action_tokens
         return hidden[:, -(a + 2):-2]
 
     # ---- the forward -----------------------------------------------------------------------------------
-    def forward_llm(self, x: torch.Tensor, layout: TokenLayout, pruning: PruningConfig | None = None,
-                    engine: SpecPruneEngine | None = None, plan: StepPlan | None = None,
-                    watch: Stopwatch | None = None) -> tuple[torch.Tensor, ForwardInfo]:
-        """Final-normed hidden states and what pruning did.
+    def forward_llm(self, x: torch.Tensor, pruner: StepPruner | None = None) -> tuple[torch.Tensor, list[int]]:
+        """Final-normed hidden states and the sequence length entering each layer.
 
-        ``pruning`` None: the plain OFT forward. With ``plan.prune`` False (first step), the
-        forward is unpruned but still records the global-layer scores.
+        ``pruner`` None: the plain OFT forward. Otherwise the step's pruner is asked, layer by
+        layer, whether it wants the instruction queries / keys and which tokens to keep.
         """
-        llm, info = self.llm, ForwardInfo()
-        n_layers = len(llm.layers)
+        llm = self.llm
         cos, sin = llm.rotary(x.shape[1], x.dtype)
-        run = None
-        if pruning is not None and engine is not None and plan is not None:
-            check_layers(pruning, n_layers)
-            run = _PrunedRun(pruning, engine, plan, layout, watch or Stopwatch(x.device), info,
-                             self.text_index(layout, x.device))
-
+        tokens_per_layer = []
         for number, layer in enumerate(llm.layers, start=1):
-            if run is not None and run.pruned and number == pruning.local_layers + 1:
-                keep = run.static_prune(x.shape[1])
+            tokens_per_layer.append(x.shape[1])
+            x, qk = layer(x, cos, sin, pruner.scores_wanted(number) if pruner is not None else None)
+            keep = pruner.after_layer(number, qk, x.shape[1]) if pruner is not None else None
+            if keep is not None:
                 x, cos, sin = x[:, keep], cos[keep], sin[keep]
-            info.tokens_per_layer.append(x.shape[1])
-            wants = run is not None and run.wants_scores(number)
-            x, qk = layer(x, cos, sin, run.text_index if wants else None)
-            if wants:
-                run.add_scores(number, *qk)
-            if (run is not None and number in pruning.dynamic_layers and number < n_layers
-                    and run.importance is not None):
-                keep = run.dynamic_prune(x.shape[1])
-                x, cos, sin = x[:, keep], cos[keep], sin[keep]
-        if run is not None:
-            run.finish()
-        return llm.norm(x), info
+        if pruner is not None:
+            pruner.finish()
+        return llm.norm(x), tokens_per_layer
 
     def predict(self, pixels: torch.Tensor, proprio: torch.Tensor | None, prompt: EncodedPrompt,
-                pruning: PruningConfig | None = None, engine: SpecPruneEngine | None = None,
-                plan: StepPlan | None = None, watch: Stopwatch | None = None) -> tuple[torch.Tensor, ForwardInfo]:
-        """Normalized action chunk (chunk_size, action_dim) in float32, on the device."""
-        layout = self.layout(prompt, pixels.shape[0])
-        x = self.embed(pixels, proprio, prompt)
-        hidden, info = self.forward_llm(x, layout, pruning, engine, plan, watch)
-        return self.actions(hidden)[0], info
+                pruner: StepPruner | None = None) -> tuple[torch.Tensor, list[int]]:
+        """Normalized action chunk (chunk_size, action_dim) in float32 on the device, and the
+        sequence length entering each LLM layer."""
+        hidden, tokens_per_layer = self.forward_llm(self.embed(pixels, proprio, prompt), pruner)
+        return self.actions(hidden)[0], tokens_per_layer
 
     def predict_batch(self, pixels: torch.Tensor, proprio: torch.Tensor | None,
                       prompts: list[EncodedPrompt]) -> torch.Tensor:
         """Unpruned chunks (B, chunk_size, action_dim) of a batch (training; see ``embed``)."""
-        hidden, _ = self.forward_llm(self.embed(pixels, proprio, prompts), self.layout(prompts[0], pixels.shape[1]))
+        hidden, _ = self.forward_llm(self.embed(pixels, proprio, prompts))
         return self.actions(hidden)
 
     def actions(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -214,124 +147,3 @@ class OpenVLAOFT(nn.Module):
 
     def _head_dtype(self) -> torch.dtype:
         return self.action_head.model.fc1.weight.dtype
-
-
-def check_layers(pruning: PruningConfig, n_layers: int) -> None:
-    """Layer-indexed knobs against this model (the configuration alone cannot know its depth).
-
-    Checked only while pruning is on: the plain forward uses no layer knob, so a model with 16
-    or 24 layers runs unpruned with the default (32-layer) knobs, and enabling pruning is what
-    is refused until the knobs fit.
-    """
-    if not pruning.enabled:
-        return
-    for name, layers, top in (("pruning.global_layers", pruning.global_layers, n_layers),
-                              ("pruning.dynamic_layers", pruning.dynamic_layers, n_layers - 1)):
-        bad = [n for n in layers if n > top]
-        if bad:
-            raise ValueError(f"{name} = {list(layers)}: the model has {n_layers} layers "
-                             f"(range [{pruning.local_layers + 1}, {top}]; pruning.enabled needs them to fit)")
-    if pruning.local_layers >= n_layers:
-        raise ValueError(f"pruning.local_layers = {pruning.local_layers}: the model has only {n_layers} layers "
-                         f"(range [1, {n_layers - 1}])")
-
-
-class _PrunedRun:
-    """Bookkeeping of one pruned forward: where the vision and text tokens are, queued scores.
-
-    Vision tokens stay one contiguous block starting at ``vision_start`` (pruning removes only
-    vision tokens and keeps the order), so text positions just shift by the number removed.
-    Each scored layer contributes its instruction queries and keys; logits, softmax, scores
-    and entropy are computed in one batched call per segment of equal sequence length (before
-    static pruning, at each dropping layer, at the end): a handful of kernels instead of one
-    set per layer.
-    """
-
-    def __init__(self, pruning: PruningConfig, engine: SpecPruneEngine, plan: StepPlan, layout: TokenLayout,
-                 watch: Stopwatch, info: ForwardInfo, text_index: torch.Tensor) -> None:
-        self.cfg, self.engine, self.plan, self.layout = pruning, engine, plan, layout
-        self.watch, self.info = watch, info
-        device = engine.device
-        self.device = device
-        self.pruned = plan.prune
-        self.text_index = text_index
-        self.vs, self.n_vis = layout.vision_start, layout.num_vision
-        self.vision_ids = torch.arange(self.n_vis, device=device)   # camera * N + patch of each vision token
-
-        self.last_dynamic = max(pruning.dynamic_layers, default=0)
-        self.importance: LayerImportance | None = None
-        self.local: list[torch.Tensor] = []
-        self.global_scores: dict[int, torch.Tensor] = {}
-        self._queue: list[tuple[int, torch.Tensor, torch.Tensor]] = []   # (layer, q_text, keys)
-
-    def in_ema(self, number: int) -> bool:
-        return self.importance is not None and number <= self.last_dynamic
-
-    def wants_scores(self, number: int) -> bool:
-        return ((self.pruned and number <= self.cfg.local_layers) or number in self.cfg.global_layers
-                or self.in_ema(number))
-
-    def add_scores(self, number: int, q_text: torch.Tensor, keys: torch.Tensor) -> None:
-        self._queue.append((number, q_text, keys))
-        if not self.in_ema(number) and number > self.cfg.local_layers:
-            self.flush()     # a lone global layer outside the EMA range: nothing to batch it with
-
-    def flush(self) -> None:
-        if not self._queue:
-            return
-        with self.watch:
-            numbers = [n for n, _, _ in self._queue]
-            q = torch.stack([q for _, q, _ in self._queue])
-            k = torch.stack([k for _, _, k in self._queue])
-            self._queue = []
-            ema = self.in_ema(numbers[-1])
-            scores = score_layer(q, k, slice(self.vs, self.vs + self.n_vis), self.cfg.confidence if ema else None)
-            if ema:
-                self.importance.update(scores.scores, scores.confidence)
-            for i, number in enumerate(numbers):
-                if number <= self.cfg.local_layers and self.pruned:
-                    self.local.append(scores.scores[i])
-                if number in self.cfg.global_layers:
-                    full = torch.full((self.layout.num_vision,), float("-inf"), device=self.device)
-                    self.global_scores[number] = full.index_copy_(0, self.vision_ids, scores.scores[i])
-
-    def _shrink(self, kept_vision: torch.Tensor, seq_len: int) -> torch.Tensor:
-        """Sequence indices keeping all non-vision tokens and the given (sorted, local) vision ones."""
-        dropped = self.n_vis - kept_vision.numel()
-        keep = torch.cat([torch.arange(self.vs, device=self.device), self.vs + kept_vision,
-                          torch.arange(self.vs + self.n_vis, seq_len, device=self.device)])
-        self.vision_ids = self.vision_ids.index_select(0, kept_vision)
-        self.text_index = self.text_index - dropped
-        self.n_vis -= dropped
-        return keep
-
-    def static_prune(self, seq_len: int) -> torch.Tensor:
-        self.flush()
-        with self.watch:
-            layout = self.layout
-            selection = self.engine.select(self.plan, torch.stack(self.local).view(len(self.local),
-                                                                                     layout.num_cameras, -1))
-            # The step's one sync: the kept indices, with the scene-cut flag as one extra entry.
-            flagged = torch.cat([selection.kept.reshape(-1), selection.fallback.view(1)]).nonzero().squeeze(1)
-            fallback = bool(flagged.numel()) and int(flagged[-1]) == self.layout.num_vision
-            kept_vision = flagged[:-1] if fallback else flagged
-            self.info.selection, self.info.fallback = selection, fallback
-            keep = self._shrink(kept_vision, seq_len)
-            self.info.vision_kept = self.n_vis
-            if self.info.fallback:
-                self.pruned = False        # scene cut: the rest of this step runs unpruned
-            elif self.cfg.dynamic_layers:
-                self.importance = LayerImportance(self.n_vis, self.cfg.ema_beta, self.cfg.rank_sharpness, self.device)
-        return keep
-
-    def dynamic_prune(self, seq_len: int) -> torch.Tensor:
-        self.flush()
-        with self.watch:
-            return self._shrink(self.importance.drop(self.cfg.dynamic_drop_ratio), seq_len)
-
-    def finish(self) -> None:
-        self.flush()
-        with self.watch:
-            g = self.global_scores
-            stacked = torch.stack([g[n] for n in sorted(g)]).view(len(g), self.layout.num_cameras, -1)
-            self.info.recall = self.engine.end_step(self.plan, stacked)

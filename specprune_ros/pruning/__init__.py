@@ -5,7 +5,8 @@
 * frames      - patch cosine similarity, velocity-adaptive history kept by time
 * dynamic     - rank/confidence-weighted EMA and per-layer token dropping
 * controller  - coarse/fine decision with hysteresis, K scaling
-* engine      - the cross-step state (prior scores, frames, controller) the model drives
+* engine      - SpecPrune's cross-step state (prior scores, frames, controller)
+* strategy    - pruning rules (specprune, random, fastv) behind one per-step interface the model asks
 """
 from .controller import ActionAwareController, Decision, KBudget, Motion, k_budget, scaled_k
 from .dynamic import LayerImportance, rank_weights, ranks
@@ -30,6 +31,8 @@ from .scores import (
                      text_to_vision_attention,
 )
 from .static import StaticSelection, changed_patch_mask, detect_scene_cut, select_static, topk_mask, union_topk_mask
+from .stopwatch import Stopwatch
+from .strategy import PruningStrategy, StepPruner, check_layers, make_strategy
 
 __all__ = [
     "ActionAwareController", "Decision", "KBudget", "Motion", "k_budget", "scaled_k",
@@ -39,5 +42,6 @@ __all__ = [
     "LayerScores", "layer_confidence", "rotate_half_rope", "score_layer", "score_logits", "text_logits",
     "scores_from_hidden_states",
     "text_to_vision_attention", "StaticSelection", "changed_patch_mask", "detect_scene_cut",
-    "select_static", "topk_mask", "union_topk_mask",
+    "select_static", "topk_mask", "union_topk_mask", "Stopwatch", "PruningStrategy", "StepPruner", "check_layers",
+    "make_strategy",
 ]

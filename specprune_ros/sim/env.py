@@ -31,6 +31,7 @@ PHYSICS_STEPS = 50                     # 0.1 s at the 2 ms timestep
 MAX_TRANSLATION = 0.02                 # m per step (0.2 m/s)
 MAX_ROTATION = 0.15                    # rad per step
 IMAGE_SIZE = 224
+MAX_STEPS = 160                        # the task's step limit (16 s)
 RECEPTACLES = ("plate", "bowl")
 SEED_SPLITS = {"train": (0, 100_000), "validation": (100_000, 101_000), "test": (101_000, 102_000)}
 WORKSPACE_LOW = np.array([0.28, -0.26, 0.02])
@@ -95,7 +96,7 @@ def quat_to_axis_angle(quat: np.ndarray) -> np.ndarray:
 class TabletopEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": int(1 / ACTION_DT)}
 
-    def __init__(self, max_steps: int = 160, image_size: int = IMAGE_SIZE, render: bool = True) -> None:
+    def __init__(self, max_steps: int = MAX_STEPS, image_size: int = IMAGE_SIZE, render: bool = True) -> None:
         self.model = mujoco.MjModel.from_xml_string(scene_xml(image_size))
         self.data = mujoco.MjData(self.model)
         self.max_steps = max_steps

@@ -15,6 +15,9 @@ import numpy as np
 from ..observation import HistoryFrame, Observation
 from ..policy import SpecPrunePolicy
 from .env import ACTION_DT, TabletopEnv
+from .scene import OBJECTS
+
+LIFTED_M = 0.03                          # an object this far above its resting height was picked up
 
 
 @dataclass
@@ -23,29 +26,54 @@ class EpisodeResult:
     instruction: str
     success: bool
     steps: int
-    latency_ms: list[float] = field(default_factory=list)
+    latency_ms: list[float] = field(default_factory=list)     # per policy query
     kept_tokens: list[int] = field(default_factory=list)
     flops_ratio: list[float] = field(default_factory=list)
+    recall: list[float] = field(default_factory=list)
+    fine_mode: list[bool] = field(default_factory=list)
+    lifted: dict[str, float] = field(default_factory=dict)    # object -> highest rise above rest (m)
+    target: str = ""
+    snapshot: np.ndarray | None = None                        # overlay of the kept patches at one query
+
+    @property
+    def failure(self) -> str:
+        """"" (success), "wrong object" (another object was picked up), "missed grasp" (the target
+        never was), "not placed" (picked up, not resting on / in the receptacle by the step limit)."""
+        if self.success:
+            return ""
+        if any(rise > LIFTED_M for name, rise in self.lifted.items() if name != self.target):
+            return "wrong object"
+        return "not placed" if self.lifted.get(self.target, 0.0) > LIFTED_M else "missed grasp"
 
 
 def run_policy_episode(env: TabletopEnv, policy: SpecPrunePolicy, seed: int, execute: int = 8,
-                       on_step: Callable[[float, dict, np.ndarray, str], None] | None = None) -> EpisodeResult:
-    """``on_step(stamp, observation, action, instruction)`` sees every executed action (recording)."""
+                       on_step: Callable[[float, dict, np.ndarray, str], None] | None = None,
+                       snapshot_query: int | None = None) -> EpisodeResult:
+    """``on_step(stamp, observation, action, instruction)`` sees every executed action (recording);
+    ``snapshot_query``: keep the kept-patch overlay of that query (0-based)."""
     obs, info = env.reset(seed=seed)
     policy.reset()
-    result = EpisodeResult(seed, info["instruction"], False, 0)
+    result = EpisodeResult(seed, info["instruction"], False, 0, target=env.task.target)
+    rest = {name: env.object_position(name)[2] for name in OBJECTS}
     history: list[HistoryFrame] = []
     while True:
         out = policy.step(Observation([obs["primary"], obs["wrist"]], obs["proprio"], info["instruction"],
                                       stamp=env.steps * ACTION_DT, history=history))
-        result.latency_ms.append(out.stats.latency_ms)
-        result.kept_tokens.append(out.stats.vision_tokens_kept)
-        result.flops_ratio.append(out.stats.flops_ratio)
+        if snapshot_query is not None and len(result.latency_ms) == snapshot_query:
+            result.snapshot = out.overlay()
+        stats = out.stats
+        result.latency_ms.append(stats.latency_ms)
+        result.kept_tokens.append(stats.vision_tokens_kept)
+        result.flops_ratio.append(stats.flops_ratio)
+        result.recall.append(stats.global_recall)
+        result.fine_mode.append(stats.fine_mode)
         history = []
         for action in out.actions[:execute]:
             if on_step is not None:
                 on_step(env.steps * ACTION_DT, obs, action, info["instruction"])
             obs, _, success, truncated, info = env.step(action)
+            for name in OBJECTS:
+                result.lifted[name] = max(result.lifted.get(name, 0.0), env.object_position(name)[2] - rest[name])
             if success or truncated:
                 result.success, result.steps = bool(success), env.steps
                 return result
@@ -61,25 +89,3 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return (max(0.0, centre - half), min(1.0, centre + half))
-
-
-def evaluate(policy: SpecPrunePolicy, seeds: list[int], progress: Callable[[int, int], None] | None = None
-             ) -> dict:
-    env = TabletopEnv()
-    episodes = []
-    try:
-        for i, seed in enumerate(seeds, start=1):
-            episodes.append(run_policy_episode(env, policy, seed))
-            if progress:
-                progress(i, len(seeds))
-    finally:
-        env.close()
-    wins = sum(e.success for e in episodes)
-    latency = [v for e in episodes for v in e.latency_ms]
-    return {"episodes": len(episodes), "successes": wins, "success_rate": wins / max(1, len(episodes)),
-            "success_ci95": wilson_interval(wins, len(episodes)),
-            "latency_ms_mean": float(np.mean(latency)) if latency else math.nan,
-            "kept_tokens_mean": float(np.mean([v for e in episodes for v in e.kept_tokens])) if latency else math.nan,
-            "flops_ratio_mean": float(np.mean([v for e in episodes for v in e.flops_ratio])) if latency else math.nan,
-            "per_episode": [{"seed": e.seed, "success": e.success, "steps": e.steps, "instruction": e.instruction}
-                            for e in episodes]}

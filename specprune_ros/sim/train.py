@@ -60,7 +60,7 @@ def sim_model_config() -> ModelConfig:
     return replace(tiny, featurizer=replace(tiny.featurizer, **SIM_VISION),
                    fused_featurizer=replace(tiny.fused_featurizer, **SIM_VISION),
                    llm=replace(tiny.llm, layers=SIM_LLM_LAYERS), pad_token_id=tokenizer.pad_token_id,
-                   center_crop=False, name="sim-tabletop")
+                   center_crop=False, name="sim-tabletop", num_images=2)
 
 
 def layer_knobs(layers: int) -> dict[str, Any]:

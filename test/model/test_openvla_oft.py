@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from specprune_ros.config import Config
-from specprune_ros.pruning import SpecPruneEngine
+from specprune_ros.pruning.stopwatch import Stopwatch
+from specprune_ros.pruning.strategy import check_layers, make_strategy
 
 
 def test_sequence_layout_matches_the_oft_order(tiny, tiny_inputs):
@@ -39,36 +40,36 @@ def test_action_head_reads_the_slice_shifted_one_to_the_left(tiny, tiny_inputs):
 
 
 def run(model, inputs, config=None, steps=2):
+    """(actions, tokens_per_layer, pruner of the last step) after ``steps`` steps of ``config``'s rule."""
     frames, pixels, proprio, prompt = inputs
     if config is None:
-        return model.predict(pixels, proprio, prompt)
-    engine = SpecPruneEngine(config, model.layout(prompt, 2))
-    out = None
+        return (*model.predict(pixels, proprio, prompt), None)
+    layout = model.layout(prompt, 2)
+    strategy = make_strategy(config, layout, len(model.llm.layers), (3, 224, 224), "cpu")
     for step in range(steps):
-        plan = engine.begin_step(frames, None, 0.1 * step)
-        out = model.predict(pixels, proprio, prompt, config.pruning, engine, plan)
-    return out
+        pruner = strategy.begin_step(frames, None, 0.1 * step, layout, Stopwatch(torch.device("cpu")))
+        actions, tokens_per_layer = model.predict(pixels, proprio, prompt, pruner)
+    return actions, tokens_per_layer, pruner
 
 
 @torch.inference_mode()
 def test_pruning_that_keeps_everything_equals_the_plain_forward(tiny, tiny_inputs):
-    plain, info = run(tiny.model, tiny_inputs)
-    assert info.tokens_per_layer == [info.tokens_per_layer[0]] * 32
+    plain, tpl, _ = run(tiny.model, tiny_inputs)
+    assert tpl == [tpl[0]] * 32
     keep_all = Config.from_dict({"pruning": {"k_global": 256, "k_local": 256, "k_dynamic": 0, "alpha": 1.0,
                                              "dynamic_drop_ratio": 0.0}})
-    pruned, info = run(tiny.model, tiny_inputs, keep_all)
-    assert info.vision_kept == 512 and info.selection is not None
+    pruned, _, pruner = run(tiny.model, tiny_inputs, keep_all)
+    assert pruner.vision_kept == 512 and pruner.selection is not None
     torch.testing.assert_close(pruned, plain, rtol=1e-4, atol=1e-5)
 
 
 @torch.inference_mode()
 def test_pruned_forward_follows_the_schedule(tiny, tiny_inputs):
     cfg = Config()
-    _, info = run(tiny.model, tiny_inputs, cfg)
-    tpl = info.tokens_per_layer
+    _, tpl, pruner = run(tiny.model, tiny_inputs, cfg)
     n, non_vision = tpl[0], tpl[0] - 512
     assert tpl[:2] == [n, n]                                            # layers 1-2 see everything
-    assert tpl[2] == non_vision + info.vision_kept < n                  # static pruning before layer 3
+    assert tpl[2] == non_vision + pruner.vision_kept < n                # static pruning before layer 3
     for layer in range(4, 33):
         vis_before, vis_now = tpl[layer - 2] - non_vision, tpl[layer - 1] - non_vision
         if layer - 1 in cfg.pruning.dynamic_layers:                     # dropped after layers 5, 10, 15, 20
@@ -76,31 +77,28 @@ def test_pruned_forward_follows_the_schedule(tiny, tiny_inputs):
         else:
             assert vis_now == vis_before
     assert min(tpl) > non_vision                                        # non-vision tokens are never pruned
-    assert 0.0 <= float(info.recall) <= 1.0
+    assert 0.0 <= float(pruner.recall) <= 1.0
 
 
 @torch.inference_mode()
 def test_first_step_is_unpruned_but_records_the_prior(tiny, tiny_inputs):
-    frames, pixels, proprio, prompt = tiny_inputs
-    cfg = Config()
-    engine = SpecPruneEngine(cfg, tiny.model.layout(prompt, 2))
-    plain, _ = tiny.model.predict(pixels, proprio, prompt)
-    plan = engine.begin_step(frames, None, 0.0)
-    actions, info = tiny.model.predict(pixels, proprio, prompt, cfg.pruning, engine, plan)
+    plain, _, _ = run(tiny.model, tiny_inputs)
+    actions, _, pruner = run(tiny.model, tiny_inputs, Config(), steps=1)
     torch.testing.assert_close(actions, plain)
-    assert info.selection is None and torch.isnan(info.recall)
-    assert engine.prior is not None and engine.prior.shape == (2, 2, 256)
-    assert torch.isfinite(engine.prior).all()          # nothing pruned: every token has a score
+    assert pruner.selection is None and torch.isnan(pruner.recall) and pruner.reason == "no prior (first step)"
+    prior = pruner.engine.prior
+    assert prior is not None and prior.shape == (2, 2, 256)
+    assert torch.isfinite(prior).all()          # nothing pruned: every token has a score
 
 
-def test_layer_indices_beyond_the_model_are_rejected(tiny, tiny_inputs):
-    from specprune_ros.model.config import LlamaConfig  # noqa: F401
-    frames, pixels, proprio, prompt = tiny_inputs
+def test_layer_indices_beyond_the_model_are_rejected():
     cfg = Config.from_dict({"pruning.global_layers": [15, 40]})
-    engine = SpecPruneEngine(cfg, tiny.model.layout(prompt, 2))
-    plan = engine.begin_step(frames, None, 0.0)
     with pytest.raises(ValueError, match=r"pruning.global_layers = \[15, 40\]: the model has 32 layers"):
-        tiny.model.predict(pixels, proprio, prompt, cfg.pruning, engine, plan)
+        check_layers(cfg.pruning, 32)
+    check_layers(cfg.replace(**{"pruning.enabled": False}).pruning, 32)      # unpruned: no layer knob is read
+    with pytest.raises(ValueError, match=r"pruning.fastv_layer = 32: the model has 32 layers"):
+        check_layers(Config().replace(**{"pruning.method": "fastv", "pruning.fastv_layer": 32}).pruning, 32)
+    check_layers(cfg.replace(**{"pruning.method": "fastv"}).pruning, 32)      # fastv reads none of the others
 
 
 @torch.inference_mode()

@@ -93,3 +93,19 @@ def test_layer_knobs_map_the_paper_choices_in_proportion():
     assert layer_knobs(16) == {"pruning.local_layers": 1, "pruning.global_layers": [8, 16],
                                "pruning.dynamic_layers": [3, 5, 8, 10]}
     Config().replace(**layer_knobs(8))                   # still a valid configuration when shallower
+
+
+def test_a_model_trained_for_two_cameras_refuses_one(tmp_path):
+    from specprune_ros.config import ConfigError
+    from specprune_ros.model.checkpoint import random_model, write_checkpoint
+    from specprune_ros.model.prompt import build_tiny_tokenizer
+    from specprune_ros.sim.train import sim_model_config
+    cfg = sim_model_config()
+    assert cfg.num_images == 2
+    path = write_checkpoint(random_model(cfg), {"sim_tabletop": {
+        "action": {"q01": [-1.0] * 6 + [0.0], "q99": [1.0] * 6 + [1.0], "mask": [True] * 6 + [False]},
+        "proprio": {"q01": [-1.0] * 8, "q99": [1.0] * 8}}}, build_tiny_tokenizer(), tmp_path / "model")
+    loaded = load_checkpoint(path, device="cpu")
+    assert loaded.model.config.num_images == 2
+    with pytest.raises(ConfigError, match=r"num_images = 1: the model .* was trained with 2 camera\(s\)"):
+        SpecPrunePolicy(loaded, Config().replace(num_images=1, **{"pruning.enabled": False}))

@@ -1,0 +1,300 @@
+"""Closed-loop evaluation of pruning rules on the tabletop task (`specprune sim eval`).
+
+Every method runs the same test seeds with the same model; the unpruned run (``none``) is the
+speed reference measured in the same run. A method is ``name[@alpha]``:
+
+* ``none`` - the plain forward (``pruning.enabled: false``);
+* ``specprune@A`` - SpecPrune-VLA at ``pruning.alpha`` A;
+* ``random@A`` - SpecPrune@A's token counts (per camera, per dynamic layer), random tokens;
+* ``fastv@A`` - FastV keeping R = SpecPrune@A's mean kept vision tokens in this run (so
+  ``specprune@A`` must be in the list, before it);
+* ablations of SpecPrune through its own knobs: ``specprune-noglobal`` (K_G = 0: no prior from
+  the previous step), ``specprune-nodiff`` (K_D = 0: no frame differencing), ``specprune-nolayer``
+  (no layer-level dropping), ``specprune-nocontroller`` (always coarse), ``specprune-meanstd``
+  (mean/std layer confidence instead of 1/entropy).
+
+Outputs in ``--out``: ``results.json`` (per method: success with a 95 % Wilson interval, step
+latency mean / p95, speed-up against ``none``, LLM FLOPs ratio, kept tokens, global recall,
+fine-mode share, episode length, failure modes), ``episodes.csv``, plots and ``report.html``.
+Episodes run in ``--workers`` processes; results depend only on the seeds.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..config import Config, ConfigError
+from .env import MAX_STEPS
+
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "specprune-noglobal": {"pruning.k_global": 0},
+    "specprune-nodiff": {"pruning.k_dynamic": 0},
+    "specprune-nolayer": {"pruning.dynamic_layers": []},
+    "specprune-nocontroller": {"controller.enabled": False},
+    "specprune-meanstd": {"pruning.confidence": "mean_std"},
+}
+BASE_METHODS = ("none", "specprune", "random", "fastv")
+SNAPSHOT_QUERY = 3                    # the query whose kept patches the frame strip shows
+FAILURES = ("wrong object", "missed grasp", "not placed")
+
+
+@dataclass(frozen=True)
+class Method:
+    label: str                          # as given: "specprune@0.8"
+    name: str                           # none | specprune | random | fastv | an ablation
+    alpha: float | None
+    overrides: dict[str, Any] = field(default_factory=dict, hash=False)
+
+    def config(self, base: Config, fastv_tokens: int | None = None) -> Config:
+        if self.name == "none":
+            return base.replace(**{"pruning.enabled": False})
+        knobs: dict[str, Any] = {"pruning.enabled": True, **self.overrides}
+        knobs["pruning.method"] = self.name if self.name in BASE_METHODS else "specprune"
+        if self.alpha is not None:
+            knobs["pruning.alpha"] = self.alpha
+        if fastv_tokens is not None:
+            knobs["pruning.fastv_tokens"] = fastv_tokens
+        return base.replace(**knobs)
+
+    @property
+    def matched_to(self) -> str | None:
+        """The method whose kept-token count sets this one's budget (fastv only)."""
+        return f"specprune@{self.alpha:g}" if self.name == "fastv" else None
+
+
+def parse_methods(text: str) -> list[Method]:
+    """``none,specprune@0.8,fastv@0.8`` -> methods, checked (names, alphas, fastv's partner)."""
+    methods: list[Method] = []
+    for item in (part.strip() for part in text.split(",")):
+        match = re.fullmatch(r"([a-z-]+)(?:@([0-9.]+))?", item)
+        if not match:
+            raise ConfigError(f"--methods: {item!r} is not name[@alpha] (e.g. specprune@0.8)")
+        name, alpha_text = match.groups()
+        if name not in BASE_METHODS and name not in ABLATIONS:
+            known = ", ".join(BASE_METHODS + tuple(ABLATIONS))
+            raise ConfigError(f"--methods: unknown method {name!r} (one of {known})")
+        if name == "none" and alpha_text:
+            raise ConfigError("--methods: none takes no alpha")
+        alpha = float(alpha_text) if alpha_text else (None if name == "none" else 0.8)
+        label = name if alpha is None else f"{name}@{alpha:g}"
+        if any(m.label == label for m in methods):
+            raise ConfigError(f"--methods: {label} is listed twice")
+        methods.append(Method(label, name, alpha, dict(ABLATIONS.get(name, {}))))
+    labels = [m.label for m in methods]
+    for i, m in enumerate(methods):
+        if m.matched_to and m.matched_to not in labels[:i]:
+            raise ConfigError(f"--methods: {m.label} keeps as many tokens as {m.matched_to} did in this run; "
+                              f"list {m.matched_to} before it")
+    for m in methods:
+        m.config(Config())                         # every knob valid before any episode runs
+    return methods
+
+
+# ---- worker side ---------------------------------------------------------------------------------------
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+    torch.set_num_threads(threads)
+
+
+def _run_episode(task: tuple[str, Config, int, bool, int]) -> dict[str, Any]:
+    """One episode in a worker process (the model and the environment are made once per process)."""
+    from ..model.checkpoint import load_checkpoint
+    from ..policy import SpecPrunePolicy
+    from .env import TabletopEnv
+    from .rollout import run_policy_episode
+
+    label, config, seed, snapshot, max_steps = task
+    node = config.node
+    key = (node.model_path, node.device, node.dtype, node.unnorm_key)
+    if _WORKER.get("key") != key:
+        _WORKER["key"] = key
+        _WORKER["loaded"] = load_checkpoint(*key)
+    if _WORKER.get("max_steps") != max_steps:
+        if "env" in _WORKER:
+            _WORKER["env"].close()
+        _WORKER["env"], _WORKER["max_steps"] = TabletopEnv(max_steps=max_steps), max_steps
+    policy = SpecPrunePolicy(_WORKER["loaded"], config)
+    r = run_policy_episode(_WORKER["env"], policy, seed, snapshot_query=SNAPSHOT_QUERY if snapshot else None)
+    return {"method": label, "seed": seed, "instruction": r.instruction, "success": r.success, "steps": r.steps,
+            "failure": r.failure, "latency_ms": r.latency_ms, "kept_tokens": r.kept_tokens,
+            "flops_ratio": r.flops_ratio, "recall": r.recall, "fine_mode": r.fine_mode, "snapshot": r.snapshot}
+
+
+# ---- the evaluation --------------------------------------------------------------------------------------
+def evaluate(config: Config, methods: list[Method], seeds: list[int], out: str | Path, workers: int = 1,
+             progress: Callable[[int, int], None] | None = None, max_steps: int = MAX_STEPS) -> dict[str, Any]:
+    from .rollout import wilson_interval
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    total, done = len(methods) * len(seeds), 0
+    episodes: dict[str, list[dict[str, Any]]] = {}
+    summary: dict[str, dict[str, Any]] = {}
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init,
+                             initargs=(threads,)) as pool:
+        for method in methods:
+            fastv_tokens = None
+            if method.matched_to:
+                fastv_tokens = max(1, round(summary[method.matched_to]["kept_tokens_mean"]))
+            cfg = method.config(config, fastv_tokens)
+            tasks = [(method.label, cfg, seed, i == 0, max_steps) for i, seed in enumerate(seeds)]
+            results = []
+            for r in pool.map(_run_episode, tasks):
+                results.append(r)
+                done += 1
+                if progress:
+                    progress(done, total)
+            episodes[method.label] = results
+            summary[method.label] = _summarize(method, results, wilson_interval, fastv_tokens)
+    reference = summary.get("none", {}).get("latency_ms_mean")
+    for s in summary.values():
+        s["speedup"] = reference / s["latency_ms_mean"] if reference else math.nan
+    result = {"model": config.node.model_path, "episodes_per_method": len(seeds), "seeds": [seeds[0], seeds[-1]],
+              "max_steps": max_steps, "device": _device_name(config),
+              "workers": workers, "torch_threads_per_worker": threads, "methods": summary}
+    (out / "results.json").write_text(json.dumps(_finite(result), indent=2, allow_nan=False))
+    _write_csv(out / "episodes.csv", episodes)
+    _plots(out, summary, episodes)
+    _report(out, result)
+    result["out"] = str(out)
+    return result
+
+
+def _device_name(config: Config) -> str:
+    import platform
+
+    import torch
+    if config.node.device != "cpu" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def _summarize(method: Method, results: list[dict[str, Any]], wilson, fastv_tokens: int | None) -> dict[str, Any]:
+    wins = sum(r["success"] for r in results)
+    latency = np.concatenate([r["latency_ms"] for r in results])
+    recall = np.concatenate([r["recall"] for r in results])
+    recall = recall[np.isfinite(recall)]
+    low, high = wilson(wins, len(results))
+    return {
+        "method": method.name, "alpha": method.alpha, "knobs": method.overrides, "fastv_tokens": fastv_tokens,
+        "episodes": len(results), "successes": wins, "success_rate": wins / len(results), "success_ci95": [low, high],
+        "latency_ms_mean": float(latency.mean()), "latency_ms_p95": float(np.percentile(latency, 95)),
+        "flops_ratio_mean": float(np.mean(np.concatenate([r["flops_ratio"] for r in results]))),
+        "kept_tokens_mean": float(np.mean(np.concatenate([r["kept_tokens"] for r in results]))),
+        "global_recall_mean": float(recall.mean()) if recall.size else math.nan,
+        "fine_mode_share": float(np.mean(np.concatenate([r["fine_mode"] for r in results]))),
+        "episode_steps_mean": float(np.mean([r["steps"] for r in results])),
+        "failures": {f: sum(r["failure"] == f for r in results) for f in FAILURES},
+    }
+
+
+def _finite(value: Any) -> Any:
+    """NaN -> None for strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _write_csv(path: Path, episodes: dict[str, list[dict[str, Any]]]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["method", "seed", "instruction", "success", "failure", "steps", "queries",
+                         "latency_ms_mean", "kept_tokens_mean", "flops_ratio_mean"])
+        for label, results in episodes.items():
+            for r in results:
+                writer.writerow([label, r["seed"], r["instruction"], int(r["success"]), r["failure"], r["steps"],
+                                 len(r["latency_ms"]), f"{np.mean(r['latency_ms']):.2f}",
+                                 f"{np.mean(r['kept_tokens']):.1f}", f"{np.mean(r['flops_ratio']):.4f}"])
+
+
+def _plots(out: Path, summary: dict[str, dict[str, Any]], episodes: dict[str, list[dict[str, Any]]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for key, label, name in (("flops_ratio_mean", "LLM FLOPs ratio (pruned / unpruned)", "success_vs_flops.png"),
+                             ("speedup", "speed-up of the policy step vs none", "success_vs_speedup.png")):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for method, s in summary.items():
+            rate, (low, high) = 100 * s["success_rate"], s["success_ci95"]
+            ax.errorbar([s[key]], [rate], yerr=[[rate - 100 * low], [100 * high - rate]], fmt="o", capsize=4,
+                        label=method)
+        ax.set_xlabel(label)
+        ax.set_ylabel("success rate (%), 95 % Wilson interval")
+        ax.set_ylim(-5, 105)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=100)
+        plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for method, results in episodes.items():
+        ax.plot(results[0]["kept_tokens"], marker=".", label=method)
+    ax.set_xlabel(f"policy query (seed {next(iter(episodes.values()))[0]['seed']})")
+    ax.set_ylabel("vision tokens kept")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "kept_tokens.png", dpi=100)
+    plt.close(fig)
+
+    snaps = [(m, r[0]["snapshot"]) for m, r in episodes.items() if r[0]["snapshot"] is not None]
+    if snaps:
+        fig, axes = plt.subplots(len(snaps), 1, figsize=(6, 3.1 * len(snaps)), squeeze=False)
+        for ax, (method, image) in zip(axes[:, 0], snaps):
+            ax.imshow(image)
+            ax.set_title(f"{method}: kept patches at query {SNAPSHOT_QUERY} (dark = pruned)", fontsize=9)
+            ax.axis("off")
+        fig.tight_layout()
+        fig.savefig(out / "kept_patches.png", dpi=100)
+        plt.close(fig)
+
+
+def table_rows(summary: dict[str, dict[str, Any]]) -> list[list[str]]:
+    """The README / report table: method, alpha, success (interval), FLOPs, speed-up, tokens, recall."""
+    rows = []
+    for label, s in summary.items():
+        low, high = s["success_ci95"]
+        recall = s["global_recall_mean"]
+        rows.append([label, "-" if s["alpha"] is None else f"{s['alpha']:g}",
+                     f"{100 * s['success_rate']:.0f} % [{100 * low:.0f}, {100 * high:.0f}]",
+                     f"{s['flops_ratio_mean']:.3f}", f"{s['speedup']:.2f}x", f"{s['kept_tokens_mean']:.0f}",
+                     "-" if recall is None or not math.isfinite(recall) else f"{100 * recall:.0f} %"])
+    return rows
+
+
+TABLE_HEADER = ["method", "alpha", "success (95 % CI)", "LLM FLOPs", "speed-up", "tokens kept", "recall"]
+
+
+def _report(out: Path, result: dict[str, Any]) -> None:
+    head = "".join(f"<th>{h}</th>" for h in TABLE_HEADER + ["failures"])
+    body = ""
+    for row, s in zip(table_rows(result["methods"]), result["methods"].values()):
+        failures = ", ".join(f"{k}: {v}" for k, v in s["failures"].items() if v) or "-"
+        body += "<tr>" + "".join(f"<td>{c}</td>" for c in row + [failures]) + "</tr>"
+    images = "".join(f'<p><img src="{n}"></p>' for n in ("success_vs_flops.png", "success_vs_speedup.png",
+                                                        "kept_tokens.png", "kept_patches.png")
+                     if (out / n).exists())
+    (out / "report.html").write_text(
+        f"<!doctype html><html><head><meta charset='utf-8'><title>specprune sim eval</title></head><body>"
+        f"<h1>Closed-loop evaluation</h1><p>model {result['model']}, {result['episodes_per_method']} episodes per "
+        f"method (seeds {result['seeds'][0]}-{result['seeds'][1]}), {result['workers']} worker(s)</p>"
+        f"<table border='1' cellpadding='4'><tr>{head}</tr>{body}</table>{images}</body></html>")

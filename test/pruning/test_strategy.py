@@ -1,0 +1,106 @@
+"""Pruning rules behind one interface (pruning/strategy.py), on the real tiny model.
+
+SpecPrune's selections are checked against a fixture made by the code before the redesign
+(fixtures/make_specprune_selections.py), so the redesign changed no decision.
+"""
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from specprune_ros.config import Config
+from specprune_ros.model.checkpoint import load_tiny_random
+from specprune_ros.policy import SpecPrunePolicy
+from specprune_ros.pruning.scores import score_layer
+from specprune_ros.pruning.stopwatch import Stopwatch
+from specprune_ros.pruning.strategy import make_strategy
+from specprune_ros.synthetic import INSTRUCTION, episode
+
+FIXTURES = Path(__file__).with_name("fixtures")
+_spec = importlib.util.spec_from_file_location("make_specprune_selections", FIXTURES / "make_specprune_selections.py")
+fixture_script = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(fixture_script)
+BASE = Config().replace(**{"pruning.dynamic_layers": [5, 10, 15, 20]})
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    return load_tiny_random("cpu")
+
+
+def run(loaded, **knobs):
+    config = BASE.replace(**knobs)
+    return fixture_script.run_episode(config, SpecPrunePolicy(loaded, config))
+
+
+def test_specprune_selects_exactly_what_it_did_before_the_redesign(loaded):
+    before = np.load(FIXTURES / "specprune_selections.npz")
+    now = run(loaded)
+    assert np.array_equal(now["kept"], before["kept"])
+    assert np.array_equal(now["tokens_per_layer"], before["tokens_per_layer"])
+    np.testing.assert_allclose(now["actions"], before["actions"], rtol=1e-5, atol=1e-6)
+    assert {s.method for s in now["stats"]} == {"specprune"}
+
+
+def test_random_keeps_specprunes_budget_with_other_tokens(loaded):
+    got = run(loaded, **{"pruning.method": "random"})
+    stats = got["stats"]
+    pruned = [i for i, s in enumerate(stats) if s.fallback_reason == ""]
+    assert len(pruned) >= 20 and {s.method for s in stats} == {"random"}
+    for i in pruned:
+        s = stats[i]
+        # The union SpecPrune would keep is the budget: as many tokens, chosen at random.
+        assert s.vision_tokens_kept == got["kept"][i].sum() >= max(s.global_selected, s.local_selected)
+        assert np.isnan(s.global_recall)
+        vis = got["tokens_per_layer"][i] - (got["tokens_per_layer"][i][0] - 512)
+        for layer in (5, 10, 15, 20):                       # dynamic drops: SpecPrune's counts
+            assert vis[layer] == vis[layer - 1] - int(0.2 * vis[layer - 1])
+    specprune = np.load(FIXTURES / "specprune_selections.npz")["kept"]          # SpecPrune on the same frames
+    overlap = [(got["kept"][i] & specprune[i]).sum() / got["kept"][i].sum() for i in pruned]
+    assert np.mean(overlap) < 0.6                        # not SpecPrune's tokens (random: ~ kept share)
+    again = run(loaded, **{"pruning.method": "random"})  # seeded at every episode start
+    assert np.array_equal(again["kept"], got["kept"])
+
+
+@torch.inference_mode()
+def test_fastv_keeps_the_top_r_tokens_of_layer_k(loaded):
+    model = loaded.model
+    from specprune_ros.model.processing import ImageProcessor
+    from specprune_ros.model.prompt import encode_prompt
+    step = episode(3)[1]
+    processor = ImageProcessor(224, True)
+    frames = processor.frames([step.primary, step.wrist])
+    pixels, prompt = processor.pixels(frames), encode_prompt(loaded.tokenizer, INSTRUCTION)
+    proprio = torch.tensor(loaded.stats.normalize_proprio(step.proprio), dtype=torch.float32)
+    config = Config().replace(**{"pruning.method": "fastv", "pruning.fastv_layer": 3, "pruning.fastv_tokens": 100})
+    layout = model.layout(prompt, 2)
+    strategy = make_strategy(config, layout, 32, (3, 224, 224), "cpu")
+    pruner = strategy.begin_step(frames, None, 0.0, layout, Stopwatch(torch.device("cpu")))
+    _, tokens_per_layer = model.predict(pixels, proprio, prompt, pruner)
+    n = tokens_per_layer[0]
+    assert tokens_per_layer == [n] * 3 + [n - 512 + 100] * 29          # pruned once, after layer 3
+
+    # Independently: layer 3's text-to-image attention on the full sequence, top 100.
+    x = model.embed(pixels, proprio, prompt)
+    cos, sin = model.llm.rotary(x.shape[1], x.dtype)
+    for layer in model.llm.layers[:2]:
+        x, _ = layer(x, cos, sin)
+    _, (q, k) = model.llm.layers[2](x, cos, sin, layout.text_index())
+    scores = score_layer(q[None], k[None], slice(layout.vision_start, layout.vision_end), None).scores[0]
+    expected = torch.zeros(512, dtype=torch.bool)
+    expected[scores.topk(100).indices] = True
+    assert torch.equal(pruner.selection.kept.reshape(-1), expected)
+    assert pruner.recall is None and pruner.plan is None and not pruner.fallback
+
+
+def test_the_method_is_a_live_knob(loaded):
+    policy = SpecPrunePolicy(loaded, BASE)
+    policy.set_config(BASE.replace(**{"pruning.method": "fastv", "pruning.fastv_tokens": 77}))
+    got = fixture_script.run_episode(policy=policy)
+    assert {s.method for s in got["stats"]} == {"fastv"}
+    assert all(s.vision_tokens_kept == 77 for s in got["stats"])            # pruned from the first step
+    policy.set_config(BASE.replace(**{"pruning.enabled": False}))
+    got = fixture_script.run_episode(policy=policy)
+    assert {s.method for s in got["stats"]} == {"none"} and all(s.vision_tokens_kept == 512 for s in got["stats"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -189,6 +190,29 @@ def cmd_flops(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_transport_check(args: argparse.Namespace) -> int:
+    from .tools.transport_check import measure
+
+    try:
+        width, height = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"--size {args.size!r}: expected WIDTHxHEIGHT, e.g. 640x480") from None
+    segments = tuple(s.strip() for s in args.segment_mib.split(","))
+    for s in segments:
+        if s != "default" and not re.fullmatch(r"[0-9]+(\.[0-9]+)?", s):
+            raise ConfigError(f"--segment-mib: {s!r} is neither 'default' nor a size in MiB")
+    result = measure((width, height), args.hz, args.seconds, args.cameras, segments)
+    lines = [f"{args.cameras} x {width}x{height} rgb8 ({result['frame_mib']:.2f} MiB per frame) at {args.hz:g} Hz "
+             f"for {args.seconds:g} s, publisher and subscriber in two processes:"]
+    for r in result["results"]:
+        segment = r["segment_mib"]
+        name = "Fast DDS default (512 KiB)" if segment is None else f"profile, {segment:g} MiB segment"
+        cams = ", ".join(f"{c['received']}/{c['sent']}" for c in r["cameras"])
+        lines.append(f"  {name:28s} frames received {cams}  lost {100 * r['loss']:.1f} %")
+    _emit(args, result, "\n".join(lines))
+    return 0
+
+
 def cmd_node_latency(args: argparse.Namespace) -> int:
     from .tools.node_latency import measure
 
@@ -278,6 +302,14 @@ def cmd_sim_train(args: argparse.Namespace) -> int:
     _emit(args, summary, f"trained {summary['steps']} steps on {summary['episodes']} demonstrations in "
                          f"{summary['seconds'] / 60:.1f} min; loss {summary['loss_first']:.4f} -> "
                          f"{summary['loss_last']:.4f}; model: {summary['model']}")
+    return 0
+
+
+def cmd_sim_export(args: argparse.Namespace) -> int:
+    from .sim.train import export
+
+    path = export(args.run, args.data, args.out)
+    _emit(args, {"model": str(path)}, f"wrote the model of {args.run} to {path}")
     return 0
 
 
@@ -399,6 +431,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=positive_int, default=60, help="episode length (default 60)")
     config_args(p)
 
+    p = add("transport-check", cmd_transport_check,
+            "camera frames lost between two processes over DDS, per Fast DDS shared-memory segment size")
+    p.add_argument("--size", default="640x480", help="WIDTHxHEIGHT of the rgb8 frames")
+    p.add_argument("--hz", type=float, default=30.0)
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--cameras", type=positive_int, default=2)
+    p.add_argument("--segment-mib", default="default,8,32",
+                   help="comma-separated: 'default' (no profile) and/or segment sizes in MiB of the shipped profile")
     p = add("node-latency", cmd_node_latency, "end-to-end latency of the action node over DDS with a synthetic robot")
     p.add_argument("--chunks", type=positive_int, default=40)
     p.add_argument("--camera-hz", type=float, default=20.0)
@@ -427,6 +467,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--lr", type=float, help="peak learning rate (warm-up, then cosine)")
     q.add_argument("--seed", type=int)
     q.add_argument("--checkpoint-every", type=positive_int)
+    q = add_sim("export", cmd_sim_export, "a training run's current model as a checkpoint (also while it trains)")
+    q.add_argument("run", help="run directory of sim train (train_state.pt)")
+    q.add_argument("--data", required=True, help="its demonstration directory (for the dataset statistics)")
+    q.add_argument("--out", required=True, help="checkpoint directory to write")
     q = add_sim("record", cmd_sim_record, "closed-loop episodes of a model as a rosbag2 on the node's topics")
     q.add_argument("bag", help="new bag directory")
     q.add_argument("--model", required=True, help="checkpoint directory or tiny-random")

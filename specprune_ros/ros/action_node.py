@@ -40,6 +40,7 @@ from ..model.checkpoint import CheckpointError, LoadedPolicyModel, load_checkpoi
 from ..msg import ActionChunk, PruningStats
 from ..policy import PolicyOutput, SpecPrunePolicy
 from ..sensing.assembly import ObservationAssembler, stamp_nanoseconds
+from ..sensing.transport import LOSS_WARN, TransportMonitor
 from .parameters import declare_all, from_ros
 
 
@@ -76,6 +77,7 @@ class ActionNode(LifecycleNode):
         self._last_reason = ""
         self._startup_error = ""
         self._errors = 0
+        self.transport = TransportMonitor()
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.create_timer(1.0, self._publish_diagnostics)
         if self.config.node.autostart:
@@ -150,7 +152,7 @@ class ActionNode(LifecycleNode):
             depth=5, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
         image_type = CompressedImage if node.compressed_images else Image
         inputs = MutuallyExclusiveCallbackGroup()
-        subs = [self.create_subscription(image_type, topic, self._image_callback(camera), sensor_qos,
+        subs = [self.create_subscription(image_type, topic, self._image_callback(camera, topic), sensor_qos,
                                          callback_group=inputs)
                 for camera, topic in enumerate(topics.cameras(node.num_images))]
         subs.append(self.create_subscription(JointState, topics.joint_states, self._on_joint_state, sensor_qos,
@@ -190,13 +192,17 @@ class ActionNode(LifecycleNode):
                                                              self.get_clock().now().to_msg()))
 
     # ---- inputs (executor thread: store only) ------------------------------------------------------
-    def _image_callback(self, camera: int):
+    def _image_callback(self, camera: int, topic: str):
         def callback(msg) -> None:
-            self.assembler.add_image(camera, stamp_nanoseconds(msg.header), msg)
+            stamp = stamp_nanoseconds(msg.header)
+            self.transport.add(topic, stamp, time.monotonic())
+            self.assembler.add_image(camera, stamp, msg)
         return callback
 
     def _on_joint_state(self, msg: JointState) -> None:
-        self.assembler.add_joint_state(stamp_nanoseconds(msg.header), list(msg.name), list(msg.position))
+        stamp = stamp_nanoseconds(msg.header)
+        self.transport.add(self.config.topics.joint_states, stamp, time.monotonic())
+        self.assembler.add_joint_state(stamp, list(msg.name), list(msg.position))
 
     def _on_instruction(self, msg: String) -> None:
         if msg.data.strip() != self.assembler.instruction:
@@ -305,9 +311,31 @@ class ActionNode(LifecycleNode):
         }
         values.update({f"dropped_{k}": str(v) for k, v in sorted(dict(self.assembler.drops).items())})
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
-        array = DiagnosticArray(status=[status])
+        array = DiagnosticArray(status=[status, *self._transport_statuses(now)])
         array.header.stamp = self.get_clock().now().to_msg()
         self.diag_pub.publish(array)
+
+    def _transport_statuses(self, now: float) -> list[DiagnosticStatus]:
+        """One status per input topic: receive rate and the loss estimated from header-stamp gaps."""
+        statuses = []
+        for topic in self.transport.topics():
+            health = self.transport.health(topic, now)
+            status = DiagnosticStatus(name=f"{self.get_name()}: input {topic}", hardware_id=topic)
+            loss = "n/a" if health.loss != health.loss else f"{100 * health.loss:.1f} %"
+            if health.lossy:
+                status.level = DiagnosticStatus.WARN
+                status.message = (f"~{loss} of messages lost in transport (> {100 * LOSS_WARN:.0f} %): large images "
+                                  f"need the Fast DDS profile config/fastdds_large_data.xml on both sides (README, "
+                                  f"'DDS for camera traffic')")
+            else:
+                status.level = DiagnosticStatus.OK
+                status.message = f"{health.rate_hz:.1f} Hz, est. loss {loss}"
+            status.values = [KeyValue(key="rate_hz", value=f"{health.rate_hz:.2f}"),
+                             KeyValue(key="estimated_loss", value=loss),
+                             KeyValue(key="period_ms", value="" if health.period_s != health.period_s
+                                      else f"{1e3 * health.period_s:.1f}")]
+            statuses.append(status)
+        return statuses
 
     def shutdown(self, timeout: float = 30.0) -> None:
         """Stop acting and the control loop, waiting for the step in flight (before the context goes)."""

@@ -232,9 +232,7 @@ class Trainer:
     def write_model(self, directory: str | Path) -> Path:
         """The model as it is now, in the released checkpoint layout (e.g. from a resumed state)."""
         self.model.eval()
-        path = write_checkpoint(self.model, self.stats_json, self.tokenizer, directory, step=self.step,
-                                seed=self.config.seed)
-        write_params(path, self.cfg.llm.layers)
+        path = _write_model(self.model, self.stats_json, self.tokenizer, directory, self.step, self.config.seed)
         self.model.train()
         return path
 
@@ -249,6 +247,30 @@ class Trainer:
         (self.out / "train.json").write_text(json.dumps(summary, indent=2))
         _loss_plot(self.losses, self.out / "loss.png")
         return summary
+
+
+def _write_model(model, stats_json: dict[str, Any], tokenizer, directory: str | Path, step: int, seed: int) -> Path:
+    path = write_checkpoint(model, stats_json, tokenizer, directory, step=step, seed=seed)
+    write_params(path, model.config.llm.layers)
+    return path
+
+
+def export(run: str | Path, data: str | Path, directory: str | Path) -> Path:
+    """The model of a (possibly still running) training run as a checkpoint, without loading the
+    demonstrations' images: statistics need only their actions and proprio states."""
+    state_path = Path(run) / STATE_FILE
+    try:
+        state = torch.load(state_path, weights_only=True)
+    except FileNotFoundError:
+        raise DemoError(f"{state_path}: no training state (run `specprune sim train` first)") from None
+    episodes = []
+    for entry in read_index(data)["episodes"]:
+        with np.load(Path(data) / entry["file"], allow_pickle=False) as arrays:
+            episodes.append({"actions": arrays["actions"], "proprio": arrays["proprio"]})
+    cfg = sim_model_config()
+    model = random_model(cfg)
+    model.load_state_dict(state["model"])
+    return _write_model(model.eval(), statistics(episodes), build_tiny_tokenizer(), directory, int(state["step"]), 0)
 
 
 def _loss_plot(losses: list[float], path: Path) -> None:

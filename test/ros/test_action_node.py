@@ -447,3 +447,43 @@ def test_trajectory_without_joint_names_is_refused_at_start(ros, loaded_tiny):
     with pytest.raises(StartupError, match="publish_trajectory needs trajectory_joints"):
         ActionNode(loaded=loaded_tiny, context=context, parameter_overrides=[Parameter("publish_trajectory",
                                                                                        value=True)])
+
+
+class LossyWristDriver(Driver):
+    """Every third wrist frame never arrives, as with an undersized shared-memory segment."""
+
+    def __init__(self, context):
+        super().__init__(context)
+        from diagnostic_msgs.msg import DiagnosticArray
+        self.diagnostics = []
+        self.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 10)
+        publish = self.pub_wrist.publish
+        self.pub_wrist.publish = lambda msg: None if self.step % 3 == 0 else publish(msg)
+
+
+def test_transport_health_per_input_topic_in_diagnostics(ros, loaded_tiny):
+    context, spinner = ros
+    node = spinner.add(ActionNode(loaded=loaded_tiny, context=context,
+                                  parameter_overrides=[Parameter("control_rate_hz", value=5.0)]))
+    driver = spinner.add(LossyWristDriver(context))
+
+    def statuses():
+        for array in reversed(driver.diagnostics):
+            found = {s.name.split("input ")[-1]: s for s in array.status if "input " in s.name}
+            if len(found) == 3 and all(dict((v.key, v.value) for v in s.values)["estimated_loss"] != "n/a"
+                                       for s in found.values()):
+                return found
+        return None
+    try:
+        assert wait_for(lambda: statuses() is not None, 20), "no transport health in /diagnostics"
+        found = statuses()
+        wrist, primary = found["image_wrist"], found["image_primary"]
+        loss = float(dict((v.key, v.value) for v in wrist.values)["estimated_loss"].rstrip(" %"))
+        from diagnostic_msgs.msg import DiagnosticStatus
+        assert wrist.level == DiagnosticStatus.WARN, wrist
+        assert 25 <= loss <= 40 and "config/fastdds_large_data.xml" in wrist.message
+        assert primary.level == found["joint_states"].level == DiagnosticStatus.OK
+        rate = float(dict((v.key, v.value) for v in primary.values)["rate_hz"])
+        assert 15 <= rate <= 21                                                 # published at 20 Hz
+    finally:
+        node.shutdown()

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("specprune_ros.sim.env", reason="mujoco and gymnasium are installed by make setup")
 
@@ -19,6 +20,7 @@ from specprune_ros.sim.train import (  # noqa: E402
     TrainConfig,
     Trainer,
     action_chunk,
+    export,
     layer_knobs,
     normalize_actions,
 )
@@ -41,6 +43,11 @@ def test_a_short_run_lowers_the_loss_and_writes_a_loadable_model(demos, tmp_path
         assert (tmp_path / "run" / name).is_file()
     loaded = load_checkpoint(summary["model"], device="cpu")
     assert loaded.model.config.center_crop is False and loaded.stats.key == "sim_tabletop"
+    # Exported from the run directory alone (as while a run trains): the same weights and statistics.
+    exported = load_checkpoint(export(tmp_path / "run", demos, tmp_path / "exported"), device="cpu")
+    for (name, a), (_, b) in zip(loaded.model.state_dict().items(), exported.model.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert exported.stats.action_high.tolist() == loaded.stats.action_high.tolist()
     # The model's depth is not the release's: it ships the layer knobs that fit it.
     config = Config.from_yaml(Path(summary["model"]) / PARAMS_FILE)
     assert config.pruning.enabled and max(config.pruning.global_layers) == loaded.model.config.llm.layers

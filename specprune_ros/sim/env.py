@@ -61,22 +61,29 @@ class Task:
         return f"put the {self.color} {self.target} {verb} the {self.receptacle}"
 
 
+# A LIBERO-like layout: every object has its slot, every receptacle its side, each jittered per
+# episode (LIBERO's tasks vary object placements by a few centimetres around a fixed layout). A
+# first layout with objects anywhere in a 26 x 15 cm area was too hard for a model trained from
+# scratch on this CPU (0 % after 600 steps x 16 samples: it learned to descend, never where).
+OBJECT_SLOTS = {"cube": (0.40, -0.045), "cylinder": (0.40, 0.045), "block": (0.52, -0.045), "box": (0.52, 0.045)}
+RECEPTACLE_SLOTS = {"plate": (0.47, -0.185), "bowl": (0.47, 0.185)}
+OBJECT_JITTER = 0.02                   # m, uniform in x and y
+RECEPTACLE_JITTER = 0.015
+
+
 def sample_task(rng: np.random.Generator) -> Task:
-    """Receptacles on the left and right (which one where is random), objects in between."""
+    """Objects at their jittered slots with shuffled colours, plate left and bowl right (jittered),
+    a random target and receptacle."""
     names = list(OBJECTS)
     colors = dict(zip(names, rng.permutation(list(COLORS))))
-    left_right = rng.permutation(RECEPTACLES)
     positions: dict[str, tuple[float, float]] = {}
-    for name, side in zip(left_right, (-1, 1)):
-        positions[name] = (float(rng.uniform(0.38, 0.56)), float(side * rng.uniform(0.16, 0.2)))
-    placed: list[np.ndarray] = []
+    for name, (x, y) in RECEPTACLE_SLOTS.items():
+        dx, dy = rng.uniform(-RECEPTACLE_JITTER, RECEPTACLE_JITTER, 2)
+        positions[name] = (float(x + dx), float(y + dy))
     for name in names:
-        for _ in range(1000):
-            xy = np.array([rng.uniform(0.34, 0.6), rng.uniform(-0.075, 0.075)])
-            if all(np.linalg.norm(xy - p) > 0.085 for p in placed):
-                break
-        placed.append(xy)
-        positions[name] = (float(xy[0]), float(xy[1]))
+        dx, dy = rng.uniform(-OBJECT_JITTER, OBJECT_JITTER, 2)
+        x, y = OBJECT_SLOTS[name]
+        positions[name] = (float(x + dx), float(y + dy))
     yaws = {name: float(rng.uniform(-0.3, 0.3)) for name in names}
     target = names[int(rng.integers(len(names)))]
     return Task(target, colors[target], str(rng.choice(RECEPTACLES)), colors, positions, yaws)

@@ -193,10 +193,7 @@ def cmd_flops(args: argparse.Namespace) -> int:
 def cmd_transport_check(args: argparse.Namespace) -> int:
     from .tools.transport_check import measure
 
-    try:
-        width, height = (int(v) for v in args.size.lower().split("x"))
-    except ValueError:
-        raise ConfigError(f"--size {args.size!r}: expected WIDTHxHEIGHT, e.g. 640x480") from None
+    width, height = _size(args.size)
     segments = tuple(s.strip() for s in args.segment_mib.split(","))
     for s in segments:
         if s != "default" and not re.fullmatch(r"[0-9]+(\.[0-9]+)?", s):
@@ -210,6 +207,37 @@ def cmd_transport_check(args: argparse.Namespace) -> int:
         cams = ", ".join(f"{c['received']}/{c['sent']}" for c in r["cameras"])
         lines.append(f"  {name:28s} frames received {cams}  lost {100 * r['loss']:.1f} %")
     _emit(args, result, "\n".join(lines))
+    return 0
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"--size {text!r}: expected WIDTHxHEIGHT, e.g. 640x480") from None
+    return width, height
+
+
+def cmd_node_soak(args: argparse.Namespace) -> int:
+    from .tools.node_soak import soak
+    from .tools.transport_check import PROFILE
+
+    r = soak(args.minutes, args.camera_hz, _size(args.size), args.encoding, args.control_hz, args.model,
+             None if args.no_profile else str(PROFILE), args.plot)
+    lines = [f"node soak: {args.minutes:g} min, 2 x {args.size} {args.encoding} at {args.camera_hz:g} Hz, joint "
+             f"states at 100 Hz, control {args.control_hz:g} Hz, model {args.model}, DDS profile "
+             f"{'off' if args.no_profile else 'on'}",
+             f"  chunks {r['chunks']} ({r['chunks_per_s']:.2f}/s), dropped ticks {100 * r['dropped_share']:.2f} % "
+             f"{r['dropped'] or ''}",
+             f"  RSS {r['rss_mb_first']:.1f} -> {r['rss_mb_last']:.1f} MB, threads {r['threads']}",
+             f"  exit on SIGINT: code {r['exit']['code']} after {r['exit']['seconds']:.2f} s, "
+             f"{len(r['exit']['error_lines'])} ERROR line(s)",
+             "  minute  chunks/s  policy p50 ms  chunk age p50/p95 ms  RSS MB  threads"]
+    for m in r["per_minute"]:
+        lines.append(f"  {m['minute']:6d}  {m['chunks_per_s']:8.2f}  {m['latency_ms_p50']:13.1f}  "
+                     f"{m['chunk_age_ms_p50']:9.1f} / {m['chunk_age_ms_p95']:6.1f}  {m['rss_mb']:6.1f}  "
+                     f"{m['threads']:7d}")
+    _emit(args, r, "\n".join(lines))
     return 0
 
 
@@ -439,6 +467,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cameras", type=positive_int, default=2)
     p.add_argument("--segment-mib", default="default,8,32",
                    help="comma-separated: 'default' (no profile) and/or segment sizes in MiB of the shipped profile")
+    p = add("node-soak", cmd_node_soak, "the node under a robot's load over DDS for minutes: memory, rate, drops, "
+                                         "latency, exit")
+    p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--camera-hz", type=float, default=30.0)
+    p.add_argument("--size", default="640x480", help="WIDTHxHEIGHT of both cameras")
+    p.add_argument("--encoding", choices=("rgb8", "bgr8", "mono8"), default="rgb8")
+    p.add_argument("--control-hz", type=float, default=10.0)
+    p.add_argument("--model", default="tiny-random", help="model_path of the node")
+    p.add_argument("--no-profile", action="store_true",
+                   help="Fast DDS defaults instead of config/fastdds_large_data.xml")
+    p.add_argument("--plot", help="PNG of rate and latency over time")
     p = add("node-latency", cmd_node_latency, "end-to-end latency of the action node over DDS with a synthetic robot")
     p.add_argument("--chunks", type=positive_int, default=40)
     p.add_argument("--camera-hz", type=float, default=20.0)

@@ -10,10 +10,15 @@ from specprune_ros.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_demo_exits_zero_and_json_is_one_object(capsys):
-    assert main(["demo", "--json"]) == 0
-    out = capsys.readouterr().out
-    assert isinstance(json.loads(out), dict)
+def test_demo_runs_the_shipped_model_closed_loop_and_replays_its_recording(capsys, tmp_path):
+    pytest.importorskip("specprune_ros.sim.env", reason="mujoco and gymnasium are installed by make setup")
+    assert main(["demo", "--json", "--episodes", "1", "--out", str(tmp_path)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    closed = out["closed_loop"]["methods"]
+    assert set(closed) == {"none", "specprune@0.8"} and closed["none"]["episodes"] == 1
+    assert closed["specprune@0.8"]["kept_tokens_mean"] < 512
+    assert out["replay"]["steps"] > 10 and "unpruned" in out["replay"]["latency_ms"]
+    assert (tmp_path / "closed_loop" / "report.html").is_file() and (tmp_path / "replay" / "report.html").is_file()
 
 
 def test_params_validates_a_file(capsys, tmp_path):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ import yaml
 
 from .config import Config, ConfigError
 from .model.config import PRESETS
+from .tools.jsonout import finite
 
 DEMO_MODEL = "sim-tabletop"
 
@@ -25,19 +25,8 @@ class CliError(Exception):
     """A user-facing failure: printed as one line, exit status 2."""
 
 
-def _finite(value: Any) -> Any:
-    """JSON has no NaN/inf: not-available numbers become null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
 def _emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
-    print(json.dumps(_finite(payload), sort_keys=True, allow_nan=False, default=str) if args.json else text)
+    print(json.dumps(finite(payload), sort_keys=True, allow_nan=False, default=str) if args.json else text)
 
 
 def positive_int(text: str) -> int:

@@ -34,6 +34,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..config import Config, ConfigError
+from ..tools.jsonout import finite
 from .env import MAX_STEPS
 
 ABLATIONS: dict[str, dict[str, Any]] = {
@@ -166,7 +167,7 @@ def evaluate(config: Config, methods: list[Method], seeds: list[int], out: str |
     result = {"model": config.node.model_path, "episodes_per_method": len(seeds), "seeds": [seeds[0], seeds[-1]],
               "max_steps": max_steps, "device": _device_name(config),
               "workers": workers, "torch_threads_per_worker": threads, "methods": summary}
-    (out / "results.json").write_text(json.dumps(_finite(result), indent=2, allow_nan=False))
+    (out / "results.json").write_text(json.dumps(finite(result), indent=2, allow_nan=False))
     _write_csv(out / "episodes.csv", episodes)
     _plots(out, summary, episodes)
     _report(out, result)
@@ -200,17 +201,6 @@ def _summarize(method: Method, results: list[dict[str, Any]], wilson, fastv_toke
         "episode_steps_mean": float(np.mean([r["steps"] for r in results])),
         "failures": {f: sum(r["failure"] == f for r in results) for f in FAILURES},
     }
-
-
-def _finite(value: Any) -> Any:
-    """NaN -> None for strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _write_csv(path: Path, episodes: dict[str, list[dict[str, Any]]]) -> None:

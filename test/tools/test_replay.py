@@ -2,7 +2,6 @@
 import csv
 import json
 import math
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -185,15 +184,6 @@ def test_make_bag_is_deterministic(tmp_path):
         mb = [(m.topic, m.timestamp, bytes(getattr(m.msg, "data", b"") if m.topic.startswith("/image") else b""))
               for m in rb.messages(list(rb.topics))]
     assert ma == mb and len(ma) == 1 + 5 * (2 + 5 + 1)
-
-
-def test_demo_prints_the_table(tmp_path):
-    result = run_cli("demo", "--out", str(tmp_path / "demo"), "--steps", "8")
-    assert result.returncode == 0, result.stderr
-    for label in ("speedup p50", "vision tokens kept", "LLM FLOPs ratio", "fine-mode share", "action L1 vs unpruned"):
-        assert label in result.stdout
-    assert (tmp_path / "demo" / "replay" / "report.html").is_file()
-    shutil.rmtree(tmp_path / "demo")
 
 
 def test_history_adapts_to_the_executed_motion_at_one_query_per_chunk(tmp_path):

@@ -13,7 +13,6 @@ Per minute: RSS and threads, chunks/s, ticks dropped by reason, policy latency a
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -111,7 +110,7 @@ def soak(minutes: float = 10.0, camera_hz: float = 30.0, size: tuple[int, int] =
                              "-p", f"model_path:={model_path}", "-p", "device:=cpu",
                              "-p", f"control_rate_hz:={control_hz}"], env=env, stdout=log, stderr=subprocess.STDOUT)
     robot = subprocess.Popen([sys.executable, "-m", "specprune_ros.tools.node_soak", f"{size[0]}x{size[1]}",
-                              str(camera_hz), encoding, str(seconds + 30)], env=env)
+                              str(camera_hz), encoding, str(seconds + 30)], env=env, stdout=subprocess.DEVNULL)
     context = rclpy.Context()
     rclpy.init(context=context)
     monitor = rclpy.create_node("soak_monitor", context=context)
@@ -185,8 +184,9 @@ def _report(start: float, stop: float, chunks, latency, drops, samples) -> dict[
     minutes = []
     total = max(stop - start, 1e-9)
     first_drops = next((d for t, d in drops if t >= start), {})
-    for m in range(int(np.ceil(total / 60.0))):
-        lo, hi = start + 60.0 * m, min(start + 60.0 * (m + 1), stop)
+    count = max(1, int(round(total / 60.0)))            # whole minutes; the last one runs to the end
+    for m in range(count):
+        lo, hi = start + 60.0 * m, stop if m == count - 1 else start + 60.0 * (m + 1)
         ages = [age / 1e6 for t, age in chunks if lo <= t < hi]
         lats = [v for t, v in latency if lo <= t < hi]
         mem = [(rss, th) for t, rss, th in samples if lo - start <= t < hi - start]
@@ -234,4 +234,3 @@ def _plot(result: dict[str, Any], path: str) -> None:
 if __name__ == "__main__":                     # the robot process: SIZE HZ ENCODING SECONDS
     width, height = (int(v) for v in sys.argv[1].split("x"))
     _robot(width, height, float(sys.argv[2]), sys.argv[3], float(sys.argv[4]))
-    print(json.dumps({"robot": "done"}))

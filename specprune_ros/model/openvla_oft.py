@@ -74,9 +74,12 @@ class OpenVLAOFT(nn.Module):
         dtype = llm.embed_tokens.weight.dtype
         prompts = list(prompt) if isinstance(prompt, (list, tuple)) else [prompt]
         batch = len(prompts)
-        if len({len(p.ids) for p in prompts}) != 1:
+        if batch > 1 and len({len(p.ids) for p in prompts}) != 1:
             raise ValueError("a batch needs prompts of one token length")
-        ids = torch.stack([self.prompt_ids(p, pixels.device) for p in prompts])       # (B, prompt + </s>)
+        if batch == 1:                      # the robot's step: the cached ids, no per-step copy
+            ids = self.prompt_ids(prompts[0], pixels.device).unsqueeze(0)
+        else:
+            ids = torch.stack([self.prompt_ids(p, pixels.device) for p in prompts])   # (B, prompt + </s>)
         patches = self.projector(self.vision_backbone(pixels.reshape(-1, *pixels.shape[-3:]).to(dtype)))
         patches = patches.reshape(batch, -1, patches.shape[-1])                    # (B, C*P, D)
         text = llm.embed_tokens(ids)

@@ -195,9 +195,6 @@ class SpecPrunePruner(StepPruner):
     def _dynamic_keep(self) -> torch.Tensor:
         return self.importance.drop(self.cfg.dynamic_drop_ratio)
 
-    def _uses_ema(self) -> bool:
-        return True
-
     # ---- internals -------------------------------------------------------------------------------------
     def _flush(self) -> None:
         if not self._queue:

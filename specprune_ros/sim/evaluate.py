@@ -176,12 +176,12 @@ def evaluate(config: Config, methods: list[Method], seeds: list[int], out: str |
 
 
 def _device_name(config: Config) -> str:
-    import platform
-
     import torch
+
+    from ..tools.bench import cpu_name
     if config.node.device != "cpu" and torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    return cpu_name()
 
 
 def _summarize(method: Method, results: list[dict[str, Any]], wilson, fastv_tokens: int | None) -> dict[str, Any]:

@@ -309,7 +309,7 @@ def cmd_sim_train(args: argparse.Namespace) -> int:
 
     given = {k: getattr(args, k) for k in ("steps", "batch", "lr", "seed", "checkpoint_every")}
     config = TrainConfig(**{k: v for k, v in given.items() if v is not None})
-    trainer = Trainer(args.data, args.out, config, progress=None if args.json else show)
+    trainer = Trainer(args.data, args.out, config, progress=None if args.json else show, init=args.init)
     resumed = trainer.resume()
     if resumed and interactive:
         print(f"resuming at step {trainer.step} from {args.out}", file=sys.stderr)
@@ -495,6 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--lr", type=float, help="peak learning rate (warm-up, then cosine)")
     q.add_argument("--seed", type=int)
     q.add_argument("--checkpoint-every", type=positive_int)
+    q.add_argument("--init", help="another run's train_state.pt to start from (its weights; a fresh optimizer "
+                                  "and schedule); ignored when --out already holds a state to resume")
     q = add_sim("export", cmd_sim_export, "a training run's current model as a checkpoint (also while it trains)")
     q.add_argument("run", help="run directory of sim train (train_state.pt)")
     q.add_argument("--data", required=True, help="its demonstration directory (for the dataset statistics)")

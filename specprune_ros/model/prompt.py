@@ -61,9 +61,13 @@ grasp the handle rotate the knob slide the door insert the peg into the hole wip
 """
 
 
-@lru_cache(maxsize=1)
-def build_tiny_tokenizer(vocab_size: int = 1000):
+@lru_cache(maxsize=4)
+def build_tiny_tokenizer(vocab_size: int = 1000, extra_corpus: tuple[str, ...] = ()):
     """A Llama-style (metaspace, byte fallback free) BPE tokenizer trained on a fixed corpus.
+
+    ``extra_corpus``: lines added to the corpus, e.g. a task's instructions, so each of their
+    words becomes one token (a model trained from scratch then reads a word from one embedding,
+    not from the characters of several).
 
     Special tokens as in Llama: <unk>=0, <s>=1, </s>=2; "▁" is in the vocabulary, and
     ``<PAD>`` is added after the vocabulary as OpenVLA does (id = vocab_size).
@@ -80,7 +84,8 @@ def build_tiny_tokenizer(vocab_size: int = 1000):
     alphabet = sorted(set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,:;?!'-_/()\n"))
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"],
                                   initial_alphabet=alphabet + [SPACE_PIECE], show_progress=False)
-    corpus = [line for line in _CORPUS.strip().splitlines()] + [build_prompt(line) for line in _CORPUS.splitlines()]
+    lines = _CORPUS.strip().splitlines() + list(extra_corpus)
+    corpus = lines + [build_prompt(line) for line in (_CORPUS.splitlines() + list(extra_corpus))]
     tok.train_from_iterator(corpus, trainer=trainer)
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",

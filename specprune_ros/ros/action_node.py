@@ -228,6 +228,7 @@ class ActionNode(LifecycleNode):
 
     # ---- the control loop (worker thread) ---------------------------------------------------------------
     def _control_loop(self) -> None:
+        _name_os_thread("sp-inference")
         next_tick = time.monotonic()
         while not self._stop.is_set():
             with self._lock:
@@ -349,6 +350,17 @@ class ActionNode(LifecycleNode):
         worker = self._worker
         if worker is not None and worker.is_alive() and worker is not threading.current_thread():
             worker.join(timeout)
+
+
+def _name_os_thread(name: str) -> None:
+    """Give the calling thread an OS-level name (Linux), so `top -H` and soak reports tell the
+    inference thread from the executor and torch's pool. A no-op where prctl is unavailable."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)     # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass
 
 
 def _median(values: deque) -> str:

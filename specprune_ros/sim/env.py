@@ -65,10 +65,11 @@ class Task:
 # episode (LIBERO's tasks vary object placements by a few centimetres around a fixed layout). A
 # first layout with objects anywhere in a 26 x 15 cm area was too hard for a model trained from
 # scratch on this CPU (0 % after 600 steps x 16 samples: it learned to descend, never where).
-OBJECT_SLOTS = {"cube": (0.40, -0.045), "cylinder": (0.40, 0.045), "block": (0.52, -0.045), "box": (0.52, 0.045)}
+OBJECT_SLOTS = {"cube": (0.40, -0.05), "cylinder": (0.40, 0.05), "block": (0.52, -0.05), "box": (0.52, 0.05)}
 RECEPTACLE_SLOTS = {"plate": (0.47, -0.185), "bowl": (0.47, 0.185)}
-OBJECT_JITTER = 0.02                   # m, uniform in x and y
+OBJECT_JITTER = 0.015                  # m, uniform in x and y
 RECEPTACLE_JITTER = 0.015
+OBJECT_YAW = 0.2                       # rad either way; the 9 cm block then spans 6.1 cm across the fingers
 
 
 def sample_task(rng: np.random.Generator) -> Task:
@@ -84,9 +85,15 @@ def sample_task(rng: np.random.Generator) -> Task:
         dx, dy = rng.uniform(-OBJECT_JITTER, OBJECT_JITTER, 2)
         x, y = OBJECT_SLOTS[name]
         positions[name] = (float(x + dx), float(y + dy))
-    yaws = {name: float(rng.uniform(-0.3, 0.3)) for name in names}
+    yaws = {name: float(rng.uniform(-OBJECT_YAW, OBJECT_YAW)) for name in names}
     target = names[int(rng.integers(len(names)))]
     return Task(target, colors[target], str(rng.choice(RECEPTACLES)), colors, positions, yaws)
+
+
+def all_instructions() -> tuple[str, ...]:
+    """Every instruction the task can give (the sim model's tokenizer learns their words)."""
+    return tuple(Task(shape, color, receptacle, {}, {}, {}).instruction
+                 for color in COLORS for shape in OBJECTS for receptacle in RECEPTACLES)
 
 
 def quat_to_axis_angle(quat: np.ndarray) -> np.ndarray:

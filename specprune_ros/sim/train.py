@@ -53,9 +53,19 @@ SIM_VISION = dict(dim=64, depth=4, heads=4, mlp_dim=256)
 SIM_LLM_LAYERS = 16
 
 
+def sim_tokenizer():
+    """The tiny tokenizer with the task's instructions in its corpus: every word of an instruction
+    is one token and all 32 prompts have the same length, so a training batch mixes all tasks (a
+    first model with the plain tiny tokenizer read "cylinder" from 3 pieces, had 8 prompt lengths
+    and hence batches of only one or two target shapes, and learned an average approach)."""
+    from .env import all_instructions
+
+    return build_tiny_tokenizer(extra_corpus=all_instructions())
+
+
 def sim_model_config() -> ModelConfig:
     """The shipped sim model's geometry; no center crop (see above)."""
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = sim_tokenizer()
     tiny = preset("tiny")
     return replace(tiny, featurizer=replace(tiny.featurizer, **SIM_VISION),
                    fused_featurizer=replace(tiny.fused_featurizer, **SIM_VISION),
@@ -125,8 +135,11 @@ def action_chunk(actions: np.ndarray, t: int, size: int) -> np.ndarray:
 
 class Trainer:
     def __init__(self, data: str | Path, out: str | Path, config: TrainConfig = TrainConfig(),
-                 progress: Callable[[int, int, float], None] | None = None) -> None:
+                 progress: Callable[[int, int, float], None] | None = None, init: str | Path | None = None) -> None:
+        """``init``: another run's ``train_state.pt`` whose model weights start this run (a warm
+        start: optimizer, step and schedule start fresh); ignored when this run resumes."""
         self.data, self.out, self.config, self.progress = Path(data), Path(out), config, progress
+        self.init = Path(init) if init is not None else None
         index = read_index(self.data)
         if not index["episodes"]:
             raise DemoError(f"{self.data}: no demonstrations")
@@ -135,7 +148,7 @@ class Trainer:
         self.cfg = sim_model_config()
         self.stats = NormStats.from_statistics(self.stats_json, DATASET_KEY, "demonstrations", self.cfg.action_dim,
                                                self.cfg.proprio_dim)
-        self.tokenizer = build_tiny_tokenizer()
+        self.tokenizer = sim_tokenizer()
         self.processor = ImageProcessor(self.cfg.image_size, self.cfg.center_crop)
         self.prompts = {e["instruction"]: encode_prompt(self.tokenizer, e["instruction"]) for e in self.episodes}
         # Samples grouped by prompt length: a batch is drawn from one group, so it runs as one
@@ -155,11 +168,14 @@ class Trainer:
 
     # ---- state (resumable) ----------------------------------------------------------------------------
     def resume(self) -> bool:
+        """Continue this run from its saved state; else, with ``init``, start from that run's weights."""
         path = self.out / STATE_FILE
         if not path.exists():
+            if self.init is not None:
+                self.model.load_state_dict(_load_state(self.init, "start from")["model"])
             return False
+        state = _load_state(path, "resume from")
         try:
-            state = torch.load(path, weights_only=True)
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
         except Exception as exc:   # torch raises many types for broken files
@@ -240,6 +256,7 @@ class Trainer:
         """The released checkpoint layout, the loss curve and a summary."""
         model_dir = self.write_model(self.out / "model")
         summary = {"steps": self.step, "batch": self.config.batch, "episodes": len(self.episodes),
+                   "init": str(self.init) if self.init is not None else None,
                    "samples": self.samples, "seconds": self.seconds, "device": "cpu",
                    "loss_first": float(np.mean(self.losses[:20])) if self.losses else None,
                    "loss_last": float(np.mean(self.losses[-20:])) if self.losses else None,
@@ -247,6 +264,18 @@ class Trainer:
         (self.out / "train.json").write_text(json.dumps(summary, indent=2))
         _loss_plot(self.losses, self.out / "loss.png")
         return summary
+
+
+def _load_state(path: Path, purpose: str) -> dict[str, Any]:
+    """A ``train_state.pt`` (tensors only: ``weights_only=True``), or one clear error."""
+    try:
+        state = torch.load(path, weights_only=True)
+        state["model"]
+    except FileNotFoundError:
+        raise DemoError(f"{path}: no training state to {purpose}") from None
+    except Exception as exc:   # torch raises many types for broken files
+        raise DemoError(f"{path}: cannot {purpose} this training state ({type(exc).__name__}: {exc})") from None
+    return state
 
 
 def _write_model(model, stats_json: dict[str, Any], tokenizer, directory: str | Path, step: int, seed: int) -> Path:
@@ -258,11 +287,7 @@ def _write_model(model, stats_json: dict[str, Any], tokenizer, directory: str | 
 def export(run: str | Path, data: str | Path, directory: str | Path) -> Path:
     """The model of a (possibly still running) training run as a checkpoint, without loading the
     demonstrations' images: statistics need only their actions and proprio states."""
-    state_path = Path(run) / STATE_FILE
-    try:
-        state = torch.load(state_path, weights_only=True)
-    except FileNotFoundError:
-        raise DemoError(f"{state_path}: no training state (run `specprune sim train` first)") from None
+    state = _load_state(Path(run) / STATE_FILE, "export")
     episodes = []
     for entry in read_index(data)["episodes"]:
         with np.load(Path(data) / entry["file"], allow_pickle=False) as arrays:
@@ -270,7 +295,7 @@ def export(run: str | Path, data: str | Path, directory: str | Path) -> Path:
     cfg = sim_model_config()
     model = random_model(cfg)
     model.load_state_dict(state["model"])
-    return _write_model(model.eval(), statistics(episodes), build_tiny_tokenizer(), directory, int(state["step"]), 0)
+    return _write_model(model.eval(), statistics(episodes), sim_tokenizer(), directory, int(state["step"]), 0)
 
 
 def _loss_plot(losses: list[float], path: Path) -> None:

@@ -9,7 +9,7 @@ pytest.importorskip("specprune_ros.sim.env", reason="mujoco and gymnasium are in
 from specprune_ros.sim.collect import DemoError, collect, load_episode, read_index  # noqa: E402
 from specprune_ros.sim.env import SEED_SPLITS, TabletopEnv, quat_to_axis_angle, seed_range  # noqa: E402
 from specprune_ros.sim.expert import run_expert_episode  # noqa: E402
-from specprune_ros.sim.scene import COLORS  # noqa: E402
+from specprune_ros.sim.scene import COLORS, FINGER_OPEN  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_proprio_follows_libero():
     obs, _ = env.reset(seed=5)
     np.testing.assert_allclose(obs["proprio"][:3], env.gripper_position())
     np.testing.assert_allclose(obs["proprio"][3:6], 0.0, atol=1e-3)      # pointing down, no rotation yet
-    assert obs["proprio"][6:] == pytest.approx([0.027, 0.027], abs=2e-3)   # fingers open
+    assert obs["proprio"][6:] == pytest.approx([FINGER_OPEN, FINGER_OPEN], abs=2e-3)   # fingers open
     quat = np.array([np.cos(0.4), 0, 0, np.sin(0.4)])                    # 0.8 rad about z
     np.testing.assert_allclose(quat_to_axis_angle(quat), [0, 0, 0.8], atol=1e-9)
 
@@ -100,9 +100,11 @@ def test_the_expert_succeeds(seed):
     assert 20 < result["steps"] < env.max_steps
 
 
-def test_a_missed_grasp_fails():
-    """An expert whose grasp lands 5 cm off along the fingers' axis closes on nothing.
-    (Closer misses are often forgiven: the closing fingers push the object to the centre.)"""
+@pytest.mark.parametrize("offset", [(0, 0.07, 0), (0.06, 0, 0)])
+def test_a_missed_grasp_fails(offset):
+    """An expert whose grasp lands 7 cm off along the fingers' axis (or 6 cm along their length)
+    closes on nothing. (Closer misses are often forgiven: the closing fingers push the object to
+    the centre, or a finger landing on it wedges it.)"""
     from specprune_ros.sim import expert as expert_module
 
     env = TabletopEnv(render=False)
@@ -110,7 +112,7 @@ def test_a_missed_grasp_fails():
     robot = expert_module.ScriptedExpert(env, seed=1, noise=0.0)
     target = env.task.target
     true_position = env.object_position
-    env.object_position = lambda name: true_position(name) + (np.array([0, 0.05, 0]) if name == target else 0)
+    env.object_position = lambda name: true_position(name) + (np.array(offset) if name == target else 0)
     start = true_position(target)
     for _ in range(60):
         env.step(robot.act())

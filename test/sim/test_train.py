@@ -74,6 +74,34 @@ def test_an_interrupted_run_resumes_where_it_stopped(demos, tmp_path):
     np.testing.assert_allclose(resumed.losses, straight.losses, rtol=1e-4)   # the same batches, the same run
 
 
+def test_a_warm_start_takes_the_weights_not_the_optimizer_or_the_step(demos, tmp_path):
+    donor = Trainer(demos, tmp_path / "donor", FAST)
+    donor.train(until=4)
+    warm = Trainer(demos, tmp_path / "warm", FAST, init=tmp_path / "donor" / STATE_FILE)
+    assert not warm.resume() and warm.step == 0 and not warm.optimizer.state
+    for (name, a), (_, b) in zip(donor.model.state_dict().items(), warm.model.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert warm.train()["init"] == str(tmp_path / "donor" / STATE_FILE)
+    # Once the warm run has its own state, it resumes from that, not from the donor.
+    again = Trainer(demos, tmp_path / "warm", FAST, init=tmp_path / "donor" / STATE_FILE)
+    assert again.resume() and again.step == FAST.steps
+    with pytest.raises(DemoError, match="no training state to start from"):
+        Trainer(demos, tmp_path / "cold", FAST, init=tmp_path / "missing.pt").resume()
+
+
+def test_the_sim_tokenizer_reads_each_instruction_word_as_one_token():
+    from specprune_ros.model.prompt import build_tiny_tokenizer, encode_prompt
+    from specprune_ros.sim.env import all_instructions
+    from specprune_ros.sim.train import sim_tokenizer
+
+    tokenizer, instructions = sim_tokenizer(), all_instructions()
+    assert len(instructions) == 32
+    lengths = {len(encode_prompt(tokenizer, text).instruction_positions) for text in instructions}
+    assert lengths == {7}                                   # "put the red cube on the plate": 7 words, 7 tokens
+    plain = build_tiny_tokenizer()                           # the tiny checkpoints' tokenizer is unchanged
+    assert len({len(encode_prompt(plain, text).ids) for text in instructions}) > 1
+
+
 def test_a_broken_training_state_is_one_clear_error(demos, tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / STATE_FILE).write_bytes(b"interrupted")

@@ -212,12 +212,16 @@ def cmd_node_soak(args: argparse.Namespace) -> int:
     from .tools.transport_check import PROFILE
 
     r = soak(args.minutes, args.camera_hz, _size(args.size), args.encoding, args.control_hz, args.model,
-             None if args.no_profile else str(PROFILE), args.plot)
-    lines = [f"node soak: {args.minutes:g} min, 2 x {args.size} {args.encoding} at {args.camera_hz:g} Hz, joint "
+             None if args.no_profile else str(PROFILE), args.plot, args.scene)
+    pruning = r["pruning"]
+    lines = [f"node soak: {args.minutes:g} min, 2 x {args.size} {args.encoding} at {args.camera_hz:g} Hz "
+             f"({args.scene} scene), joint "
              f"states at 100 Hz, control {args.control_hz:g} Hz, model {args.model}, DDS profile "
              f"{'off' if args.no_profile else 'on'}",
              f"  chunks {r['chunks']} ({r['chunks_per_s']:.2f}/s), dropped ticks {100 * r['dropped_share']:.2f} % "
              f"{r['dropped'] or ''}",
+             f"  vision tokens kept {pruning['tokens_kept_mean']:.0f} on average, unpruned steps "
+             f"{100 * pruning['unpruned_share']:.1f} % {pruning['fallbacks'] or ''}",
              f"  RSS {r['rss_mb_first']:.1f} -> {r['rss_mb_last']:.1f} MB, threads {r['threads']}",
              f"  exit on SIGINT: code {r['exit']['code']} after {r['exit']['seconds']:.2f} s, "
              f"{len(r['exit']['error_lines'])} ERROR line(s)",
@@ -462,6 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--camera-hz", type=float, default=30.0)
     p.add_argument("--size", default="640x480", help="WIDTHxHEIGHT of both cameras")
     p.add_argument("--encoding", choices=("rgb8", "bgr8", "mono8"), default="rgb8")
+    p.add_argument("--scene", choices=("moving", "noise"), default="moving",
+                   help="what the cameras show: a moving pick-and-place scene, or random noise (every step a "
+                        "scene cut: SpecPrune falls back to the unpruned step, the worst case)")
     p.add_argument("--control-hz", type=float, default=10.0)
     p.add_argument("--model", default="tiny-random", help="model_path of the node")
     p.add_argument("--no-profile", action="store_true",

@@ -29,10 +29,47 @@ from .transport_check import PROFILE, PROFILE_VARIABLES
 
 JOINT_HZ = 100.0
 ENCODINGS = {"rgb8": 3, "bgr8": 3, "mono8": 1}
+SCENES = ("moving", "noise")
+SCENE_HZ = 10.0                        # pictures of the moving scene per second (each held at camera_hz)
+SCENE_STEPS = 40
 
 
 # ---- the synthetic robot (its own process) ---------------------------------------------------------------
-def _robot(width: int, height: int, camera_hz: float, encoding: str, seconds: float) -> None:
+def camera_frames(width: int, height: int, encoding: str, scene: str = "moving") -> list[tuple[bytes, bytes]]:
+    """(primary, wrist) image payloads, cycled by the robot process.
+
+    ``moving``: the synthetic pick-and-place episode (``synthetic.episode``), one picture per
+    0.1 s and played forwards then backwards, so the stream never jumps - what a camera on a
+    working robot shows, and what SpecPrune's frame differencing and prior are made for.
+    ``noise``: independent random pictures, every step a scene cut (SpecPrune falls back to the
+    unpruned step each time): the node's worst case. A first version of this tool sent only
+    noise, so its figures were those of the unpruned path."""
+    import cv2
+
+    from ..synthetic import episode
+
+    if scene == "noise":
+        rng = np.random.default_rng(0)
+        pictures = [[rng.integers(0, 255, (height, width, 3), dtype=np.uint8) for _ in range(2)] for _ in range(8)]
+    elif scene == "moving":
+        steps = episode(SCENE_STEPS, size=256)
+        steps = steps + steps[-2:0:-1]                               # forwards, then backwards
+        pictures = [[cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+                     for image in (step.primary, step.wrist)] for step in steps]
+    else:
+        raise ValueError(f"scene {scene!r}: one of {', '.join(SCENES)}")
+
+    def payload(rgb: np.ndarray) -> bytes:
+        if encoding == "bgr8":
+            rgb = rgb[..., ::-1]
+        elif encoding == "mono8":
+            rgb = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+        return np.ascontiguousarray(rgb).tobytes()
+
+    return [(payload(primary), payload(wrist)) for primary, wrist in pictures]
+
+
+def _robot(width: int, height: int, camera_hz: float, encoding: str, seconds: float, scene: str = "moving") -> None:
     import rclpy
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
     from rclpy.signals import SignalHandlerOptions
@@ -51,8 +88,8 @@ def _robot(width: int, height: int, camera_hz: float, encoding: str, seconds: fl
     joints_pub = node.create_publisher(JointState, "joint_states", qos_profile_sensor_data)
     latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
     node.create_publisher(String, "instruction", latched).publish(String(data=INSTRUCTION))
-    rng = np.random.default_rng(0)
-    frames = [rng.integers(0, 255, (height, width, channels), dtype=np.uint8).tobytes() for _ in range(8)]
+    frames = camera_frames(width, height, encoding, scene)
+    hold = max(1, int(round(camera_hz / SCENE_HZ)))
     images = [Image(height=height, width=width, encoding=encoding, is_bigendian=0, step=width * channels)
               for _ in cams]
     joint_msg = JointState(name=list(JOINT_NAMES), position=[0.0] * len(JOINT_NAMES))
@@ -68,9 +105,9 @@ def _robot(width: int, height: int, camera_hz: float, encoding: str, seconds: fl
             next_joints += 1.0 / JOINT_HZ
         if now >= next_camera:
             stamp = node.get_clock().now().to_msg()
-            for pub, msg in zip(cams, images):
+            for pub, msg, data in zip(cams, images, frames[(k // hold) % len(frames)]):
                 msg.header.stamp = stamp
-                msg.data = frames[k % len(frames)]
+                msg.data = data
                 pub.publish(msg)
             k += 1
             next_camera += 1.0 / camera_hz
@@ -90,7 +127,7 @@ def _proc_status(pid: int) -> tuple[float, int]:
 
 def soak(minutes: float = 10.0, camera_hz: float = 30.0, size: tuple[int, int] = (640, 480), encoding: str = "rgb8",
          control_hz: float = 10.0, model_path: str = "tiny-random", profile: str | None = str(PROFILE),
-         plot: str | None = None) -> dict[str, Any]:
+         plot: str | None = None, scene: str = "moving") -> dict[str, Any]:
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.executors import SingleThreadedExecutor
@@ -99,6 +136,8 @@ def soak(minutes: float = 10.0, camera_hz: float = 30.0, size: tuple[int, int] =
 
     if encoding not in ENCODINGS:
         raise ValueError(f"encoding {encoding!r}: one of {', '.join(ENCODINGS)}")
+    if scene not in SCENES:
+        raise ValueError(f"scene {scene!r}: one of {', '.join(SCENES)}")
     seconds = minutes * 60.0
     env = {k: v for k, v in os.environ.items() if k not in PROFILE_VARIABLES}
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
@@ -110,7 +149,7 @@ def soak(minutes: float = 10.0, camera_hz: float = 30.0, size: tuple[int, int] =
                              "-p", f"model_path:={model_path}", "-p", "device:=cpu",
                              "-p", f"control_rate_hz:={control_hz}"], env=env, stdout=log, stderr=subprocess.STDOUT)
     robot = subprocess.Popen([sys.executable, "-m", "specprune_ros.tools.node_soak", f"{size[0]}x{size[1]}",
-                              str(camera_hz), encoding, str(seconds + 30)], env=env, stdout=subprocess.DEVNULL)
+                              str(camera_hz), encoding, str(seconds + 30), scene], env=env, stdout=subprocess.DEVNULL)
     context = rclpy.Context()
     rclpy.init(context=context)
     monitor = rclpy.create_node("soak_monitor", context=context)
@@ -130,8 +169,12 @@ def soak(minutes: float = 10.0, camera_hz: float = 30.0, size: tuple[int, int] =
                 drops.append((time.monotonic(), {k[len("dropped_"):]: int(v) for k, v in values.items()
                                                  if k.startswith("dropped_")}))
     monitor.create_subscription(ActionChunk, "action_chunk", on_chunk, 50)
-    monitor.create_subscription(PruningStats, "pruning_stats", lambda m: latency.append(
-        (time.monotonic(), m.latency_ms)), 50)
+    steps: list[tuple[float, int, str]] = []             # (received monotonic, vision tokens kept, fallback)
+
+    def on_stats(msg) -> None:
+        latency.append((time.monotonic(), msg.latency_ms))
+        steps.append((time.monotonic(), msg.vision_tokens_kept, msg.fallback_reason))
+    monitor.create_subscription(PruningStats, "pruning_stats", on_stats, 50)
     monitor.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(monitor)
@@ -168,7 +211,11 @@ def soak(minutes: float = 10.0, camera_hz: float = 30.0, size: tuple[int, int] =
     log.seek(0)
     errors = [line.strip() for line in log.read().splitlines() if "[ERROR]" in line or "Traceback" in line]
     result = _report(start, stop, chunks, latency, drops, samples)
-    result.update({"minutes": minutes, "camera_hz": camera_hz, "size": list(size), "encoding": encoding,
+    in_run = [(kept, reason) for t, kept, reason in steps if start <= t < stop]
+    result["pruning"] = {"tokens_kept_mean": float(np.mean([k for k, _ in in_run])) if in_run else float("nan"),
+                         "unpruned_share": float(np.mean([bool(r) for _, r in in_run])) if in_run else float("nan"),
+                         "fallbacks": {r: sum(1 for _, x in in_run if x == r) for r in sorted({x for _, x in in_run if x})}}
+    result.update({"scene": scene, "minutes": minutes, "camera_hz": camera_hz, "size": list(size), "encoding": encoding,
                    "control_hz": control_hz, "model": model_path, "profile": profile,
                    "exit": {"code": exit_code, "seconds": exit_s, "error_lines": errors}, "node_log": log.name})
     if plot:
@@ -231,6 +278,6 @@ def _plot(result: dict[str, Any], path: str) -> None:
     plt.close(fig)
 
 
-if __name__ == "__main__":                     # the robot process: SIZE HZ ENCODING SECONDS
+if __name__ == "__main__":                     # the robot process: SIZE HZ ENCODING SECONDS SCENE
     width, height = (int(v) for v in sys.argv[1].split("x"))
-    _robot(width, height, float(sys.argv[2]), sys.argv[3], float(sys.argv[4]))
+    _robot(width, height, float(sys.argv[2]), sys.argv[3], float(sys.argv[4]), sys.argv[5])

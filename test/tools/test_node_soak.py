@@ -3,7 +3,9 @@ import pytest
 
 pytest.importorskip("rclpy")
 
-from specprune_ros.tools.node_soak import soak  # noqa: E402
+import numpy as np  # noqa: E402
+
+from specprune_ros.tools.node_soak import camera_frames, soak  # noqa: E402
 
 
 def test_a_short_soak_reports_rate_memory_drops_and_a_clean_exit(tmp_path):
@@ -15,3 +17,24 @@ def test_a_short_soak_reports_rate_memory_drops_and_a_clean_exit(tmp_path):
     assert len(r["per_minute"]) == 1 and r["per_minute"][0]["chunk_age_ms_p50"] > 0
     assert r["exit"]["code"] == 0 and r["exit"]["seconds"] < 10 and r["exit"]["error_lines"] == []
     assert (tmp_path / "soak.png").stat().st_size > 1000
+    # A moving scene: SpecPrune prunes (no scene cut after the first step), as on a working robot.
+    assert r["scene"] == "moving" and r["pruning"]["unpruned_share"] < 0.2, r["pruning"]
+    assert 0 < r["pruning"]["tokens_kept_mean"] < 512
+
+
+def _difference(a: bytes, b: bytes) -> float:
+    return float(np.abs(np.frombuffer(a, np.uint8).astype(int) - np.frombuffer(b, np.uint8)).mean())
+
+
+def test_the_moving_scene_never_jumps_and_noise_always_does():
+    moving = camera_frames(64, 48, "rgb8", "moving")
+    assert all(len(p) == len(w) == 64 * 48 * 3 for p, w in moving)
+    steps = [_difference(moving[i][0], moving[(i + 1) % len(moving)][0]) for i in range(len(moving))]
+    noise = camera_frames(64, 48, "rgb8", "noise")
+    assert max(steps) < 20 < min(_difference(noise[i][0], noise[i + 1][0]) for i in range(len(noise) - 1))
+    assert any(s > 0 for s in steps)                                   # it does move
+    assert {len(p) for p, _ in camera_frames(64, 48, "mono8")} == {64 * 48}
+    bgr, rgb = camera_frames(64, 48, "bgr8")[0][0], moving[0][0]
+    assert np.array_equal(np.frombuffer(bgr, np.uint8).reshape(48, 64, 3), np.frombuffer(rgb, np.uint8).reshape(48, 64, 3)[..., ::-1])
+    with pytest.raises(ValueError, match="scene 'static'"):
+        camera_frames(64, 48, "rgb8", "static")

@@ -212,9 +212,10 @@ def soak(minutes: float = 10.0, camera_hz: float = 30.0, size: tuple[int, int] =
     errors = [line.strip() for line in log.read().splitlines() if "[ERROR]" in line or "Traceback" in line]
     result = _report(start, stop, chunks, latency, drops, samples)
     in_run = [(kept, reason) for t, kept, reason in steps if start <= t < stop]
+    reasons = [reason for _, reason in in_run if reason]
     result["pruning"] = {"tokens_kept_mean": float(np.mean([k for k, _ in in_run])) if in_run else float("nan"),
-                         "unpruned_share": float(np.mean([bool(r) for _, r in in_run])) if in_run else float("nan"),
-                         "fallbacks": {r: sum(1 for _, x in in_run if x == r) for r in sorted({x for _, x in in_run if x})}}
+                         "unpruned_share": len(reasons) / len(in_run) if in_run else float("nan"),
+                         "fallbacks": {r: reasons.count(r) for r in sorted(set(reasons))}}
     result.update({"scene": scene, "minutes": minutes, "camera_hz": camera_hz, "size": list(size), "encoding": encoding,
                    "control_hz": control_hz, "model": model_path, "profile": profile,
                    "exit": {"code": exit_code, "seconds": exit_s, "error_lines": errors}, "node_log": log.name})

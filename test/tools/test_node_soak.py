@@ -34,7 +34,7 @@ def test_the_moving_scene_never_jumps_and_noise_always_does():
     assert max(steps) < 20 < min(_difference(noise[i][0], noise[i + 1][0]) for i in range(len(noise) - 1))
     assert any(s > 0 for s in steps)                                   # it does move
     assert {len(p) for p, _ in camera_frames(64, 48, "mono8")} == {64 * 48}
-    bgr, rgb = camera_frames(64, 48, "bgr8")[0][0], moving[0][0]
-    assert np.array_equal(np.frombuffer(bgr, np.uint8).reshape(48, 64, 3), np.frombuffer(rgb, np.uint8).reshape(48, 64, 3)[..., ::-1])
+    bgr = np.frombuffer(camera_frames(64, 48, "bgr8")[0][0], np.uint8).reshape(48, 64, 3)
+    assert np.array_equal(bgr, np.frombuffer(moving[0][0], np.uint8).reshape(48, 64, 3)[..., ::-1])
     with pytest.raises(ValueError, match="scene 'static'"):
         camera_frames(64, 48, "rgb8", "static")

@@ -65,10 +65,7 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
-        if self.kv_heads == self.heads:    # one rotation for both (the same arithmetic, half the ops)
-            q, k = rotate_half_rope(torch.cat((q, k), 1), cos, sin).split(self.heads, 1)
-        else:
-            q, k = rotate_half_rope(q, cos, sin), rotate_half_rope(k, cos, sin)
+        q, k = rotate_half_rope(q, cos, sin), rotate_half_rope(k, cos, sin)
         out = F.scaled_dot_product_attention(q, k, v, is_causal=False,
                                              enable_gqa=self.kv_heads != self.heads)
         qk = None if text_index is None else (q[0].index_select(1, text_index), k[0])

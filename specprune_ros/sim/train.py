@@ -270,11 +270,12 @@ def _load_state(path: Path, purpose: str) -> dict[str, Any]:
     """A ``train_state.pt`` (tensors only: ``weights_only=True``), or one clear error."""
     try:
         state = torch.load(path, weights_only=True)
-        state["model"]
     except FileNotFoundError:
         raise DemoError(f"{path}: no training state to {purpose}") from None
     except Exception as exc:   # torch raises many types for broken files
         raise DemoError(f"{path}: cannot {purpose} this training state ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise DemoError(f"{path}: cannot {purpose} this training state (it holds no model weights)")
     return state
 
 

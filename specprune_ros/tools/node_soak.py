@@ -154,7 +154,7 @@ def soak(minutes: float = 10.0, camera_hz: float = 30.0, size: tuple[int, int] =
     rclpy.init(context=context)
     monitor = rclpy.create_node("soak_monitor", context=context)
     chunks: list[tuple[float, int]] = []                 # (received monotonic, stamp ns)
-    latency: list[tuple[float, float]] = []              # (received monotonic, policy latency ms)
+    steps: list[tuple[float, float, int, str]] = []      # (received, policy latency ms, tokens kept, fallback)
     drops: list[tuple[float, dict[str, int]]] = []
     clock = monitor.get_clock()
 
@@ -169,12 +169,8 @@ def soak(minutes: float = 10.0, camera_hz: float = 30.0, size: tuple[int, int] =
                 drops.append((time.monotonic(), {k[len("dropped_"):]: int(v) for k, v in values.items()
                                                  if k.startswith("dropped_")}))
     monitor.create_subscription(ActionChunk, "action_chunk", on_chunk, 50)
-    steps: list[tuple[float, int, str]] = []             # (received monotonic, vision tokens kept, fallback)
-
-    def on_stats(msg) -> None:
-        latency.append((time.monotonic(), msg.latency_ms))
-        steps.append((time.monotonic(), msg.vision_tokens_kept, msg.fallback_reason))
-    monitor.create_subscription(PruningStats, "pruning_stats", on_stats, 50)
+    monitor.create_subscription(PruningStats, "pruning_stats", lambda m: steps.append(
+        (time.monotonic(), m.latency_ms, m.vision_tokens_kept, m.fallback_reason)), 50)
     monitor.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(monitor)
@@ -210,8 +206,8 @@ def soak(minutes: float = 10.0, camera_hz: float = 30.0, size: tuple[int, int] =
         rclpy.shutdown(context=context)
     log.seek(0)
     errors = [line.strip() for line in log.read().splitlines() if "[ERROR]" in line or "Traceback" in line]
-    result = _report(start, stop, chunks, latency, drops, samples)
-    in_run = [(kept, reason) for t, kept, reason in steps if start <= t < stop]
+    result = _report(start, stop, chunks, [(t, ms) for t, ms, _, _ in steps], drops, samples)
+    in_run = [(kept, reason) for t, _, kept, reason in steps if start <= t < stop]
     reasons = [reason for _, reason in in_run if reason]
     result["pruning"] = {"tokens_kept_mean": float(np.mean([k for k, _ in in_run])) if in_run else float("nan"),
                          "unpruned_share": len(reasons) / len(in_run) if in_run else float("nan"),

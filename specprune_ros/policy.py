@@ -276,13 +276,16 @@ class SpecPrunePolicy:
 
     def _executed_motion(self, obs: Observation) -> np.ndarray | None:
         """The actions executed since the previous step: measured ones if the observation has
-        them, else the part of the previous predicted chunk that had time to run."""
+        them, else the part of the previous predicted chunk that had time to run; in the units the
+        controller measures (``NormStats.motion_units``)."""
         if obs.motion is not None:
-            return _checked_motion(obs.motion)
-        if self._previous_action is None or self._previous_stamp is None:
+            motion = _checked_motion(obs.motion)
+        elif self._previous_action is None or self._previous_stamp is None:
             return None
-        return executed_actions(self._previous_action, obs.stamp - self._previous_stamp,
-                                self.config.node.action_dt)
+        else:
+            motion = executed_actions(self._previous_action, obs.stamp - self._previous_stamp,
+                                      self.config.node.action_dt)
+        return self.loaded.stats.motion_units(motion)
 
     def _strategy_for(self, layout: TokenLayout) -> PruningStrategy:
         """The configured rule's state, made at its first pruned step (or for another camera count)."""

@@ -88,6 +88,26 @@ def test_measured_motion_drives_the_controller(policy):
     assert s.fine_mode and s.translation_speed == pytest.approx(np.linalg.norm([0.05, 0.05]))
 
 
+def test_axes_the_dataset_never_moves_do_not_count_as_motion(loaded):
+    """A planar dataset (roll and pitch constant, q01 == q99) trains the model towards -1 there;
+    read as motion, that is a rotation speed of 1.4 and the controller never enters fine mode."""
+    import dataclasses
+
+    stats = loaded.stats
+    planar = dataclasses.replace(stats, action_low=np.r_[stats.action_low[:3], 0.0, 0.0, stats.action_low[5:]],
+                                 action_high=np.r_[stats.action_high[:3], 0.0, 0.0, stats.action_high[5:]])
+    np.testing.assert_array_equal(planar.constant_action_dims, [False] * 3 + [True, True] + [False] * 2)
+    policy = SpecPrunePolicy(dataclasses.replace(loaded, stats=planar), Config())
+    policy.step(obs(0))
+    slow_down = np.array([0.05, 0.0, -0.05, -1.0, -1.0, 0.1])     # roll, pitch as the model outputs them
+    s = policy.step(obs(1, motion=slow_down)).stats
+    assert s.fine_mode and s.rotation_speed == pytest.approx(0.1)
+    moving = SpecPrunePolicy(loaded, Config())             # statistics where every axis moves
+    moving.step(obs(0))
+    s = moving.step(obs(1, motion=slow_down)).stats
+    assert not s.fine_mode and s.rotation_speed == pytest.approx(np.linalg.norm([1.0, 1.0, 0.1]))
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda o: o.images.pop(), "got 1 images, num_images is 2"),
     (lambda o: o.images.__setitem__(0, np.zeros((10, 10, 3), np.uint8)), "too small"),

@@ -168,6 +168,22 @@ class NormStats:
             raise ObservationError("proprio contains non-finite values")
         return np.clip(2 * (p - self.proprio_low) / (self.proprio_high - self.proprio_low + 1e-8) - 1, -1, 1)
 
+    @property
+    def constant_action_dims(self) -> np.ndarray:
+        """Normalized dims the dataset never moves (q01 == q99): un-normalizing maps any prediction
+        there to the constant, so the model's raw value is meaningless (trained towards -1, it reads
+        as a full-scale motion; e.g. roll and pitch of a planar tabletop task)."""
+        return self.action_mask & (self.action_high - self.action_low <= 0)
+
+    def motion_units(self, normalized: np.ndarray) -> np.ndarray:
+        """Normalized actions as the controller and the history rule measure motion: the dims the
+        dataset never moves count as still (a LIBERO dataset has none; the authors' thresholds
+        apply unchanged)."""
+        a = np.array(normalized, dtype=np.float64)
+        n = min(a.shape[-1], self.action_mask.size)      # measured motion may have 6 columns only
+        a[..., :n][..., self.constant_action_dims[:n]] = 0.0
+        return a
+
     def unnormalize_actions(self, actions: np.ndarray) -> np.ndarray:
         a = np.asarray(actions, dtype=np.float64)
         real = 0.5 * (a + 1) * (self.action_high - self.action_low + 1e-8) + self.action_low

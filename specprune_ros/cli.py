@@ -288,12 +288,18 @@ def cmd_sim_collect(args: argparse.Namespace) -> int:
     from .tools.progress import progress_bar
 
     show = progress_bar("collect") if not args.json and sys.stderr.isatty() else None
-    index = collect(args.out, args.episodes, args.split, progress=show)
+    index = collect(args.out, args.episodes, args.split, args.start, progress=show, policy=args.policy)
     if show:
         print(file=sys.stderr)
     kept = len(index["episodes"])
-    _emit(args, {"out": args.out, "episodes": kept, "attempted": index["attempted"], "failed": len(index["failed"])},
-          f"{kept} expert demonstrations in {args.out} ({len(index['failed'])} failed episodes skipped)")
+    summary = {"out": args.out, "episodes": kept, "attempted": index["attempted"], "failed": len(index["failed"])}
+    if args.policy:
+        wins = sum(bool(e.get("success")) for e in index["episodes"])
+        _emit(args, {**summary, "policy": args.policy, "policy_successes": wins},
+              f"{kept} episodes of {args.policy} labeled by the expert in {args.out} (the model succeeded in {wins})")
+    else:
+        _emit(args, summary,
+              f"{kept} expert demonstrations in {args.out} ({len(index['failed'])} failed episodes skipped)")
     return 0
 
 
@@ -491,10 +497,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--steps", type=positive_int, default=200)
     q = add_sim("collect", cmd_sim_collect, "scripted-expert demonstrations (resumable)")
     q.add_argument("out", help="demonstration directory (index.json + episode_<seed>.npz)")
-    q.add_argument("--episodes", type=positive_int, default=100, help="successful episodes wanted")
+    q.add_argument("--episodes", type=positive_int, default=100, help="successful episodes wanted (with --policy: "
+                                                                         "episodes)")
     q.add_argument("--split", choices=("train", "validation", "test"), default="train")
+    q.add_argument("--start", type=int, default=0, help="first seed's offset in the split (e.g. past the seeds of "
+                                                        "another directory)")
+    q.add_argument("--policy", help="DAgger: a checkpoint drives each episode and the expert labels every state it "
+                                    "visits (all episodes kept)")
     q = add_sim("train", cmd_sim_train, "train the small OpenVLA-OFT model on demonstrations (resumable)")
-    q.add_argument("data", help="demonstration directory (sim collect)")
+    q.add_argument("data", nargs="+", help="demonstration directories (sim collect; expert and DAgger rounds)")
     q.add_argument("--out", required=True, help="run directory: train_state.pt, loss.png, train.json, model/")
     # Defaults live in sim.train.TrainConfig (not imported here: it needs torch).
     q.add_argument("--steps", type=positive_int, help="optimizer steps (default: TrainConfig's)")
@@ -506,7 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
                                   "and schedule); ignored when --out already holds a state to resume")
     q = add_sim("export", cmd_sim_export, "a training run's current model as a checkpoint (also while it trains)")
     q.add_argument("run", help="run directory of sim train (train_state.pt)")
-    q.add_argument("--data", required=True, help="its demonstration directory (for the dataset statistics)")
+    q.add_argument("--data", required=True, nargs="+", help="its demonstration directories (for the dataset "
+                                                             "statistics)")
     q.add_argument("--out", required=True, help="checkpoint directory to write")
     q = add_sim("record", cmd_sim_record, "closed-loop episodes of a model as a rosbag2 on the node's topics")
     q.add_argument("bag", help="new bag directory")

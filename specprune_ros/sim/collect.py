@@ -10,6 +10,12 @@ Format of a demonstration directory (``specprune sim collect OUT --episodes N``)
 Row t holds the observation the expert saw and the action it took at step t (action units as the
 environment takes them: metres / radians per step, gripper +1 close / -1 open). Only successful
 episodes are kept. Collection resumes: episodes already in the index are not collected again.
+
+With ``--policy MODEL`` (DAgger), a trained model drives each episode and the expert labels every
+state it visits (``rollout.run_labeled_episode``): row t is the model's observation and the
+expert's action there. Every episode is kept (a failed one holds the recoveries the model lacks);
+``index.json`` names the model under ``"driver"`` (``"expert"`` otherwise). Train on several
+directories at once: ``specprune sim train demos dagger1 ...``.
 """
 from __future__ import annotations
 
@@ -32,28 +38,33 @@ class DemoError(ValueError):
 
 
 def collect(out: str | Path, episodes: int, split: str = "train", start: int = 0,
-            progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+            progress: Callable[[int, int], None] | None = None, policy: str | None = None) -> dict[str, Any]:
+    """``policy``: a checkpoint that drives the episodes while the expert labels them (DAgger)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     index_path = out / "index.json"
-    index = read_index(out) if index_path.exists() else {"format": FORMAT, "split": split, "episodes": [],
-                                                          "attempted": 0, "failed": []}
+    driver = policy or "expert"
+    index = read_index(out) if index_path.exists() else {"format": FORMAT, "split": split, "driver": driver,
+                                                          "episodes": [], "attempted": 0, "failed": []}
     if index["split"] != split:
         raise DemoError(f"{index_path}: holds {index['split']} episodes, asked for {split}")
+    if index.get("driver", "expert") != driver:
+        raise DemoError(f"{index_path}: holds episodes driven by {index.get('driver', 'expert')}, asked for {driver}")
     done = {e["seed"] for e in index["episodes"]} | set(index["failed"])
     seeds = (s for s in seed_range(split)[start:] if s not in done)
     env = TabletopEnv()
+    run = _labeled_runner(policy) if policy else (lambda env, seed: run_expert_episode(env, seed, record=True))
     try:
         while len(index["episodes"]) < episodes:
             seed = next(seeds)
-            result = run_expert_episode(env, seed, record=True)
+            result = run(env, seed)
             index["attempted"] += 1
-            if result["success"]:
+            if result["success"] or policy:
                 name = f"episode_{seed}.npz"
                 np.savez_compressed(out / name, **{k: result[k] for k in ARRAYS},
                                     instruction=np.array(result["instruction"]), seed=np.array(seed))
                 index["episodes"].append({"file": name, "seed": seed, "instruction": result["instruction"],
-                                          "steps": int(result["steps"])})
+                                          "steps": int(result["steps"]), "success": bool(result["success"])})
             else:
                 index["failed"].append(seed)
             index_path.write_text(json.dumps(index, indent=1))     # after every episode: resumable
@@ -62,6 +73,19 @@ def collect(out: str | Path, episodes: int, split: str = "train", start: int = 0
     finally:
         env.close()
     return index
+
+
+def _labeled_runner(model: str) -> Callable[[TabletopEnv, int], dict[str, Any]]:
+    """Episodes driven by ``model`` (unpruned, CPU or GPU as the config resolves) and labeled by the expert."""
+    from ..config import Config
+    from ..model.checkpoint import load_checkpoint
+    from ..policy import SpecPrunePolicy
+    from .rollout import run_labeled_episode
+
+    config = Config().replace(**{"model_path": model, "pruning.enabled": False})
+    node = config.node
+    loaded = load_checkpoint(node.model_path, node.device, node.dtype, node.unnorm_key)
+    return lambda env, seed: run_labeled_episode(env, SpecPrunePolicy(loaded, config), seed)
 
 
 def read_index(directory: str | Path) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from .env import MAX_ROTATION, MAX_TRANSLATION, TabletopEnv
 from .scene import OBJECT_HALF_HEIGHT
 
 FINGERTIP_BELOW_ORIGIN = 0.03        # fingertips are 3 cm below the gripper body's origin
+ALIGNED_M = 0.008                    # the expert closes its fingers only this near the object's axis
 
 
 def _yaw(quat: np.ndarray) -> float:
@@ -65,7 +66,9 @@ class ScriptedExpert:
                 self._enter("descend")
         elif phase == "descend":
             goal, speed = np.r_[obj[:2], grasp_z], self.slow
-            if abs(grip_pos[2] - grasp_z) < 0.004:
+            # Close only when over the object: the expert's own descent is aligned by then; when it
+            # labels a policy's states (``run_labeled_episode``), it first corrects the offset.
+            if abs(grip_pos[2] - grasp_z) < 0.004 and np.linalg.norm(grip_pos[:2] - obj[:2]) < ALIGNED_M:
                 self._enter("grasp")
         elif phase == "grasp":
             goal, speed, gripper = np.r_[obj[:2], grasp_z], self.slow, 1.0

@@ -81,6 +81,28 @@ def run_policy_episode(env: TabletopEnv, policy: SpecPrunePolicy, seed: int, exe
         history = history[:-1]           # the last frame is the next query's own observation
 
 
+def run_labeled_episode(env: TabletopEnv, policy: SpecPrunePolicy, seed: int) -> dict:
+    """DAgger's data: the policy drives (its chunks executed open loop, as in evaluation) and the
+    scripted expert, noise-free, labels every state the policy visits with the action it would
+    take there - the recoveries from the policy's own mistakes, which expert-driven demonstrations
+    never show. Returns ``run_expert_episode``'s record (the actions are the expert's labels)."""
+    from .expert import ScriptedExpert
+
+    frames: dict[str, list] = {"primary": [], "wrist": [], "proprio": [], "actions": []}
+    expert: list[ScriptedExpert] = []
+
+    def label(stamp: float, obs: dict, action: np.ndarray, instruction: str) -> None:
+        if not expert:                           # made after the episode's reset
+            expert.append(ScriptedExpert(env, seed=seed + 7919, noise=0.0))
+        for key in ("primary", "wrist", "proprio"):
+            frames[key].append(obs[key])
+        frames["actions"].append(expert[0].act())
+
+    result = run_policy_episode(env, policy, seed, on_step=label)
+    return {"seed": seed, "success": result.success, "steps": result.steps, "instruction": result.instruction,
+            "retries": expert[0].retries if expert else 0, **{k: np.asarray(v) for k, v in frames.items()}}
+
+
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """95 % Wilson score interval of a success rate."""
     if n == 0:

@@ -16,7 +16,7 @@ import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -133,17 +133,28 @@ def action_chunk(actions: np.ndarray, t: int, size: int) -> np.ndarray:
     return actions[index]
 
 
+def demo_entries(data: str | Path | Sequence[str | Path]) -> list[tuple[Path, dict[str, Any]]]:
+    """(directory, index entry) of every episode of one or more demonstration directories (expert
+    demonstrations and DAgger rounds train together); a directory without episodes is an error."""
+    directories = [Path(data)] if isinstance(data, (str, Path)) else [Path(d) for d in data]
+    entries = []
+    for directory in directories:
+        episodes = read_index(directory)["episodes"]
+        if not episodes:
+            raise DemoError(f"{directory}: no demonstrations")
+        entries += [(directory, entry) for entry in episodes]
+    return entries
+
+
 class Trainer:
-    def __init__(self, data: str | Path, out: str | Path, config: TrainConfig = TrainConfig(),
+    def __init__(self, data: str | Path | Sequence[str | Path], out: str | Path, config: TrainConfig = TrainConfig(),
                  progress: Callable[[int, int, float], None] | None = None, init: str | Path | None = None) -> None:
-        """``init``: another run's ``train_state.pt`` whose model weights start this run (a warm
-        start: optimizer, step and schedule start fresh); ignored when this run resumes."""
-        self.data, self.out, self.config, self.progress = Path(data), Path(out), config, progress
+        """``data``: one or more demonstration directories. ``init``: another run's
+        ``train_state.pt`` whose model weights start this run (a warm start: optimizer, step and
+        schedule start fresh); ignored when this run resumes."""
+        self.out, self.config, self.progress = Path(out), config, progress
         self.init = Path(init) if init is not None else None
-        index = read_index(self.data)
-        if not index["episodes"]:
-            raise DemoError(f"{self.data}: no demonstrations")
-        self.episodes = [load_episode(self.data, entry) for entry in index["episodes"]]
+        self.episodes = [load_episode(directory, entry) for directory, entry in demo_entries(data)]
         self.stats_json = statistics(self.episodes)
         self.cfg = sim_model_config()
         self.stats = NormStats.from_statistics(self.stats_json, DATASET_KEY, "demonstrations", self.cfg.action_dim,
@@ -285,13 +296,13 @@ def _write_model(model, stats_json: dict[str, Any], tokenizer, directory: str | 
     return path
 
 
-def export(run: str | Path, data: str | Path, directory: str | Path) -> Path:
+def export(run: str | Path, data: str | Path | Sequence[str | Path], directory: str | Path) -> Path:
     """The model of a (possibly still running) training run as a checkpoint, without loading the
     demonstrations' images: statistics need only their actions and proprio states."""
     state = _load_state(Path(run) / STATE_FILE, "export")
     episodes = []
-    for entry in read_index(data)["episodes"]:
-        with np.load(Path(data) / entry["file"], allow_pickle=False) as arrays:
+    for data_dir, entry in demo_entries(data):
+        with np.load(data_dir / entry["file"], allow_pickle=False) as arrays:
             episodes.append({"actions": arrays["actions"], "proprio": arrays["proprio"]})
     cfg = sim_model_config()
     model = random_model(cfg)

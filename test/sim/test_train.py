@@ -89,6 +89,36 @@ def test_a_warm_start_takes_the_weights_not_the_optimizer_or_the_step(demos, tmp
         Trainer(demos, tmp_path / "cold", FAST, init=tmp_path / "missing.pt").resume()
 
 
+def test_dagger_rounds_are_driven_by_the_model_labeled_by_the_expert_and_train_with_the_demonstrations(
+        demos, tmp_path):
+    from specprune_ros.sim.collect import read_index
+    from specprune_ros.sim.expert import ScriptedExpert
+
+    seed = seed_range("validation")[5]
+    index = collect(tmp_path / "dagger", 1, "validation", start=5, policy="tiny-random")
+    entry = index["episodes"][0]
+    assert index["driver"] == "tiny-random" and entry["seed"] == seed
+    assert not entry["success"] and read_index(tmp_path / "dagger")["episodes"] == [entry]   # a failure is kept
+    with np.load(tmp_path / "dagger" / entry["file"]) as episode:
+        actions, proprio = episode["actions"], episode["proprio"]
+    env = TabletopEnv()
+    obs, _ = env.reset(seed=seed)
+    assert np.array_equal(proprio[0], obs["proprio"])
+    # Row 0 is the noise-free expert's action at the reset state; its actions are the expert's kind.
+    np.testing.assert_allclose(actions[0], ScriptedExpert(env, seed=seed + 7919, noise=0.0).act())
+    assert set(np.unique(actions[:, 6])) <= {-1.0, 1.0} and np.all(actions[:, 3:5] == 0)
+    # The model drove: the states leave the expert's own path (the random model does not follow its labels).
+    for action in actions[:8]:
+        obs, *_ = env.step(action)
+    assert not np.allclose(obs["proprio"][:3], proprio[8][:3], atol=1e-3)
+    env.close()
+
+    trainer = Trainer([demos, tmp_path / "dagger"], tmp_path / "run", FAST)
+    assert len(trainer.episodes) == len(read_index(demos)["episodes"]) + 1
+    with pytest.raises(DemoError, match="driven by tiny-random, asked for expert"):
+        collect(tmp_path / "dagger", 2, "validation")
+
+
 def test_the_sim_tokenizer_reads_each_instruction_word_as_one_token():
     from specprune_ros.model.prompt import build_tiny_tokenizer, encode_prompt
     from specprune_ros.sim.env import all_instructions

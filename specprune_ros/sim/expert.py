@@ -14,6 +14,7 @@ from .scene import OBJECT_HALF_HEIGHT
 
 FINGERTIP_BELOW_ORIGIN = 0.03        # fingertips are 3 cm below the gripper body's origin
 ALIGNED_M = 0.008                    # the expert closes its fingers only this near the object's axis
+EXPERT_SEED_OFFSET = 7919            # an episode's expert draws its heights / speeds / noise from seed + this
 
 
 def _yaw(quat: np.ndarray) -> float:
@@ -121,7 +122,7 @@ class ScriptedExpert:
 def run_expert_episode(env: TabletopEnv, seed: int, record: bool = False, noise: float = 1.0) -> dict:
     """One episode of the expert on ``seed``: success, steps and (``record``) the demonstration."""
     obs, info = env.reset(seed=seed)
-    expert = ScriptedExpert(env, seed=seed + 7919, noise=noise)
+    expert = ScriptedExpert(env, seed=seed + EXPERT_SEED_OFFSET, noise=noise)
     frames: dict[str, list] = {"primary": [], "wrist": [], "proprio": [], "actions": []}
     success = False
     for _ in range(env.max_steps):

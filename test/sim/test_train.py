@@ -92,7 +92,7 @@ def test_a_warm_start_takes_the_weights_not_the_optimizer_or_the_step(demos, tmp
 def test_dagger_rounds_are_driven_by_the_model_labeled_by_the_expert_and_train_with_the_demonstrations(
         demos, tmp_path):
     from specprune_ros.sim.collect import read_index
-    from specprune_ros.sim.expert import ScriptedExpert
+    from specprune_ros.sim.expert import EXPERT_SEED_OFFSET, ScriptedExpert
 
     seed = seed_range("validation")[5]
     index = collect(tmp_path / "dagger", 1, "validation", start=5, policy="tiny-random")
@@ -105,7 +105,7 @@ def test_dagger_rounds_are_driven_by_the_model_labeled_by_the_expert_and_train_w
     obs, _ = env.reset(seed=seed)
     assert np.array_equal(proprio[0], obs["proprio"])
     # Row 0 is the noise-free expert's action at the reset state; its actions are the expert's kind.
-    np.testing.assert_allclose(actions[0], ScriptedExpert(env, seed=seed + 7919, noise=0.0).act())
+    np.testing.assert_allclose(actions[0], ScriptedExpert(env, seed=seed + EXPERT_SEED_OFFSET, noise=0.0).act())
     assert set(np.unique(actions[:, 6])) <= {-1.0, 1.0} and np.all(actions[:, 3:5] == 0)
     # The model drove: the states leave the expert's own path (the random model does not follow its labels).
     for action in actions[:8]:

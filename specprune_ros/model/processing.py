@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -168,11 +168,12 @@ class NormStats:
             raise ObservationError("proprio contains non-finite values")
         return np.clip(2 * (p - self.proprio_low) / (self.proprio_high - self.proprio_low + 1e-8) - 1, -1, 1)
 
-    @property
+    @cached_property
     def constant_action_dims(self) -> np.ndarray:
         """Normalized dims the dataset never moves (q01 == q99): un-normalizing maps any prediction
-        there to the constant, so the model's raw value is meaningless (trained towards -1, it reads
-        as a full-scale motion; e.g. roll and pitch of a planar tabletop task)."""
+        there to the constant, so the model's raw value is meaningless. The reference trains them
+        towards 0 (its data pipeline zeroes dims with min == max), a model trained towards -1 (our
+        sim models up to v3) reads there as a full-scale motion. Computed once (per step use)."""
         return self.action_mask & (self.action_high - self.action_low <= 0)
 
     def motion_units(self, normalized: np.ndarray) -> np.ndarray:

@@ -120,11 +120,14 @@ def statistics(episodes: list[dict[str, Any]]) -> dict[str, Any]:
                           "num_trajectories": len(episodes)}}
 
 
-def normalize_actions(actions: np.ndarray, stats: NormStats) -> np.ndarray:
-    """BOUNDS_Q99: the inverse of ``NormStats.unnormalize_actions`` where the mask is set, clipped."""
+def normalize_actions(actions: np.ndarray, stats: NormStats, unused: np.ndarray | None = None) -> np.ndarray:
+    """BOUNDS_Q99: the inverse of ``NormStats.unnormalize_actions`` where the mask is set, clipped;
+    ``unused`` dims (the statistics' min == max) are 0, as the reference's data pipeline maps them
+    (without it they would be -1: sim models up to v3 were trained so)."""
     a = np.asarray(actions, dtype=np.float64)
     scaled = np.clip(2 * (a - stats.action_low) / (stats.action_high - stats.action_low + 1e-8) - 1, -1, 1)
-    return np.where(stats.action_mask, scaled, a)
+    normalized = np.where(stats.action_mask, scaled, a)
+    return normalized if unused is None else np.where(unused, 0.0, normalized)
 
 
 def action_chunk(actions: np.ndarray, t: int, size: int) -> np.ndarray:
@@ -159,6 +162,8 @@ class Trainer:
         self.cfg = sim_model_config()
         self.stats = NormStats.from_statistics(self.stats_json, DATASET_KEY, "demonstrations", self.cfg.action_dim,
                                                self.cfg.proprio_dim)
+        action = self.stats_json[DATASET_KEY]["action"]
+        self.unused_actions = np.asarray(action["min"]) == np.asarray(action["max"])
         self.tokenizer = sim_tokenizer()
         self.processor = ImageProcessor(self.cfg.image_size, self.cfg.center_crop)
         self.prompts = {e["instruction"]: encode_prompt(self.tokenizer, e["instruction"]) for e in self.episodes}
@@ -222,7 +227,7 @@ class Trainer:
             pixels.append(self.processor.pixels(self.processor.frames([episode["primary"][t], episode["wrist"][t]])))
             proprio.append(torch.as_tensor(self.stats.normalize_proprio(episode["proprio"][t]), dtype=torch.float32))
             targets.append(torch.as_tensor(normalize_actions(action_chunk(episode["actions"], t, self.cfg.chunk_size),
-                                                             self.stats), dtype=torch.float32))
+                                                             self.stats, self.unused_actions), dtype=torch.float32))
             prompts.append(self.prompts[episode["instruction"]])
         predicted = self.model.predict_batch(torch.stack(pixels), torch.stack(proprio), prompts)
         return torch.nn.functional.l1_loss(predicted, torch.stack(targets))

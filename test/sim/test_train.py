@@ -148,6 +148,8 @@ def test_normalization_and_chunks():
     np.testing.assert_allclose(n[0, :6], [0.5, -1, 0, 0, 1, 0], atol=1e-6)       # clipped at the bounds
     assert n[0, 6] == -1.0                                                       # the gripper passes through
     np.testing.assert_allclose(stats.unnormalize_actions(n)[0, :4], a[0, :4], atol=1e-9)
+    unused = np.array([False] * 3 + [True, True, False, False])          # the reference zeroes min == max dims
+    np.testing.assert_array_equal(normalize_actions(a, stats, unused)[0], np.where(unused, 0.0, n[0]))
     actions = np.arange(10)[:, None].repeat(7, 1)
     assert action_chunk(actions, 7, 8)[:, 0].tolist() == [7, 8, 9, 9, 9, 9, 9, 9]
 

@@ -11,6 +11,7 @@ released model.
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -29,6 +30,7 @@ from .collect import DemoError, load_episode, read_index
 
 DATASET_KEY = "sim_tabletop"
 STATE_FILE = "train_state.pt"
+STATS_FILE = "dataset_statistics.json"   # the run's statistics, written when it starts
 PARAMS_FILE = "specprune.yaml"          # the node parameters this model needs, next to its weights
 RELEASED_LLM_LAYERS = 32
 
@@ -130,9 +132,10 @@ def normalize_actions(actions: np.ndarray, stats: NormStats, unused: np.ndarray 
     return normalized if unused is None else np.where(unused, 0.0, normalized)
 
 
-def action_chunk(actions: np.ndarray, t: int, size: int) -> np.ndarray:
-    """Actions t .. t+size-1, the last one repeated past the end of the episode."""
-    index = np.minimum(np.arange(t, t + size), len(actions) - 1)
+def action_chunks(actions: np.ndarray, size: int) -> np.ndarray:
+    """(T, size, dims): row t holds actions t .. t+size-1, the last one repeated past the end of
+    the episode (the training target of step t)."""
+    index = np.minimum(np.arange(len(actions))[:, None] + np.arange(size), len(actions) - 1)
     return actions[index]
 
 
@@ -151,32 +154,47 @@ def demo_entries(data: str | Path | Sequence[str | Path]) -> list[tuple[Path, di
 
 class Trainer:
     def __init__(self, data: str | Path | Sequence[str | Path], out: str | Path, config: TrainConfig = TrainConfig(),
-                 progress: Callable[[int, int, float], None] | None = None, init: str | Path | None = None) -> None:
+                 progress: Callable[[int, int, float], None] | None = None, init: str | Path | None = None,
+                 device: str | torch.device = "cpu") -> None:
         """``data``: one or more demonstration directories. ``init``: another run's
         ``train_state.pt`` whose model weights start this run (a warm start: optimizer, step and
-        schedule start fresh); ignored when this run resumes."""
+        schedule start fresh); ignored when this run resumes. ``device``: where the model trains and
+        the whole dataset lives (its frames as uint8, ~0.3 MB per sample), so a batch is one gather
+        on the device, not a host loop (a GPU step is then ~ the model's own time)."""
         self.out, self.config, self.progress = Path(out), config, progress
         self.init = Path(init) if init is not None else None
-        self.episodes = [load_episode(directory, entry) for directory, entry in demo_entries(data)]
-        self.stats_json = statistics(self.episodes)
+        self.device = torch.device(device)
         self.cfg = sim_model_config()
+        self.processor = ImageProcessor(self.cfg.image_size, self.cfg.center_crop, device=self.device)
+        frames, self.episodes = _load_demonstrations(demo_entries(data), self.processor)
+        self.frames = torch.from_numpy(frames).to(self.device)        # (N, cameras, H, W, 3) uint8
+        self.stats_json = statistics(self.episodes)
         self.stats = NormStats.from_statistics(self.stats_json, DATASET_KEY, "demonstrations", self.cfg.action_dim,
                                                self.cfg.proprio_dim)
         action = self.stats_json[DATASET_KEY]["action"]
         self.unused_actions = np.asarray(action["min"]) == np.asarray(action["max"])
         self.tokenizer = sim_tokenizer()
-        self.processor = ImageProcessor(self.cfg.image_size, self.cfg.center_crop)
         self.prompts = {e["instruction"]: encode_prompt(self.tokenizer, e["instruction"]) for e in self.episodes}
+        # Every sample's inputs and target, normalized once: sample i is step t of episode e.
+        self.sample_episode = np.concatenate([np.full(len(e["actions"]), k) for k, e in enumerate(self.episodes)])
+        self.proprio = torch.as_tensor(np.concatenate(
+            [[self.stats.normalize_proprio(p) for p in e["proprio"]] for e in self.episodes]),
+            dtype=torch.float32, device=self.device)
+        self.targets = torch.as_tensor(np.concatenate(
+            [normalize_actions(action_chunks(e["actions"], self.cfg.chunk_size), self.stats, self.unused_actions)
+             for e in self.episodes]), dtype=torch.float32, device=self.device)
         # Samples grouped by prompt length: a batch is drawn from one group, so it runs as one
         # forward without padding (OFT attends bidirectionally; pads would be attended).
-        groups: dict[int, list[tuple[int, int]]] = {}
-        for e, episode in enumerate(self.episodes):
-            length = len(self.prompts[episode["instruction"]].ids)
-            groups.setdefault(length, []).extend((e, t) for t in range(len(episode["actions"])))
-        self.groups = [groups[k] for k in sorted(groups)]
-        self.samples = sum(len(g) for g in self.groups)
+        lengths = np.array([len(self.prompts[e["instruction"]].ids) for e in self.episodes])[self.sample_episode]
+        self.groups = [np.flatnonzero(lengths == length) for length in np.unique(lengths)]
+        self.samples = len(self.sample_episode)
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / STATS_FILE).write_text(json.dumps(self.stats_json, indent=2))   # export needs no data
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         torch.manual_seed(config.seed)
-        self.model = random_model(self.cfg, seed=config.seed).train()
+        self.model = random_model(self.cfg, seed=config.seed).to(self.device).train()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.step = 0
         self.losses: list[float] = []
@@ -210,27 +228,22 @@ class Trainer:
         tmp.replace(self.out / STATE_FILE)               # atomic: an interrupt never leaves half a file
 
     # ---- training -------------------------------------------------------------------------------------
-    def batch(self, step: int) -> list[tuple[int, int]]:
-        """The samples of optimizer step ``step``: the same after a resume (seeded by the step).
-        A prompt-length group is drawn in proportion to its size, then samples within it."""
+    def batch(self, step: int) -> np.ndarray:
+        """The sample indices of optimizer step ``step``: the same after a resume (seeded by the
+        step). A prompt-length group is drawn in proportion to its size, then samples within it."""
         c = self.config
         rng = np.random.default_rng(c.seed * 1_000_003 + step)
         sizes = np.array([len(g) for g in self.groups], dtype=np.float64)
         group = self.groups[int(rng.choice(len(self.groups), p=sizes / sizes.sum()))]
-        picks = rng.choice(len(group), size=c.batch, replace=len(group) < c.batch)
-        return [group[i] for i in picks]
+        return group[rng.choice(len(group), size=c.batch, replace=len(group) < c.batch)]
 
-    def batch_loss(self, samples: list[tuple[int, int]]) -> torch.Tensor:
-        pixels, proprio, targets, prompts = [], [], [], []
-        for e, t in samples:
-            episode = self.episodes[e]
-            pixels.append(self.processor.pixels(self.processor.frames([episode["primary"][t], episode["wrist"][t]])))
-            proprio.append(torch.as_tensor(self.stats.normalize_proprio(episode["proprio"][t]), dtype=torch.float32))
-            targets.append(torch.as_tensor(normalize_actions(action_chunk(episode["actions"], t, self.cfg.chunk_size),
-                                                             self.stats, self.unused_actions), dtype=torch.float32))
-            prompts.append(self.prompts[episode["instruction"]])
-        predicted = self.model.predict_batch(torch.stack(pixels), torch.stack(proprio), prompts)
-        return torch.nn.functional.l1_loss(predicted, torch.stack(targets))
+    def batch_loss(self, samples: np.ndarray) -> torch.Tensor:
+        index = torch.as_tensor(samples, device=self.device)
+        frames = self.frames[index]                                   # (B, cameras, H, W, 3) uint8
+        pixels = self.processor.pixels(frames.flatten(0, 1).permute(0, 3, 1, 2)).unflatten(0, frames.shape[:2])
+        prompts = [self.prompts[self.episodes[e]["instruction"]] for e in self.sample_episode[samples]]
+        predicted = self.model.predict_batch(pixels, self.proprio[index], prompts)
+        return torch.nn.functional.l1_loss(predicted, self.targets[index])
 
     def learning_rate(self, step: int) -> float:
         c = self.config
@@ -263,17 +276,15 @@ class Trainer:
 
     def write_model(self, directory: str | Path) -> Path:
         """The model as it is now, in the released checkpoint layout (e.g. from a resumed state)."""
-        self.model.eval()
-        path = _write_model(self.model, self.stats_json, self.tokenizer, directory, self.step, self.config.seed)
-        self.model.train()
-        return path
+        model = copy.deepcopy(self.model).cpu().eval()
+        return _write_model(model, self.stats_json, self.tokenizer, directory, self.step, self.config.seed)
 
     def finish(self) -> dict[str, Any]:
         """The released checkpoint layout, the loss curve and a summary."""
         model_dir = self.write_model(self.out / "model")
         summary = {"steps": self.step, "batch": self.config.batch, "episodes": len(self.episodes),
                    "init": str(self.init) if self.init is not None else None,
-                   "samples": self.samples, "seconds": self.seconds, "device": "cpu",
+                   "samples": self.samples, "seconds": self.seconds, "device": _device_name(self.device),
                    "loss_first": float(np.mean(self.losses[:20])) if self.losses else None,
                    "loss_last": float(np.mean(self.losses[-20:])) if self.losses else None,
                    "model": str(model_dir)}
@@ -285,7 +296,7 @@ class Trainer:
 def _load_state(path: Path, purpose: str) -> dict[str, Any]:
     """A ``train_state.pt`` (tensors only: ``weights_only=True``), or one clear error."""
     try:
-        state = torch.load(path, weights_only=True)
+        state = torch.load(path, weights_only=True, map_location="cpu")
     except FileNotFoundError:
         raise DemoError(f"{path}: no training state to {purpose}") from None
     except Exception as exc:   # torch raises many types for broken files
@@ -301,18 +312,60 @@ def _write_model(model, stats_json: dict[str, Any], tokenizer, directory: str | 
     return path
 
 
-def export(run: str | Path, data: str | Path | Sequence[str | Path], directory: str | Path) -> Path:
-    """The model of a (possibly still running) training run as a checkpoint, without loading the
-    demonstrations' images: statistics need only their actions and proprio states."""
+def export(run: str | Path, directory: str | Path, data: str | Path | Sequence[str | Path] | None = None) -> Path:
+    """The model of a (possibly still running) training run as a checkpoint. Its statistics are
+    the run's own ``dataset_statistics.json``; ``data`` recomputes them from the demonstrations'
+    actions and proprio states instead (runs made before the run kept them)."""
     state = _load_state(Path(run) / STATE_FILE, "export")
-    episodes = []
-    for data_dir, entry in demo_entries(data):
-        with np.load(data_dir / entry["file"], allow_pickle=False) as arrays:
-            episodes.append({"actions": arrays["actions"], "proprio": arrays["proprio"]})
-    cfg = sim_model_config()
-    model = random_model(cfg)
+    if data is None:
+        path = Path(run) / STATS_FILE
+        try:
+            stats_json = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise DemoError(f"{path}: missing - name the run's demonstrations (--data)") from None
+        except ValueError as exc:
+            raise DemoError(f"{path}: corrupt statistics ({exc})") from None
+    else:
+        episodes = []
+        for data_dir, entry in demo_entries(data):
+            with np.load(data_dir / entry["file"], allow_pickle=False) as arrays:
+                episodes.append({"actions": arrays["actions"], "proprio": arrays["proprio"]})
+        stats_json = statistics(episodes)
+    model = random_model(sim_model_config())
     model.load_state_dict(state["model"])
-    return _write_model(model.eval(), statistics(episodes), sim_tokenizer(), directory, int(state["step"]), 0)
+    return _write_model(model.eval(), stats_json, sim_tokenizer(), directory, int(state["step"]), 0)
+
+
+def _load_demonstrations(entries: list[tuple[Path, dict[str, Any]]], processor: ImageProcessor,
+                         threads: int = 8) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """All frames as one (N, cameras, H, W, 3) uint8 array, as the model sees them at deployment
+    (``ImageProcessor.frame``), and per episode its actions, proprio states and instruction.
+    Episodes are decompressed in threads (zlib releases the GIL) straight into the array."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    steps = [int(entry["steps"]) for _, entry in entries]
+    offsets = np.concatenate([[0], np.cumsum(steps)])
+    size = processor.size
+    frames = np.empty((int(offsets[-1]), 2, size, size, 3), np.uint8)
+
+    def load(k: int) -> dict[str, Any]:
+        directory, entry = entries[k]
+        episode = load_episode(directory, entry)
+        if len(episode["actions"]) != steps[k]:
+            raise DemoError(f"{Path(directory) / entry['file']}: {len(episode['actions'])} steps, index.json "
+                            f"says {steps[k]}")
+        for camera, key in enumerate(("primary", "wrist")):
+            for t, image in enumerate(episode[key]):
+                frames[offsets[k] + t, camera] = processor.frame(image, camera)
+        return {key: episode[key] for key in ("actions", "proprio", "instruction")}
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        episodes = list(pool.map(load, range(len(entries))))
+    return frames, episodes
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
 
 
 def _loss_plot(losses: list[float], path: Path) -> None:

@@ -9,7 +9,7 @@ pytest.importorskip("specprune_ros.sim.env", reason="mujoco and gymnasium are in
 from specprune_ros.sim.collect import DemoError, collect, load_episode, read_index  # noqa: E402
 from specprune_ros.sim.env import SEED_SPLITS, TabletopEnv, quat_to_axis_angle, seed_range  # noqa: E402
 from specprune_ros.sim.expert import run_expert_episode  # noqa: E402
-from specprune_ros.sim.scene import COLORS, FINGER_OPEN  # noqa: E402
+from specprune_ros.sim.scene import COLORS, FINGER_OPEN, OBJECTS  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -52,18 +52,30 @@ def test_resets_are_seeded_and_deterministic(env):
     assert not np.array_equal(a[0]["primary"], c[0]["primary"])
 
 
-def test_the_layout_is_libero_like_jittered_slots():
+def test_the_layout_is_libero_like_jittered_slots_with_the_shapes_shuffled_among_them():
     from specprune_ros.sim.env import OBJECT_JITTER, OBJECT_SLOTS, RECEPTACLE_JITTER, RECEPTACLE_SLOTS, sample_task
     rng = np.random.default_rng(0)
     tasks = [sample_task(rng) for _ in range(200)]
+
+    def nearest_slot(xy):
+        return int(np.argmin([np.max(np.abs(np.subtract(xy, slot))) for slot in OBJECT_SLOTS]))
+
     for task in tasks:
-        for name, slot in {**OBJECT_SLOTS, **RECEPTACLE_SLOTS}.items():
-            jitter = OBJECT_JITTER if name in OBJECT_SLOTS else RECEPTACLE_JITTER
-            assert np.all(np.abs(np.subtract(task.positions[name], slot)) <= jitter + 1e-12)
+        for name, slot in RECEPTACLE_SLOTS.items():
+            assert np.all(np.abs(np.subtract(task.positions[name], slot)) <= RECEPTACLE_JITTER + 1e-12)
+        slots = {shape: nearest_slot(task.positions[shape]) for shape in OBJECTS}
+        assert sorted(slots.values()) == list(range(len(OBJECT_SLOTS)))       # one shape per slot
+        for shape, slot in slots.items():
+            assert np.all(np.abs(np.subtract(task.positions[shape], OBJECT_SLOTS[slot])) <= OBJECT_JITTER + 1e-12)
         assert sorted(task.colors.values()) == sorted(COLORS)
-    offsets = np.array([np.subtract(t.positions["cube"], OBJECT_SLOTS["cube"]) for t in tasks])
+    # The target's slot varies, so its place must be read from the image, not from the instruction.
+    target_slots = [nearest_slot(t.positions[t.target]) for t in tasks]
+    assert np.bincount(target_slots, minlength=4).min() >= 30
+    assert {nearest_slot(t.positions["cube"]) for t in tasks} == set(range(len(OBJECT_SLOTS)))
+    offsets = np.array([np.subtract(t.positions["cube"], OBJECT_SLOTS[nearest_slot(t.positions["cube"])])
+                        for t in tasks])
     assert offsets.std(0).min() > 0.8 * OBJECT_JITTER / np.sqrt(3)          # uniform over the jitter square
-    assert {t.target for t in tasks} == set(OBJECT_SLOTS) and {t.receptacle for t in tasks} == {"plate", "bowl"}
+    assert {t.target for t in tasks} == set(OBJECTS) and {t.receptacle for t in tasks} == {"plate", "bowl"}
     assert len({t.instruction for t in tasks}) >= 24                          # colours x shapes x receptacles
 
 

@@ -19,7 +19,7 @@ from specprune_ros.sim.train import (  # noqa: E402
     STATE_FILE,
     TrainConfig,
     Trainer,
-    action_chunk,
+    action_chunks,
     export,
     layer_knobs,
     normalize_actions,
@@ -44,10 +44,13 @@ def test_a_short_run_lowers_the_loss_and_writes_a_loadable_model(demos, tmp_path
     loaded = load_checkpoint(summary["model"], device="cpu")
     assert loaded.model.config.center_crop is False and loaded.stats.key == "sim_tabletop"
     # Exported from the run directory alone (as while a run trains): the same weights and statistics.
-    exported = load_checkpoint(export(tmp_path / "run", demos, tmp_path / "exported"), device="cpu")
+    exported = load_checkpoint(export(tmp_path / "run", tmp_path / "exported"), device="cpu")
     for (name, a), (_, b) in zip(loaded.model.state_dict().items(), exported.model.state_dict().items()):
         assert torch.equal(a, b), name
     assert exported.stats.action_high.tolist() == loaded.stats.action_high.tolist()
+    # Recomputed from the demonstrations (runs without their own statistics): the same numbers.
+    recomputed = load_checkpoint(export(tmp_path / "run", tmp_path / "recomputed", demos), device="cpu")
+    assert recomputed.stats.action_high.tolist() == loaded.stats.action_high.tolist()
     # The model's depth is not the release's: it ships the layer knobs that fit it.
     config = Config.from_yaml(Path(summary["model"]) / PARAMS_FILE)
     assert config.pruning.enabled and max(config.pruning.global_layers) == loaded.model.config.llm.layers
@@ -151,7 +154,9 @@ def test_normalization_and_chunks():
     unused = np.array([False] * 3 + [True, True, False, False])          # the reference zeroes min == max dims
     np.testing.assert_array_equal(normalize_actions(a, stats, unused)[0], np.where(unused, 0.0, n[0]))
     actions = np.arange(10)[:, None].repeat(7, 1)
-    assert action_chunk(actions, 7, 8)[:, 0].tolist() == [7, 8, 9, 9, 9, 9, 9, 9]
+    chunks = action_chunks(actions, 8)
+    assert chunks.shape == (10, 8, 7) and chunks[7, :, 0].tolist() == [7, 8, 9, 9, 9, 9, 9, 9]
+    assert chunks[0, :, 0].tolist() == list(range(8))
 
 
 def test_layer_knobs_map_the_paper_choices_in_proportion():

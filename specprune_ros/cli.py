@@ -312,12 +312,13 @@ def cmd_sim_train(args: argparse.Namespace) -> int:
     bar = progress_bar("train", "steps")
 
     def show(step: int, total: int, loss: float) -> None:
+        text = f"loss {loss:.4f}" + (f" aux {trainer.aux_losses[-1]:.4f}" if trainer.aux_losses else "")
         if interactive:
-            bar(step, total, f"loss {loss:.4f}")
+            bar(step, total, text)
         elif step % 50 == 0 or step == total:          # a log file (background run): one line per 50 steps
-            print(f"step {step}/{total} loss {loss:.4f}", file=sys.stderr, flush=True)
+            print(f"step {step}/{total} {text}", file=sys.stderr, flush=True)
 
-    given = {k: getattr(args, k) for k in ("steps", "batch", "lr", "seed", "checkpoint_every")}
+    given = {k: getattr(args, k) for k in ("steps", "batch", "lr", "seed", "checkpoint_every", "aux_weight")}
     config = TrainConfig(**{k: v for k, v in given.items() if v is not None})
     trainer = Trainer(args.data, args.out, config, progress=None if args.json else show, init=args.init,
                       device=args.device)
@@ -514,6 +515,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--lr", type=float, help="peak learning rate (warm-up, then cosine)")
     q.add_argument("--seed", type=int)
     q.add_argument("--checkpoint-every", type=positive_int)
+    q.add_argument("--aux-weight", type=float, help="weight of the auxiliary loss locating the named object and "
+                                                    "receptacle (privileged simulator state; 0: action loss only)")
     q.add_argument("--init", help="another run's train_state.pt to start from (its weights; a fresh optimizer "
                                   "and schedule); ignored when --out already holds a state to resume")
     q.add_argument("--device", choices=("cpu", "cuda"), default="cpu",

@@ -123,7 +123,7 @@ def run_expert_episode(env: TabletopEnv, seed: int, record: bool = False, noise:
     """One episode of the expert on ``seed``: success, steps and (``record``) the demonstration."""
     obs, info = env.reset(seed=seed)
     expert = ScriptedExpert(env, seed=seed + EXPERT_SEED_OFFSET, noise=noise)
-    frames: dict[str, list] = {"primary": [], "wrist": [], "proprio": [], "actions": []}
+    frames: dict[str, list] = {"primary": [], "wrist": [], "proprio": [], "actions": [], "privileged": []}
     success = False
     for _ in range(env.max_steps):
         action = expert.act()
@@ -131,6 +131,7 @@ def run_expert_episode(env: TabletopEnv, seed: int, record: bool = False, noise:
             for key in ("primary", "wrist", "proprio"):
                 frames[key].append(obs[key])
             frames["actions"].append(action)
+            frames["privileged"].append(env.privileged_state())
         obs, _, success, truncated, info = env.step(action)
         if success or truncated:
             break

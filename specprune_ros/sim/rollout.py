@@ -88,7 +88,7 @@ def run_labeled_episode(env: TabletopEnv, policy: SpecPrunePolicy, seed: int) ->
     never show. Returns ``run_expert_episode``'s record (the actions are the expert's labels)."""
     from .expert import EXPERT_SEED_OFFSET, ScriptedExpert
 
-    frames: dict[str, list] = {"primary": [], "wrist": [], "proprio": [], "actions": []}
+    frames: dict[str, list] = {"primary": [], "wrist": [], "proprio": [], "actions": [], "privileged": []}
     expert: list[ScriptedExpert] = []
 
     def label(stamp: float, obs: dict, action: np.ndarray, instruction: str) -> None:
@@ -97,6 +97,7 @@ def run_labeled_episode(env: TabletopEnv, policy: SpecPrunePolicy, seed: int) ->
         for key in ("primary", "wrist", "proprio"):
             frames[key].append(obs[key])
         frames["actions"].append(expert[0].act())
+        frames["privileged"].append(env.privileged_state())
 
     result = run_policy_episode(env, policy, seed, on_step=label)
     return {"seed": seed, "success": result.success, "steps": result.steps, "instruction": result.instruction,

@@ -26,11 +26,13 @@ from ..model.checkpoint import random_model, write_checkpoint
 from ..model.config import ModelConfig, preset
 from ..model.processing import ImageProcessor, NormStats
 from ..model.prompt import build_tiny_tokenizer, encode_prompt
-from .collect import DemoError, load_episode, read_index
+from .collect import PRIVILEGED, DemoError, load_episode, read_index
 
 DATASET_KEY = "sim_tabletop"
 STATE_FILE = "train_state.pt"
 STATS_FILE = "dataset_statistics.json"   # the run's statistics, written when it starts
+AUX_DIMS = 4                              # target object xy, receptacle xy
+AUX_CENTER, AUX_SCALE = np.array([0.46, 0.0]), 0.2   # metres: the workspace's middle and half-width
 PARAMS_FILE = "specprune.yaml"          # the node parameters this model needs, next to its weights
 RELEASED_LLM_LAYERS = 32
 
@@ -44,6 +46,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     seed: int = 0
     checkpoint_every: int = 100
+    aux_weight: float = 1.0           # the privileged-state auxiliary loss (0: the plain OFT loss)
 
 
 # The shipped model: the released token geometry (2 cameras x 256 patches of 14 px at 224 px,
@@ -187,6 +190,7 @@ class Trainer:
         # forward without padding (OFT attends bidirectionally; pads would be attended).
         lengths = np.array([len(self.prompts[e["instruction"]].ids) for e in self.episodes])[self.sample_episode]
         self.groups = [np.flatnonzero(lengths == length) for length in np.unique(lengths)]
+        self.aux_targets = self._aux_targets() if config.aux_weight > 0 else None
         self.samples = len(self.sample_episode)
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / STATS_FILE).write_text(json.dumps(self.stats_json, indent=2))   # export needs no data
@@ -195,10 +199,30 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
         torch.manual_seed(config.seed)
         self.model = random_model(self.cfg, seed=config.seed).to(self.device).train()
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        # Training only, never exported: where the named object and receptacle are, read from the
+        # action tokens' final states (see _aux_targets).
+        self.aux_head = torch.nn.Linear(self.cfg.llm.hidden, AUX_DIMS).to(self.device)
+        parameters = [*self.model.parameters(), *(self.aux_head.parameters() if self.aux_targets is not None else ())]
+        self.optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
         self.step = 0
-        self.losses: list[float] = []
+        self.losses: list[float] = []          # the action L1 (comparable across runs with and without aux)
+        self.aux_losses: list[float] = []
         self.seconds = 0.0
+
+    def _aux_targets(self) -> torch.Tensor:
+        """Why: a model trained from scratch on the action loss alone learned to ignore where the
+        objects are (session 6: its actions did not change when the images showed another layout;
+        it went where the instruction's words had pointed on average). The released model's
+        pretrained vision-language backbone locates named objects; this small one is taught to,
+        by regressing the simulator's xy of the named object and receptacle (``privileged``,
+        scaled to about -1..1) from the same action-token states the action head reads."""
+        missing = [e["file"] for e in self.episodes if e[PRIVILEGED] is None]
+        if missing:
+            raise DemoError(f"{missing[0]} (and {len(missing) - 1} more): no privileged state (demonstrations "
+                            f"made before task v4); train with --aux-weight 0 or collect them again")
+        xy = np.concatenate([e[PRIVILEGED] for e in self.episodes]).reshape(-1, 2, 2)
+        return torch.as_tensor(((xy - AUX_CENTER) / AUX_SCALE).reshape(-1, AUX_DIMS), dtype=torch.float32,
+                               device=self.device)
 
     # ---- state (resumable) ----------------------------------------------------------------------------
     def resume(self) -> bool:
@@ -211,12 +235,15 @@ class Trainer:
         state = _load_state(path, "resume from")
         try:
             self.model.load_state_dict(state["model"])
+            if "aux_head" in state:
+                self.aux_head.load_state_dict(state["aux_head"])
             self.optimizer.load_state_dict(state["optimizer"])
         except Exception as exc:   # torch raises many types for broken files
             raise DemoError(f"{path}: cannot resume from this training state ({type(exc).__name__}: {exc}); "
                             f"move it away to start over") from None
         self.step = int(state["step"])
         self.losses = [float(v) for v in state["losses"]]
+        self.aux_losses = [float(v) for v in state.get("aux_losses", [])]
         self.seconds = float(state["seconds"])
         return True
 
@@ -224,7 +251,9 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         tmp = self.out / (STATE_FILE + ".tmp")
         torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
-                    "losses": torch.tensor(self.losses, dtype=torch.float64), "seconds": self.seconds}, tmp)
+                    "losses": torch.tensor(self.losses, dtype=torch.float64), "seconds": self.seconds,
+                    "aux_head": self.aux_head.state_dict(),
+                    "aux_losses": torch.tensor(self.aux_losses, dtype=torch.float64)}, tmp)
         tmp.replace(self.out / STATE_FILE)               # atomic: an interrupt never leaves half a file
 
     # ---- training -------------------------------------------------------------------------------------
@@ -237,13 +266,18 @@ class Trainer:
         group = self.groups[int(rng.choice(len(self.groups), p=sizes / sizes.sum()))]
         return group[rng.choice(len(group), size=c.batch, replace=len(group) < c.batch)]
 
-    def batch_loss(self, samples: np.ndarray) -> torch.Tensor:
+    def batch_loss(self, samples: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The action L1 of the samples, and the auxiliary L1 (None without it)."""
         index = torch.as_tensor(samples, device=self.device)
         frames = self.frames[index]                                   # (B, cameras, H, W, 3) uint8
         pixels = self.processor.pixels(frames.flatten(0, 1).permute(0, 3, 1, 2)).unflatten(0, frames.shape[:2])
         prompts = [self.prompts[self.episodes[e]["instruction"]] for e in self.sample_episode[samples]]
-        predicted = self.model.predict_batch(pixels, self.proprio[index], prompts)
-        return torch.nn.functional.l1_loss(predicted, self.targets[index])
+        hidden, _ = self.model.forward_llm(self.model.embed(pixels, self.proprio[index], prompts))
+        loss = torch.nn.functional.l1_loss(self.model.actions(hidden), self.targets[index])
+        if self.aux_targets is None:
+            return loss, None
+        located = self.aux_head(self.model.action_head_input(hidden).mean(1).float())
+        return loss, torch.nn.functional.l1_loss(located, self.aux_targets[index])
 
     def learning_rate(self, step: int) -> float:
         c = self.config
@@ -260,9 +294,11 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = self.learning_rate(self.step)
             self.optimizer.zero_grad(set_to_none=True)
-            loss = self.batch_loss(self.batch(self.step))
-            loss.backward()
+            loss, aux = self.batch_loss(self.batch(self.step))
+            (loss if aux is None else loss + c.aux_weight * aux).backward()
             total = float(loss.detach())
+            if aux is not None:
+                self.aux_losses.append(float(aux.detach()))
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
             self.optimizer.step()
             self.step += 1
@@ -287,6 +323,8 @@ class Trainer:
                    "samples": self.samples, "seconds": self.seconds, "device": _device_name(self.device),
                    "loss_first": float(np.mean(self.losses[:20])) if self.losses else None,
                    "loss_last": float(np.mean(self.losses[-20:])) if self.losses else None,
+                   "aux_weight": self.config.aux_weight,
+                   "aux_loss_last": float(np.mean(self.aux_losses[-20:])) if self.aux_losses else None,
                    "model": str(model_dir)}
         (self.out / "train.json").write_text(json.dumps(summary, indent=2))
         _loss_plot(self.losses, self.out / "loss.png")
@@ -357,7 +395,8 @@ def _load_demonstrations(entries: list[tuple[Path, dict[str, Any]]], processor: 
         for camera, key in enumerate(("primary", "wrist")):
             for t, image in enumerate(episode[key]):
                 frames[offsets[k] + t, camera] = processor.frame(image, camera)
-        return {key: episode[key] for key in ("actions", "proprio", "instruction")}
+        return {"file": str(Path(directory) / entry["file"]),
+                **{key: episode[key] for key in ("actions", "proprio", "instruction", PRIVILEGED)}}
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
         episodes = list(pool.map(load, range(len(entries))))

@@ -6,12 +6,14 @@ Format of a demonstration directory (``specprune sim collect OUT --episodes N``)
                                      [{"file", "seed", "instruction", "steps"}, ...], "attempted", "failed"}
     OUT/episode_<seed>.npz          primary (T,224,224,3) uint8, wrist (T,224,224,3) uint8,
                                     proprio (T,8) float64, actions (T,7) float64, instruction (str), seed,
-                                    privileged (T,4) float64 (since task v4; optional when reading)
+                                    privileged (T,12) float64, colors (4,) str (both since task v4;
+                                    optional when reading)
 
 Row t holds the observation the expert saw and the action it took at step t (action units as the
-environment takes them: metres / radians per step, gripper +1 close / -1 open); ``privileged`` row t
-is the simulator's xy of the target object and of the named receptacle at step t, never a model
-input: ``sim train`` regresses it from the action tokens as an auxiliary loss. Only successful
+environment takes them: metres / radians per step, gripper +1 close / -1 open). ``privileged`` row t
+is the simulator's xy of every object (``scene.OBJECTS`` order), the plate and the bowl at step t,
+and ``colors`` each object's colour name: never model inputs, ``sim train``'s auxiliary loss asks
+the model where a named object is (``train.Trainer.aux_loss``). Only successful
 episodes are kept. Collection resumes: episodes already in the index are not collected again.
 
 With ``--policy MODEL`` (DAgger), a trained model drives each episode and the expert labels every
@@ -29,12 +31,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .env import TabletopEnv, seed_range
+from .env import RECEPTACLES, TabletopEnv, seed_range
 from .expert import run_expert_episode
+from .scene import OBJECTS
 
 FORMAT = "specprune-sim-demos/1"
 ARRAYS = ("primary", "wrist", "proprio", "actions")
-PRIVILEGED = "privileged"                 # optional: demonstrations made before task v4 lack it
+PRIVILEGED = ("privileged", "colors")    # optional: demonstrations made before task v4 lack them
 
 
 class DemoError(ValueError):
@@ -65,7 +68,9 @@ def collect(out: str | Path, episodes: int, split: str = "train", start: int = 0
             index["attempted"] += 1
             if result["success"] or policy:
                 name = f"episode_{seed}.npz"
-                np.savez_compressed(out / name, **{k: result[k] for k in (*ARRAYS, PRIVILEGED)},
+                colors = np.array([env.task.colors[name] for name in OBJECTS])
+                np.savez_compressed(out / name, **{k: result[k] for k in ARRAYS}, privileged=result["privileged"],
+                                    colors=colors,
                                     instruction=np.array(result["instruction"]), seed=np.array(seed))
                 index["episodes"].append({"file": name, "seed": seed, "instruction": result["instruction"],
                                           "steps": int(result["steps"]), "success": bool(result["success"])})
@@ -111,7 +116,7 @@ def load_episode(directory: str | Path, entry: dict[str, Any]) -> dict[str, Any]
     try:
         with np.load(path, allow_pickle=False) as data:
             episode = {k: data[k] for k in (*ARRAYS, "instruction")}
-            episode[PRIVILEGED] = data[PRIVILEGED] if PRIVILEGED in data.files else None
+            episode.update({k: data[k] if k in data.files else None for k in PRIVILEGED})
     except FileNotFoundError:
         raise DemoError(f"{path}: listed in index.json but missing") from None
     except (OSError, ValueError, KeyError, EOFError) as exc:
@@ -119,12 +124,14 @@ def load_episode(directory: str | Path, entry: dict[str, Any]) -> dict[str, Any]
     steps = len(episode["actions"])
     shapes = {"primary": (steps, 224, 224, 3), "wrist": (steps, 224, 224, 3), "proprio": (steps, 8),
               "actions": (steps, 7)}
-    if episode[PRIVILEGED] is not None:
-        shapes[PRIVILEGED] = (steps, 4)
+    if episode["privileged"] is not None:
+        shapes.update(privileged=(steps, 2 * (len(OBJECTS) + len(RECEPTACLES))), colors=(len(OBJECTS),))
     for key, shape in shapes.items():
         if episode[key].shape != shape:
             raise DemoError(f"{path}: {key} has shape {episode[key].shape}, expected {shape}")
     episode["instruction"] = str(episode["instruction"])
+    if episode["colors"] is not None:
+        episode["colors"] = [str(c) for c in episode["colors"]]
     return episode
 
 

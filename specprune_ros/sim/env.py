@@ -216,12 +216,10 @@ class TabletopEnv(gym.Env):
         return float(sum(self.data.qpos[f] for f in self._fingers))
 
     def privileged_state(self) -> np.ndarray:
-        """(4,): xy of the target object and of the named receptacle now - simulator state a policy
-        never sees, recorded with demonstrations as auxiliary training targets (``sim train``)."""
-        task = self.task
-        if task is None:
-            raise RuntimeError("privileged_state() before reset()")
-        return np.r_[self.object_position(task.target)[:2], self.receptacle_position(task.receptacle)[:2]]
+        """(12,): xy of every object (``OBJECTS`` order), then of the plate and the bowl, now -
+        simulator state a policy never sees, recorded with demonstrations as auxiliary training
+        targets (``sim train``)."""
+        return np.concatenate([self.data.xpos[self._body[name]][:2] for name in (*OBJECTS, *RECEPTACLES)])
 
     def proprio(self) -> np.ndarray:
         d = self.data

@@ -27,11 +27,13 @@ from ..model.config import ModelConfig, preset
 from ..model.processing import ImageProcessor, NormStats
 from ..model.prompt import build_tiny_tokenizer, encode_prompt
 from .collect import PRIVILEGED, DemoError, load_episode, read_index
+from .env import RECEPTACLES, Task, all_instructions
+from .scene import OBJECTS
 
 DATASET_KEY = "sim_tabletop"
 STATE_FILE = "train_state.pt"
 STATS_FILE = "dataset_statistics.json"   # the run's statistics, written when it starts
-AUX_DIMS = 4                              # target object xy, receptacle xy
+AUX_DIMS = 4                              # the named object's xy, the named receptacle's xy
 AUX_CENTER, AUX_SCALE = np.array([0.46, 0.0]), 0.2   # metres: the workspace's middle and half-width
 PARAMS_FILE = "specprune.yaml"          # the node parameters this model needs, next to its weights
 RELEASED_LLM_LAYERS = 32
@@ -63,8 +65,6 @@ def sim_tokenizer():
     is one token and all 32 prompts have the same length, so a training batch mixes all tasks (a
     first model with the plain tiny tokenizer read "cylinder" from 3 pieces, had 8 prompt lengths
     and hence batches of only one or two target shapes, and learned an average approach)."""
-    from .env import all_instructions
-
     return build_tiny_tokenizer(extra_corpus=all_instructions())
 
 
@@ -190,7 +190,7 @@ class Trainer:
         # forward without padding (OFT attends bidirectionally; pads would be attended).
         lengths = np.array([len(self.prompts[e["instruction"]].ids) for e in self.episodes])[self.sample_episode]
         self.groups = [np.flatnonzero(lengths == length) for length in np.unique(lengths)]
-        self.aux_targets = self._aux_targets() if config.aux_weight > 0 else None
+        self.aux_places = self._aux_places() if config.aux_weight > 0 else None
         self.samples = len(self.sample_episode)
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / STATS_FILE).write_text(json.dumps(self.stats_json, indent=2))   # export needs no data
@@ -200,29 +200,50 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.model = random_model(self.cfg, seed=config.seed).to(self.device).train()
         # Training only, never exported: where the named object and receptacle are, read from the
-        # action tokens' final states (see _aux_targets).
+        # action tokens' final states (see aux_loss).
         self.aux_head = torch.nn.Linear(self.cfg.llm.hidden, AUX_DIMS).to(self.device)
-        parameters = [*self.model.parameters(), *(self.aux_head.parameters() if self.aux_targets is not None else ())]
+        parameters = [*self.model.parameters(), *(self.aux_head.parameters() if self.aux_places is not None else ())]
         self.optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
         self.step = 0
         self.losses: list[float] = []          # the action L1 (comparable across runs with and without aux)
         self.aux_losses: list[float] = []
         self.seconds = 0.0
 
-    def _aux_targets(self) -> torch.Tensor:
-        """Why: a model trained from scratch on the action loss alone learned to ignore where the
-        objects are (session 6: its actions did not change when the images showed another layout;
-        it went where the instruction's words had pointed on average). The released model's
-        pretrained vision-language backbone locates named objects; this small one is taught to,
-        by regressing the simulator's xy of the named object and receptacle (``privileged``,
-        scaled to about -1..1) from the same action-token states the action head reads."""
-        missing = [e["file"] for e in self.episodes if e[PRIVILEGED] is None]
+    def _aux_places(self) -> torch.Tensor:
+        """(N, objects + receptacles, 2): every sample's privileged xy, scaled to about -1..1."""
+        missing = [e["file"] for e in self.episodes if e["privileged"] is None]
         if missing:
             raise DemoError(f"{missing[0]} (and {len(missing) - 1} more): no privileged state (demonstrations "
                             f"made before task v4); train with --aux-weight 0 or collect them again")
-        xy = np.concatenate([e[PRIVILEGED] for e in self.episodes]).reshape(-1, 2, 2)
-        return torch.as_tensor(((xy - AUX_CENTER) / AUX_SCALE).reshape(-1, AUX_DIMS), dtype=torch.float32,
-                               device=self.device)
+        xy = np.concatenate([e["privileged"] for e in self.episodes]).reshape(len(self.sample_episode), -1, 2)
+        self.aux_prompts = {text: encode_prompt(self.tokenizer, text) for text in all_instructions()}
+        return torch.as_tensor((xy - AUX_CENTER) / AUX_SCALE, dtype=torch.float32, device=self.device)
+
+    def aux_loss(self, step: int, samples: np.ndarray, index: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+        """Where is the object an instruction names? Why: a model trained from scratch on the action
+        loss alone (session 6, task v4) went where the instruction's words pointed on average, the
+        same chunk whatever layout its images showed; with this loss on the demonstrations' own
+        instructions it learned to place the receptacle to the millimetre but not the named object
+        (the loss had easier parts: the receptacle, the held object under the gripper). The
+        released model's pretrained backbone brings that grounding; this small one is taught it
+        here: each sample is asked again, in a second forward, with an instruction naming a random
+        object of its scene and a random receptacle, and regresses their simulator xy from the
+        action tokens' final states - the same image with different words wants different answers,
+        so only reading the words against the image lowers it. Training only: the head is not
+        exported and deployment is unchanged."""
+        rng = np.random.default_rng([self.config.seed, step, 1])
+        shape = rng.integers(len(OBJECTS), size=len(samples))
+        place = rng.integers(len(RECEPTACLES), size=len(samples))
+        names = list(OBJECTS)
+        prompts = [self.aux_prompts[Task(names[k], self.episodes[e]["colors"][k], RECEPTACLES[r], {}, {}, {}).instruction]
+                   for e, k, r in zip(self.sample_episode[samples], shape, place)]
+        hidden, _ = self.model.forward_llm(self.model.embed(pixels, self.proprio[index], prompts))
+        located = self.aux_head(self.model.action_head_input(hidden).mean(1).float())
+        rows = torch.arange(len(samples), device=self.device)
+        places = self.aux_places[index]
+        wanted = torch.cat([places[rows, torch.as_tensor(shape, device=self.device)],
+                            places[rows, len(OBJECTS) + torch.as_tensor(place, device=self.device)]], dim=1)
+        return torch.nn.functional.l1_loss(located, wanted)
 
     # ---- state (resumable) ----------------------------------------------------------------------------
     def resume(self) -> bool:
@@ -266,7 +287,7 @@ class Trainer:
         group = self.groups[int(rng.choice(len(self.groups), p=sizes / sizes.sum()))]
         return group[rng.choice(len(group), size=c.batch, replace=len(group) < c.batch)]
 
-    def batch_loss(self, samples: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def batch_loss(self, samples: np.ndarray, step: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The action L1 of the samples, and the auxiliary L1 (None without it)."""
         index = torch.as_tensor(samples, device=self.device)
         frames = self.frames[index]                                   # (B, cameras, H, W, 3) uint8
@@ -274,10 +295,7 @@ class Trainer:
         prompts = [self.prompts[self.episodes[e]["instruction"]] for e in self.sample_episode[samples]]
         hidden, _ = self.model.forward_llm(self.model.embed(pixels, self.proprio[index], prompts))
         loss = torch.nn.functional.l1_loss(self.model.actions(hidden), self.targets[index])
-        if self.aux_targets is None:
-            return loss, None
-        located = self.aux_head(self.model.action_head_input(hidden).mean(1).float())
-        return loss, torch.nn.functional.l1_loss(located, self.aux_targets[index])
+        return loss, None if self.aux_places is None else self.aux_loss(step, samples, index, pixels)
 
     def learning_rate(self, step: int) -> float:
         c = self.config
@@ -294,7 +312,7 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = self.learning_rate(self.step)
             self.optimizer.zero_grad(set_to_none=True)
-            loss, aux = self.batch_loss(self.batch(self.step))
+            loss, aux = self.batch_loss(self.batch(self.step), self.step)
             (loss if aux is None else loss + c.aux_weight * aux).backward()
             total = float(loss.detach())
             if aux is not None:
@@ -396,7 +414,7 @@ def _load_demonstrations(entries: list[tuple[Path, dict[str, Any]]], processor: 
             for t, image in enumerate(episode[key]):
                 frames[offsets[k] + t, camera] = processor.frame(image, camera)
         return {"file": str(Path(directory) / entry["file"]),
-                **{key: episode[key] for key in ("actions", "proprio", "instruction", PRIVILEGED)}}
+                **{key: episode[key] for key in ("actions", "proprio", "instruction", *PRIVILEGED)}}
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
         episodes = list(pool.map(load, range(len(entries))))

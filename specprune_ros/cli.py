@@ -288,7 +288,8 @@ def cmd_sim_collect(args: argparse.Namespace) -> int:
     from .tools.progress import progress_bar
 
     show = progress_bar("collect") if not args.json and sys.stderr.isatty() else None
-    index = collect(args.out, args.episodes, args.split, args.start, progress=show, policy=args.policy)
+    index = collect(args.out, args.episodes, args.split, args.start, progress=show, policy=args.policy,
+                    layout=args.layout)
     if show:
         print(file=sys.stderr)
     kept = len(index["episodes"])
@@ -351,7 +352,7 @@ def cmd_sim_eval(args: argparse.Namespace) -> int:
     methods = parse_methods(args.methods)
     seeds = list(seed_range(args.split))[:args.episodes]
     show = progress_bar("eval", "episodes") if not args.json and sys.stderr.isatty() else None
-    result = evaluate(cfg, methods, seeds, args.out, args.workers, show)
+    result = evaluate(cfg, methods, seeds, args.out, args.workers, show, layout=args.layout)
     if show:
         print(file=sys.stderr)
     rows = [TABLE_HEADER] + table_rows(result["methods"])
@@ -381,6 +382,13 @@ def config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-p", "--param", action="append", metavar="NAME:=VALUE",
                    help="override one parameter after --params (repeatable), as --ros-args -p does, "
                         "e.g. -p pruning.alpha:=0.6")
+
+
+def layout_arg(p: argparse.ArgumentParser) -> None:
+    """The sim task's object layout (``sim.env.LAYOUTS``; not imported here: it needs MuJoCo)."""
+    p.add_argument("--layout", choices=("fixed", "shuffled"), default="fixed",
+                   help="fixed: every shape at its own slot (task v3); shuffled: shapes shuffled among the slots, "
+                        "the target found by colour and shape in the image (task v4)")
 
 
 def _adder(subparsers) -> Callable[[str, Callable[[argparse.Namespace], int], str], argparse.ArgumentParser]:
@@ -506,6 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "another directory)")
     q.add_argument("--policy", help="DAgger: a checkpoint drives each episode and the expert labels every state it "
                                     "visits (all episodes kept)")
+    layout_arg(q)
     q = add_sim("train", cmd_sim_train, "train the small OpenVLA-OFT model on demonstrations (resumable)")
     q.add_argument("data", nargs="+", help="demonstration directories (sim collect; expert and DAgger rounds)")
     q.add_argument("--out", required=True, help="run directory: train_state.pt, loss.png, train.json, model/")
@@ -541,6 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated name[@alpha]: none, specprune, random, fastv (R matched to specprune@alpha, "
                         "listed before it), specprune-noglobal/-nodiff/-nolayer/-nocontroller/-meanstd")
     q.add_argument("--workers", type=positive_int, default=1, help="episodes in parallel processes")
+    layout_arg(q)
     q.add_argument("--out", default="sim_eval", help="output directory: results.json, episodes.csv, plots, "
                                                      "report.html")
     config_args(q)

@@ -45,21 +45,26 @@ class DemoError(ValueError):
 
 
 def collect(out: str | Path, episodes: int, split: str = "train", start: int = 0,
-            progress: Callable[[int, int], None] | None = None, policy: str | None = None) -> dict[str, Any]:
-    """``policy``: a checkpoint that drives the episodes while the expert labels them (DAgger)."""
+            progress: Callable[[int, int], None] | None = None, policy: str | None = None,
+            layout: str = "fixed") -> dict[str, Any]:
+    """``policy``: a checkpoint that drives the episodes while the expert labels them (DAgger).
+    ``layout``: the task's object layout (``env.LAYOUTS``), kept in the index."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     index_path = out / "index.json"
     driver = policy or "expert"
     index = read_index(out) if index_path.exists() else {"format": FORMAT, "split": split, "driver": driver,
-                                                          "episodes": [], "attempted": 0, "failed": []}
+                                                          "layout": layout, "episodes": [], "attempted": 0,
+                                                          "failed": []}
+    if index.get("layout", "fixed") != layout:
+        raise DemoError(f"{index_path}: holds episodes of the {index.get('layout', 'fixed')} layout, asked for {layout}")
     if index["split"] != split:
         raise DemoError(f"{index_path}: holds {index['split']} episodes, asked for {split}")
     if index.get("driver", "expert") != driver:
         raise DemoError(f"{index_path}: holds episodes driven by {index.get('driver', 'expert')}, asked for {driver}")
     done = {e["seed"] for e in index["episodes"]} | set(index["failed"])
     seeds = (s for s in seed_range(split)[start:] if s not in done)
-    env = TabletopEnv()
+    env = TabletopEnv(layout=layout)
     run = _labeled_runner(policy) if policy else (lambda env, seed: run_expert_episode(env, seed, record=True))
     try:
         while len(index["episodes"]) < episodes:

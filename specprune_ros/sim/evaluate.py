@@ -110,23 +110,23 @@ def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _run_episode(task: tuple[str, Config, int, bool, int]) -> dict[str, Any]:
+def _run_episode(task: tuple[str, Config, int, bool, int, str]) -> dict[str, Any]:
     """One episode in a worker process (the model and the environment are made once per process)."""
     from ..model.checkpoint import load_checkpoint
     from ..policy import SpecPrunePolicy
     from .env import TabletopEnv
     from .rollout import run_policy_episode
 
-    label, config, seed, snapshot, max_steps = task
+    label, config, seed, snapshot, max_steps, layout = task
     node = config.node
     key = (node.model_path, node.device, node.dtype, node.unnorm_key)
     if _WORKER.get("key") != key:
         _WORKER["key"] = key
         _WORKER["loaded"] = load_checkpoint(*key)
-    if _WORKER.get("max_steps") != max_steps:
+    if _WORKER.get("env_key") != (max_steps, layout):
         if "env" in _WORKER:
             _WORKER["env"].close()
-        _WORKER["env"], _WORKER["max_steps"] = TabletopEnv(max_steps=max_steps), max_steps
+        _WORKER["env"], _WORKER["env_key"] = TabletopEnv(max_steps=max_steps, layout=layout), (max_steps, layout)
     policy = SpecPrunePolicy(_WORKER["loaded"], config)
     r = run_policy_episode(_WORKER["env"], policy, seed, snapshot_query=SNAPSHOT_QUERY if snapshot else None)
     return {"method": label, "seed": seed, "instruction": r.instruction, "success": r.success, "steps": r.steps,
@@ -136,7 +136,8 @@ def _run_episode(task: tuple[str, Config, int, bool, int]) -> dict[str, Any]:
 
 # ---- the evaluation --------------------------------------------------------------------------------------
 def evaluate(config: Config, methods: list[Method], seeds: list[int], out: str | Path, workers: int = 1,
-             progress: Callable[[int, int], None] | None = None, max_steps: int = MAX_STEPS) -> dict[str, Any]:
+             progress: Callable[[int, int], None] | None = None, max_steps: int = MAX_STEPS,
+             layout: str = "fixed") -> dict[str, Any]:
     from .rollout import wilson_interval
 
     out = Path(out)
@@ -152,7 +153,7 @@ def evaluate(config: Config, methods: list[Method], seeds: list[int], out: str |
             if method.matched_to:
                 fastv_tokens = max(1, round(summary[method.matched_to]["kept_tokens_mean"]))
             cfg = method.config(config, fastv_tokens)
-            tasks = [(method.label, cfg, seed, i == 0, max_steps) for i, seed in enumerate(seeds)]
+            tasks = [(method.label, cfg, seed, i == 0, max_steps, layout) for i, seed in enumerate(seeds)]
             results = []
             for r in pool.map(_run_episode, tasks):
                 results.append(r)
@@ -165,7 +166,7 @@ def evaluate(config: Config, methods: list[Method], seeds: list[int], out: str |
     for s in summary.values():
         s["speedup"] = reference / s["latency_ms_mean"] if reference else math.nan
     result = {"model": config.node.model_path, "episodes_per_method": len(seeds), "seeds": [seeds[0], seeds[-1]],
-              "max_steps": max_steps, "device": _device_name(config),
+              "max_steps": max_steps, "layout": layout, "device": _device_name(config),
               "workers": workers, "torch_threads_per_worker": threads, "methods": summary}
     (out / "results.json").write_text(json.dumps(finite(result), indent=2, allow_nan=False))
     _write_csv(out / "episodes.csv", episodes)

@@ -219,6 +219,22 @@ class Trainer:
         self.aux_prompts = {text: encode_prompt(self.tokenizer, text) for text in all_instructions()}
         return torch.as_tensor((xy - AUX_CENTER) / AUX_SCALE, dtype=torch.float32, device=self.device)
 
+    def aux_queries(self, step: int, samples: np.ndarray, index: torch.Tensor) -> tuple[list[str], torch.Tensor]:
+        """Step ``step``'s questions (seeded by the step: the same after a resume): per sample an
+        instruction naming a random object of its scene and a random receptacle, and the answer,
+        (B, 4) = their scaled xy."""
+        rng = np.random.default_rng([self.config.seed, step, 1])
+        shape = rng.integers(len(OBJECTS), size=len(samples))
+        place = rng.integers(len(RECEPTACLES), size=len(samples))
+        names = list(OBJECTS)
+        texts = [Task(names[k], self.episodes[e]["colors"][k], RECEPTACLES[r], {}, {}, {}).instruction
+                 for e, k, r in zip(self.sample_episode[samples], shape, place)]
+        rows = torch.arange(len(samples), device=self.device)
+        places = self.aux_places[index]
+        wanted = torch.cat([places[rows, torch.as_tensor(shape, device=self.device)],
+                            places[rows, len(OBJECTS) + torch.as_tensor(place, device=self.device)]], dim=1)
+        return texts, wanted
+
     def aux_loss(self, step: int, samples: np.ndarray, index: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
         """Where is the object an instruction names? Why: a model trained from scratch on the action
         loss alone (session 6, task v4) went where the instruction's words pointed on average, the
@@ -231,18 +247,10 @@ class Trainer:
         action tokens' final states - the same image with different words wants different answers,
         so only reading the words against the image lowers it. Training only: the head is not
         exported and deployment is unchanged."""
-        rng = np.random.default_rng([self.config.seed, step, 1])
-        shape = rng.integers(len(OBJECTS), size=len(samples))
-        place = rng.integers(len(RECEPTACLES), size=len(samples))
-        names = list(OBJECTS)
-        prompts = [self.aux_prompts[Task(names[k], self.episodes[e]["colors"][k], RECEPTACLES[r], {}, {}, {}).instruction]
-                   for e, k, r in zip(self.sample_episode[samples], shape, place)]
+        texts, wanted = self.aux_queries(step, samples, index)
+        prompts = [self.aux_prompts[text] for text in texts]
         hidden, _ = self.model.forward_llm(self.model.embed(pixels, self.proprio[index], prompts))
         located = self.aux_head(self.model.action_head_input(hidden).mean(1).float())
-        rows = torch.arange(len(samples), device=self.device)
-        places = self.aux_places[index]
-        wanted = torch.cat([places[rows, torch.as_tensor(shape, device=self.device)],
-                            places[rows, len(OBJECTS) + torch.as_tensor(place, device=self.device)]], dim=1)
         return torch.nn.functional.l1_loss(located, wanted)
 
     # ---- state (resumable) ----------------------------------------------------------------------------

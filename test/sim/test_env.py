@@ -52,10 +52,11 @@ def test_resets_are_seeded_and_deterministic(env):
     assert not np.array_equal(a[0]["primary"], c[0]["primary"])
 
 
-def test_the_layout_is_libero_like_jittered_slots_with_the_shapes_shuffled_among_them():
+@pytest.mark.parametrize("layout", ["fixed", "shuffled"])
+def test_the_layout_is_libero_like_jittered_slots(layout):
     from specprune_ros.sim.env import OBJECT_JITTER, OBJECT_SLOTS, RECEPTACLE_JITTER, RECEPTACLE_SLOTS, sample_task
     rng = np.random.default_rng(0)
-    tasks = [sample_task(rng) for _ in range(200)]
+    tasks = [sample_task(rng, layout) for _ in range(200)]
 
     def nearest_slot(xy):
         return int(np.argmin([np.max(np.abs(np.subtract(xy, slot))) for slot in OBJECT_SLOTS]))
@@ -68,15 +69,18 @@ def test_the_layout_is_libero_like_jittered_slots_with_the_shapes_shuffled_among
         for shape, slot in slots.items():
             assert np.all(np.abs(np.subtract(task.positions[shape], OBJECT_SLOTS[slot])) <= OBJECT_JITTER + 1e-12)
         assert sorted(task.colors.values()) == sorted(COLORS)
-    # The target's slot varies, so its place must be read from the image, not from the instruction.
-    target_slots = [nearest_slot(t.positions[t.target]) for t in tasks]
-    assert np.bincount(target_slots, minlength=4).min() >= 30
-    assert {nearest_slot(t.positions["cube"]) for t in tasks} == set(range(len(OBJECT_SLOTS)))
-    offsets = np.array([np.subtract(t.positions["cube"], OBJECT_SLOTS[nearest_slot(t.positions["cube"])])
-                        for t in tasks])
+    cube_slots = [nearest_slot(t.positions["cube"]) for t in tasks]
+    if layout == "fixed":                 # every shape at its own slot: the instruction says where
+        assert set(cube_slots) == {0} and {nearest_slot(t.positions["box"]) for t in tasks} == {3}
+    else:                                 # the target's slot varies: it must be found in the image
+        target_slots = [nearest_slot(t.positions[t.target]) for t in tasks]
+        assert np.bincount(target_slots, minlength=4).min() >= 30 and set(cube_slots) == {0, 1, 2, 3}
+    offsets = np.array([np.subtract(t.positions["cube"], OBJECT_SLOTS[k]) for t, k in zip(tasks, cube_slots)])
     assert offsets.std(0).min() > 0.8 * OBJECT_JITTER / np.sqrt(3)          # uniform over the jitter square
     assert {t.target for t in tasks} == set(OBJECTS) and {t.receptacle for t in tasks} == {"plate", "bowl"}
     assert len({t.instruction for t in tasks}) >= 24                          # colours x shapes x receptacles
+    with pytest.raises(ValueError, match="unknown layout 'random'"):
+        sample_task(rng, "random")
 
 
 def test_seed_splits_are_disjoint():
@@ -140,6 +144,18 @@ def test_collect_writes_resumable_checked_demonstrations(tmp_path):
     assert episode["primary"].shape == (steps, 224, 224, 3) and episode["actions"].shape == (steps, 7)
     assert episode["instruction"] == entry["instruction"]
     assert set(np.unique(episode["actions"][:, 6])) <= {-1.0, 1.0}
+    # The privileged state (training targets, never inputs): every object's and receptacle's xy
+    # per step, as the environment had them, and the objects' colours.
+    env = TabletopEnv()
+    env.reset(seed=entry["seed"])
+    assert episode["colors"] == [env.task.colors[name] for name in OBJECTS]
+    np.testing.assert_allclose(episode["privileged"][0].reshape(-1, 2)[:len(OBJECTS)],
+                               [env.object_position(name)[:2] for name in OBJECTS])
+    np.testing.assert_allclose(episode["privileged"][0][-4:], [*env.task.positions["plate"], *env.task.positions["bowl"]])
+    target = list(OBJECTS).index(env.task.target)
+    lifted = episode["privileged"][-1].reshape(-1, 2)[target]        # the target moved with the gripper
+    assert np.linalg.norm(lifted - env.task.positions[env.task.receptacle]) < 0.05
+    env.close()
     again = collect(tmp_path / "demos", 3, "validation")                 # resumes: one more episode
     assert [e["seed"] for e in again["episodes"][:2]] == [e["seed"] for e in index["episodes"]]
     assert len(again["episodes"]) == 3
@@ -151,6 +167,8 @@ def test_collect_writes_resumable_checked_demonstrations(tmp_path):
         load_episode(tmp_path / "demos", {"file": "episode_999.npz"})
     with pytest.raises(DemoError, match="holds validation episodes, asked for train"):
         collect(tmp_path / "demos", 4, "train")
+    with pytest.raises(DemoError, match="holds episodes of the fixed layout, asked for shuffled"):
+        collect(tmp_path / "demos", 4, "validation", layout="shuffled")
     (tmp_path / "demos" / "index.json").write_text(json.dumps({"format": "other"}))
     with pytest.raises(DemoError, match="not a specprune-sim-demos/1 index"):
         read_index(tmp_path / "demos")

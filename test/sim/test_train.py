@@ -1,5 +1,6 @@
 """Training the small OpenVLA-OFT model on demonstrations: the loss falls, a run resumes, and the
 result loads through the released-layout loader and acts in the environment."""
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +121,39 @@ def test_dagger_rounds_are_driven_by_the_model_labeled_by_the_expert_and_train_w
     assert len(trainer.episodes) == len(read_index(demos)["episodes"]) + 1
     with pytest.raises(DemoError, match="driven by tiny-random, asked for expert"):
         collect(tmp_path / "dagger", 2, "validation")
+
+
+def test_the_auxiliary_questions_name_an_object_of_the_scene_and_want_its_place(demos, tmp_path):
+    from specprune_ros.sim.scene import OBJECTS
+    from specprune_ros.sim.train import AUX_CENTER, AUX_SCALE
+
+    trainer = Trainer(demos, tmp_path / "run", FAST)
+    samples = np.arange(0, trainer.samples, 7)
+    texts, wanted = trainer.aux_queries(3, samples, torch.as_tensor(samples))
+    asked = set()
+    for sample, text, answer in zip(samples, texts, wanted.numpy()):
+        episode = trainer.episodes[trainer.sample_episode[sample]]
+        _, _, color, shape, _, _, receptacle = text.split()
+        k = list(OBJECTS).index(shape)
+        assert episode["colors"][k] == color                       # the scene's own colour for that shape
+        places = episode["privileged"][sample - np.flatnonzero(trainer.sample_episode == trainer.sample_episode[sample])[0]]
+        r = 4 + ("plate", "bowl").index(receptacle)
+        np.testing.assert_allclose(answer * AUX_SCALE + np.tile(AUX_CENTER, 2),
+                                   [*places[2 * k:2 * k + 2], *places[2 * r:2 * r + 2]], atol=1e-6)
+        asked.add(shape)
+    assert len(asked) > 1                                           # not only the demonstrated target
+    again, _ = trainer.aux_queries(3, samples, torch.as_tensor(samples))
+    assert again == texts                                           # seeded by the step (resumable)
+    # Demonstrations made before the privileged state was recorded: one clear error, or --aux-weight 0.
+    old = tmp_path / "old_demos"
+    old.mkdir()
+    (old / "index.json").write_text((demos / "index.json").read_text())
+    for path in demos.glob("episode_*.npz"):
+        with np.load(path) as data:
+            np.savez_compressed(old / path.name, **{k: data[k] for k in data.files if k not in ("privileged", "colors")})
+    with pytest.raises(DemoError, match="no privileged state"):
+        Trainer(old, tmp_path / "old_run", FAST)
+    assert Trainer(old, tmp_path / "plain", replace(FAST, aux_weight=0.0)).aux_places is None
 
 
 def test_the_sim_tokenizer_reads_each_instruction_word_as_one_token():

@@ -57,7 +57,8 @@ def collect(out: str | Path, episodes: int, split: str = "train", start: int = 0
                                                           "layout": layout, "episodes": [], "attempted": 0,
                                                           "failed": []}
     if index.get("layout", "fixed") != layout:
-        raise DemoError(f"{index_path}: holds episodes of the {index.get('layout', 'fixed')} layout, asked for {layout}")
+        raise DemoError(f"{index_path}: holds episodes of the {index.get('layout', 'fixed')} layout, "
+                        f"asked for {layout}")
     if index["split"] != split:
         raise DemoError(f"{index_path}: holds {index['split']} episodes, asked for {split}")
     if index.get("driver", "expert") != driver:

@@ -151,7 +151,8 @@ def test_collect_writes_resumable_checked_demonstrations(tmp_path):
     assert episode["colors"] == [env.task.colors[name] for name in OBJECTS]
     np.testing.assert_allclose(episode["privileged"][0].reshape(-1, 2)[:len(OBJECTS)],
                                [env.object_position(name)[:2] for name in OBJECTS])
-    np.testing.assert_allclose(episode["privileged"][0][-4:], [*env.task.positions["plate"], *env.task.positions["bowl"]])
+    np.testing.assert_allclose(episode["privileged"][0][-4:],
+                               [*env.task.positions["plate"], *env.task.positions["bowl"]])
     target = list(OBJECTS).index(env.task.target)
     lifted = episode["privileged"][-1].reshape(-1, 2)[target]        # the target moved with the gripper
     assert np.linalg.norm(lifted - env.task.positions[env.task.receptacle]) < 0.05

@@ -136,7 +136,8 @@ def test_the_auxiliary_questions_name_an_object_of_the_scene_and_want_its_place(
         _, _, color, shape, _, _, receptacle = text.split()
         k = list(OBJECTS).index(shape)
         assert episode["colors"][k] == color                       # the scene's own colour for that shape
-        places = episode["privileged"][sample - np.flatnonzero(trainer.sample_episode == trainer.sample_episode[sample])[0]]
+        first = np.flatnonzero(trainer.sample_episode == trainer.sample_episode[sample])[0]
+        places = episode["privileged"][sample - first]
         r = 4 + ("plate", "bowl").index(receptacle)
         np.testing.assert_allclose(answer * AUX_SCALE + np.tile(AUX_CENTER, 2),
                                    [*places[2 * k:2 * k + 2], *places[2 * r:2 * r + 2]], atol=1e-6)
@@ -150,7 +151,8 @@ def test_the_auxiliary_questions_name_an_object_of_the_scene_and_want_its_place(
     (old / "index.json").write_text((demos / "index.json").read_text())
     for path in demos.glob("episode_*.npz"):
         with np.load(path) as data:
-            np.savez_compressed(old / path.name, **{k: data[k] for k in data.files if k not in ("privileged", "colors")})
+            kept = {k: data[k] for k in data.files if k not in ("privileged", "colors")}
+            np.savez_compressed(old / path.name, **kept)
     with pytest.raises(DemoError, match="no privileged state"):
         Trainer(old, tmp_path / "old_run", FAST)
     assert Trainer(old, tmp_path / "plain", replace(FAST, aux_weight=0.0)).aux_places is None

@@ -191,6 +191,7 @@ class Trainer:
         lengths = np.array([len(self.prompts[e["instruction"]].ids) for e in self.episodes])[self.sample_episode]
         self.groups = [np.flatnonzero(lengths == length) for length in np.unique(lengths)]
         self.aux_places = self._aux_places() if config.aux_weight > 0 else None
+        self.aux_prompts = {text: encode_prompt(self.tokenizer, text) for text in all_instructions()}
         self.samples = len(self.sample_episode)
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / STATS_FILE).write_text(json.dumps(self.stats_json, indent=2))   # export needs no data
@@ -216,7 +217,6 @@ class Trainer:
             raise DemoError(f"{missing[0]} (and {len(missing) - 1} more): no privileged state (demonstrations "
                             f"made before task v4); train with --aux-weight 0 or collect them again")
         xy = np.concatenate([e["privileged"] for e in self.episodes]).reshape(len(self.sample_episode), -1, 2)
-        self.aux_prompts = {text: encode_prompt(self.tokenizer, text) for text in all_instructions()}
         return torch.as_tensor((xy - AUX_CENTER) / AUX_SCALE, dtype=torch.float32, device=self.device)
 
     def aux_queries(self, step: int, samples: np.ndarray, index: torch.Tensor) -> tuple[list[str], torch.Tensor]:

@@ -77,12 +77,17 @@ RECEPTACLE_JITTER = 0.015
 OBJECT_YAW = 0.2                       # rad either way; the 9 cm block then spans 6.1 cm across the fingers
 
 
+def check_layout(layout: str) -> str:
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r} (one of {', '.join(LAYOUTS)})")
+    return layout
+
+
 def sample_task(rng: np.random.Generator, layout: str = "fixed") -> Task:
     """Shapes at their jittered slots (``layout`` "shuffled": at shuffled slots) with shuffled
     colours, plate left and bowl right (jittered), a random target and receptacle. The fixed
     layout draws exactly the numbers task v3 drew, so its seeds give v3's episodes."""
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r} (one of {', '.join(LAYOUTS)})")
+    check_layout(layout)
     names = list(OBJECTS)
     colors = dict(zip(names, rng.permutation(list(COLORS))))
     order = rng.permutation(len(OBJECT_SLOTS)) if layout == "shuffled" else range(len(OBJECT_SLOTS))
@@ -122,9 +127,7 @@ class TabletopEnv(gym.Env):
 
     def __init__(self, max_steps: int = MAX_STEPS, image_size: int = IMAGE_SIZE, render: bool = True,
                  layout: str = "fixed") -> None:
-        if layout not in LAYOUTS:
-            raise ValueError(f"unknown layout {layout!r} (one of {', '.join(LAYOUTS)})")
-        self.layout = layout
+        self.layout = check_layout(layout)          # refused here, not at the first reset
         self.model = mujoco.MjModel.from_xml_string(scene_xml(image_size))
         self.data = mujoco.MjData(self.model)
         self.max_steps = max_steps

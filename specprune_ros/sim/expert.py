@@ -119,19 +119,28 @@ class ScriptedExpert:
         return _wrap(object_yaw - gripper_yaw, SYMMETRY[name])
 
 
+RECORDED = ("primary", "wrist", "proprio", "actions", "privileged")   # a demonstration's per-step arrays
+
+
+def record_step(frames: dict[str, list], env: TabletopEnv, obs: dict, action: np.ndarray) -> None:
+    """One row of a demonstration (``frames``: a list per name in ``RECORDED``): what the model
+    sees at this step, the action taken there, and the privileged simulator state of that moment."""
+    for key in ("primary", "wrist", "proprio"):
+        frames[key].append(obs[key])
+    frames["actions"].append(action)
+    frames["privileged"].append(env.privileged_state())
+
+
 def run_expert_episode(env: TabletopEnv, seed: int, record: bool = False, noise: float = 1.0) -> dict:
     """One episode of the expert on ``seed``: success, steps and (``record``) the demonstration."""
     obs, info = env.reset(seed=seed)
     expert = ScriptedExpert(env, seed=seed + EXPERT_SEED_OFFSET, noise=noise)
-    frames: dict[str, list] = {"primary": [], "wrist": [], "proprio": [], "actions": [], "privileged": []}
+    frames: dict[str, list] = {key: [] for key in RECORDED}
     success = False
     for _ in range(env.max_steps):
         action = expert.act()
         if record:
-            for key in ("primary", "wrist", "proprio"):
-                frames[key].append(obs[key])
-            frames["actions"].append(action)
-            frames["privileged"].append(env.privileged_state())
+            record_step(frames, env, obs, action)
         obs, _, success, truncated, info = env.step(action)
         if success or truncated:
             break

@@ -86,18 +86,15 @@ def run_labeled_episode(env: TabletopEnv, policy: SpecPrunePolicy, seed: int) ->
     scripted expert, noise-free, labels every state the policy visits with the action it would
     take there - the recoveries from the policy's own mistakes, which expert-driven demonstrations
     never show. Returns ``run_expert_episode``'s record (the actions are the expert's labels)."""
-    from .expert import EXPERT_SEED_OFFSET, ScriptedExpert
+    from .expert import EXPERT_SEED_OFFSET, RECORDED, ScriptedExpert, record_step
 
-    frames: dict[str, list] = {"primary": [], "wrist": [], "proprio": [], "actions": [], "privileged": []}
+    frames: dict[str, list] = {key: [] for key in RECORDED}
     expert: list[ScriptedExpert] = []
 
     def label(stamp: float, obs: dict, action: np.ndarray, instruction: str) -> None:
         if not expert:                           # made after the episode's reset
             expert.append(ScriptedExpert(env, seed=seed + EXPERT_SEED_OFFSET, noise=0.0))
-        for key in ("primary", "wrist", "proprio"):
-            frames[key].append(obs[key])
-        frames["actions"].append(expert[0].act())
-        frames["privileged"].append(env.privileged_state())
+        record_step(frames, env, obs, expert[0].act())
 
     result = run_policy_episode(env, policy, seed, on_step=label)
     return {"seed": seed, "success": result.success, "steps": result.steps, "instruction": result.instruction,

@@ -363,6 +363,22 @@ def cmd_sim_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sim_probe(args: argparse.Namespace) -> int:
+    from .sim.env import seed_range
+    from .sim.probe import first_chunk_sensitivity
+
+    cfg = _config(args).replace(model_path=args.model)
+    seeds = list(seed_range(args.split))[:args.episodes]
+    r = first_chunk_sensitivity(cfg, seeds, args.layout, args.shift / 1000)
+    _emit(args, r, f"first chunk's xy motion of {args.model} on {len(seeds)} {args.split} seeds "
+                   f"({args.layout} layout), unpruned:\n"
+                   f"  proprio moved {r['shift_mm']:.0f} mm:   it changes by {r['proprio_change_mm']:.1f} mm "
+                   f"(the target, seen from the gripper, moved {r['shift_mm']:.0f} mm)\n"
+                   f"  another episode's images: it changes by {r['image_change_mm']:.1f} mm "
+                   f"(the named object lies {r['target_change_mm']:.1f} mm elsewhere there)")
+    return 0
+
+
 def cmd_sim_record(args: argparse.Namespace) -> int:
     from .sim.record import record
     from .tools.progress import progress_bar
@@ -386,9 +402,10 @@ def config_args(p: argparse.ArgumentParser) -> None:
 
 def layout_arg(p: argparse.ArgumentParser) -> None:
     """The sim task's object layout (``sim.env.LAYOUTS``; not imported here: it needs MuJoCo)."""
-    p.add_argument("--layout", choices=("fixed", "shuffled"), default="fixed",
-                   help="fixed: every shape at its own slot (task v3); shuffled: shapes shuffled among the slots, "
-                        "the target found by colour and shape in the image (task v4)")
+    p.add_argument("--layout", choices=("fixed-start", "fixed", "shuffled"), default="fixed-start",
+                   help="fixed-start: every shape at its own slot, the gripper starting at its home pose (task v5, "
+                        "the shipped model's); fixed: the same with the start jittered +-3 cm (task v3); shuffled: "
+                        "shapes shuffled among the slots, the target found by colour and shape in the image (task v4)")
 
 
 def _adder(subparsers) -> Callable[[str, Callable[[argparse.Namespace], int], str], argparse.ArgumentParser]:
@@ -497,7 +514,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="tiny-random")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
 
-    sim = sub.add_parser("sim", help="the simulated tabletop task (MuJoCo): bench, collect, train, record, eval",
+    sim = sub.add_parser("sim", help="the simulated tabletop task (MuJoCo): bench, collect, train, export, probe, "
+                                     "record, eval",
                          description="the simulated tabletop task (MuJoCo, Gymnasium API)")
     sim_sub = sim.add_subparsers(dest="sim_command", required=True, metavar="SIM_COMMAND")
 
@@ -536,6 +554,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--data", nargs="+", help="its demonstration directories, to recompute the dataset statistics "
                                              "(default: the run's own dataset_statistics.json)")
     q.add_argument("--out", required=True, help="checkpoint directory to write")
+    q = add_sim("probe", cmd_sim_probe, "does a model use its proprio and images? its first chunk under moved "
+                                        "proprio and swapped images")
+    q.add_argument("--model", required=True, help="checkpoint directory (released layout)")
+    q.add_argument("--episodes", type=int, default=6, help="first queries probed (at least 2: images are swapped "
+                                                          "between them)")
+    q.add_argument("--split", choices=("train", "validation", "test"), default="test")
+    q.add_argument("--shift", type=float, default=50.0, help="proprio shift in mm along +-x and +-y")
+    layout_arg(q)
+    config_args(q)
     q = add_sim("record", cmd_sim_record, "closed-loop episodes of a model as a rosbag2 on the node's topics")
     q.add_argument("bag", help="new bag directory")
     q.add_argument("--model", required=True, help="checkpoint directory or tiny-random")

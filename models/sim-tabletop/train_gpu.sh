@@ -4,13 +4,13 @@
 # the whole dataset in GPU memory, then (optionally) the unpruned closed-loop success on the test
 # seeds. Every step is resumable: rerun the same command to continue.
 #
-#   [INIT=other_run/train_state.pt] [LAYOUT=fixed|shuffled] bash models/sim-tabletop/train_gpu.sh DATA RUN EPISODES STEPS BATCH LR [EVAL_EPISODES]
+#   [INIT=other_run/train_state.pt] [LAYOUT=fixed-start|fixed|shuffled] bash models/sim-tabletop/train_gpu.sh DATA RUN EPISODES STEPS BATCH LR [EVAL_EPISODES]
 #
 # Run from the repository root with the package importable (PYTHONPATH=. on a machine without an
 # install) and MuJoCo rendering headless (MUJOCO_GL=egl).
 set -euo pipefail
 data=$1 run=$2 episodes=$3 steps=$4 batch=$5 lr=$6 eval_episodes=${7:-0}
-procs=${PROCS:-16} device=${DEVICE:-cuda} init=${INIT:+--init $INIT} layout=${LAYOUT:-fixed}
+procs=${PROCS:-16} device=${DEVICE:-cuda} init=${INIT:+--init $INIT} layout=${LAYOUT:-fixed-start}
 per=$(( (episodes + procs - 1) / procs ))
 spare=$(( per / 4 + 10 ))                   # seeds left between parts for the expert's rare failures
 mkdir -p "$data"

@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .env import RECEPTACLES, TabletopEnv, seed_range
+from .env import DEFAULT_LAYOUT, RECEPTACLES, TabletopEnv, seed_range
 from .expert import run_expert_episode
 from .scene import OBJECTS
 
@@ -46,7 +46,7 @@ class DemoError(ValueError):
 
 def collect(out: str | Path, episodes: int, split: str = "train", start: int = 0,
             progress: Callable[[int, int], None] | None = None, policy: str | None = None,
-            layout: str = "fixed") -> dict[str, Any]:
+            layout: str = DEFAULT_LAYOUT) -> dict[str, Any]:
     """``policy``: a checkpoint that drives the episodes while the expert labels them (DAgger).
     ``layout``: the task's object layout (``env.LAYOUTS``), kept in the index."""
     out = Path(out)

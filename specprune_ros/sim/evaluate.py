@@ -35,7 +35,7 @@ import numpy as np
 
 from ..config import Config, ConfigError
 from ..tools.jsonout import finite
-from .env import MAX_STEPS
+from .env import DEFAULT_LAYOUT, MAX_STEPS
 
 ABLATIONS: dict[str, dict[str, Any]] = {
     "specprune-noglobal": {"pruning.k_global": 0},
@@ -137,7 +137,7 @@ def _run_episode(task: tuple[str, Config, int, bool, int, str]) -> dict[str, Any
 # ---- the evaluation --------------------------------------------------------------------------------------
 def evaluate(config: Config, methods: list[Method], seeds: list[int], out: str | Path, workers: int = 1,
              progress: Callable[[int, int], None] | None = None, max_steps: int = MAX_STEPS,
-             layout: str = "fixed") -> dict[str, Any]:
+             layout: str = DEFAULT_LAYOUT) -> dict[str, Any]:
     from .rollout import wilson_interval
 
     out = Path(out)

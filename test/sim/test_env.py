@@ -52,7 +52,7 @@ def test_resets_are_seeded_and_deterministic(env):
     assert not np.array_equal(a[0]["primary"], c[0]["primary"])
 
 
-@pytest.mark.parametrize("layout", ["fixed", "shuffled"])
+@pytest.mark.parametrize("layout", ["fixed-start", "fixed", "shuffled"])
 def test_the_layout_is_libero_like_jittered_slots(layout):
     from specprune_ros.sim.env import OBJECT_JITTER, OBJECT_SLOTS, RECEPTACLE_JITTER, RECEPTACLE_SLOTS, sample_task
     rng = np.random.default_rng(0)
@@ -70,7 +70,7 @@ def test_the_layout_is_libero_like_jittered_slots(layout):
             assert np.all(np.abs(np.subtract(task.positions[shape], OBJECT_SLOTS[slot])) <= OBJECT_JITTER + 1e-12)
         assert sorted(task.colors.values()) == sorted(COLORS)
     cube_slots = [nearest_slot(t.positions["cube"]) for t in tasks]
-    if layout == "fixed":                 # every shape at its own slot: the instruction says where
+    if layout != "shuffled":              # every shape at its own slot: the instruction says where
         assert set(cube_slots) == {0} and {nearest_slot(t.positions["box"]) for t in tasks} == {3}
     else:                                 # the target's slot varies: it must be found in the image
         target_slots = [nearest_slot(t.positions[t.target]) for t in tasks]
@@ -81,6 +81,30 @@ def test_the_layout_is_libero_like_jittered_slots(layout):
     assert len({t.instruction for t in tasks}) >= 24                          # colours x shapes x receptacles
     with pytest.raises(ValueError, match="unknown layout 'random'"):
         sample_task(rng, "random")
+
+
+def test_the_start_pose_is_fixed_only_in_the_fixed_start_layout():
+    """A seed gives the same scene in every layout (one draw order); only "fixed" jitters the
+    gripper's start around its home (+-3 cm), "fixed-start" starts it at home, as LIBERO's arm."""
+    from specprune_ros.sim.env import DEFAULT_LAYOUT, HOME_JITTER
+    from specprune_ros.sim.scene import GRIPPER_HOME
+
+    starts = {}
+    for layout in ("fixed-start", "fixed"):
+        e = TabletopEnv(render=False, layout=layout)
+        starts[layout] = []
+        for seed in (0, 1, 2):
+            _, info = e.reset(seed=seed)
+            starts[layout].append((e.gripper_position().copy(), info["instruction"],
+                                   {name: e.object_position(name)[:2].copy() for name in OBJECTS}))
+        e.close()
+    assert DEFAULT_LAYOUT == "fixed-start"
+    for (home, instruction, objects), (jittered, other_instruction, other_objects) in zip(*starts.values()):
+        np.testing.assert_allclose(home, GRIPPER_HOME, atol=2e-3)          # settled under its own weight
+        assert np.abs(jittered - home).max() > 2e-3 and np.abs(jittered - home).max() < HOME_JITTER + 2e-3
+        assert instruction == other_instruction
+        for name in OBJECTS:
+            np.testing.assert_allclose(objects[name], other_objects[name], atol=1e-6)
 
 
 def test_seed_splits_are_disjoint():

@@ -1,0 +1,77 @@
+"""Which inputs move a trained policy's first chunk (``specprune sim probe``).
+
+A policy that grasps what it is asked for must move differently when the gripper starts elsewhere
+(the proprio) and when the objects lie elsewhere (the images). At the first query of each probed
+episode this compares the chunk's summed xy motion on the observation as it is with
+
+* the proprio moved by ``shift`` metres along +-x and +-y (the expert's motion would change by
+  ``shift``: it goes to the object from wherever it starts), and
+* every other probed episode's camera images, with this episode's instruction and proprio (the
+  expert's motion would change by how far the named object lies from where it lies here).
+
+Session 7 measured v9 (trained on the ``fixed`` layout) with it: < 1 mm of change for a 5 cm
+proprio shift - the model played one first chunk per instruction, whatever the start - which is
+why its success fell from 72 % (home start) to 48 % (jittered start). Unpruned, always: the question
+is what the model uses, not what pruning leaves it.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..config import Config
+from ..observation import Observation
+from .env import DEFAULT_LAYOUT, TabletopEnv
+from .scene import OBJECTS
+
+SHIFT_M = 0.05
+
+
+def first_chunk_sensitivity(config: Config, seeds: Sequence[int], layout: str = DEFAULT_LAYOUT,
+                            shift: float = SHIFT_M,
+                            progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Mean changes (mm) of the first chunk's xy motion under moved proprio and swapped images,
+    next to what the expert's motion would change by. Needs two seeds or more (images are swapped
+    between them)."""
+    from ..model.checkpoint import load_checkpoint
+    from ..policy import SpecPrunePolicy
+
+    if len(seeds) < 2:
+        raise ValueError(f"the probe swaps images between episodes: it needs at least 2 seeds, got {len(seeds)}")
+    config = config.replace(**{"pruning.enabled": False})
+    node = config.node
+    loaded = load_checkpoint(node.model_path, node.device, node.dtype, node.unnorm_key)
+    env = TabletopEnv(layout=layout)
+    try:
+        scenes = []
+        for seed in seeds:
+            obs, info = env.reset(seed=seed)
+            where = {name: env.object_position(name)[:2] for name in OBJECTS}
+            scenes.append((obs, info["instruction"], env.task.target, where))
+    finally:
+        env.close()
+
+    def motion(images: list[np.ndarray], proprio: np.ndarray, instruction: str) -> np.ndarray:
+        policy = SpecPrunePolicy(loaded, config)           # fresh: no history, step 0
+        return policy.step(Observation(images, proprio, instruction)).actions[:, :2].sum(0)
+
+    proprio_change, image_change, target_change = [], [], []
+    for i, (obs, instruction, target, where) in enumerate(scenes):
+        images = [obs["primary"], obs["wrist"]]
+        base = motion(images, obs["proprio"], instruction)
+        for offset in ((shift, 0.0), (-shift, 0.0), (0.0, shift), (0.0, -shift)):
+            moved = obs["proprio"].copy()
+            moved[:2] += offset
+            proprio_change.append(np.linalg.norm(motion(images, moved, instruction) - base))
+        for j, (other, _, _, other_where) in enumerate(scenes):
+            if j != i:
+                swapped = motion([other["primary"], other["wrist"]], obs["proprio"], instruction)
+                image_change.append(np.linalg.norm(swapped - base))
+                target_change.append(np.linalg.norm(other_where[target] - where[target]))
+        if progress:
+            progress(i + 1, len(scenes))
+    return {"model": node.model_path, "layout": layout, "seeds": list(seeds), "shift_mm": 1000 * shift,
+            "proprio_change_mm": 1000 * float(np.mean(proprio_change)),
+            "image_change_mm": 1000 * float(np.mean(image_change)),
+            "target_change_mm": 1000 * float(np.mean(target_change))}

@@ -1,0 +1,23 @@
+"""The input probe: how a policy's first chunk moves when its proprio or its images change."""
+import pytest
+
+pytest.importorskip("specprune_ros.sim.env", reason="mujoco and gymnasium are installed by make setup")
+
+from specprune_ros.config import Config  # noqa: E402
+from specprune_ros.sim.probe import first_chunk_sensitivity  # noqa: E402
+
+TINY = Config().replace(model_path="tiny-random", device="cpu")
+
+
+def test_a_policy_that_reads_its_proprio_and_images_moves_with_them():
+    moved = first_chunk_sensitivity(TINY, [101000, 101001], shift=0.05)
+    assert moved["proprio_change_mm"] > 0 and moved["image_change_mm"] > 0    # random weights read everything
+    assert 0 < moved["target_change_mm"] < 1000 * 2 * 0.015 * 2 ** 0.5       # the named object's jitter
+    still = first_chunk_sensitivity(TINY, [101000, 101001], shift=0.0)
+    assert still["proprio_change_mm"] == 0.0                                 # deterministic: only the shift moves it
+    assert still["image_change_mm"] == pytest.approx(moved["image_change_mm"])
+
+
+def test_one_seed_is_refused():
+    with pytest.raises(ValueError, match="at least 2 seeds, got 1"):
+        first_chunk_sensitivity(TINY, [101000])

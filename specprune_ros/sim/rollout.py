@@ -108,4 +108,5 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    # The interval contains p; clamped so rounding (e.g. 0 successes: 1e-17 - 0) cannot say otherwise.
+    return (min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half)))

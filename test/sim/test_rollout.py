@@ -32,6 +32,11 @@ def test_wilson_interval():
     low, high = wilson_interval(40, 50)
     assert low == pytest.approx(0.670, abs=1e-3) and high == pytest.approx(0.888, abs=1e-3)
     assert wilson_interval(50, 50)[1] == 1.0 and wilson_interval(0, 50)[0] == 0.0
+    # rounding must not push the rate outside its own interval (6/6 did: the plot's error bar failed)
+    for n in range(1, 61):
+        for k in range(n + 1):
+            low, high = wilson_interval(k, n)
+            assert 0.0 <= low <= k / n <= high <= 1.0, (k, n)
 
 
 def test_recorded_closed_loop_episodes_replay(tmp_path):

@@ -192,7 +192,7 @@ def test_collect_writes_resumable_checked_demonstrations(tmp_path):
         load_episode(tmp_path / "demos", {"file": "episode_999.npz"})
     with pytest.raises(DemoError, match="holds validation episodes, asked for train"):
         collect(tmp_path / "demos", 4, "train")
-    with pytest.raises(DemoError, match="holds episodes of the fixed layout, asked for shuffled"):
+    with pytest.raises(DemoError, match="holds episodes of the fixed-start layout, asked for shuffled"):
         collect(tmp_path / "demos", 4, "validation", layout="shuffled")
     (tmp_path / "demos" / "index.json").write_text(json.dumps({"format": "other"}))
     with pytest.raises(DemoError, match="not a specprune-sim-demos/1 index"):

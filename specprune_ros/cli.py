@@ -366,10 +366,14 @@ def cmd_sim_eval(args: argparse.Namespace) -> int:
 def cmd_sim_probe(args: argparse.Namespace) -> int:
     from .sim.env import seed_range
     from .sim.probe import first_chunk_sensitivity
+    from .tools.progress import progress_bar
 
     cfg = _config(args).replace(model_path=args.model)
     seeds = list(seed_range(args.split))[:args.episodes]
-    r = first_chunk_sensitivity(cfg, seeds, args.layout, args.shift / 1000)
+    show = progress_bar("probe", "episodes") if not args.json and sys.stderr.isatty() else None
+    r = first_chunk_sensitivity(cfg, seeds, args.layout, args.shift / 1000, show)
+    if show:
+        print(file=sys.stderr)
     _emit(args, r, f"first chunk's xy motion of {args.model} on {len(seeds)} {args.split} seeds "
                    f"({args.layout} layout), unpruned:\n"
                    f"  proprio moved {r['shift_mm']:.0f} mm:   it changes by {r['proprio_change_mm']:.1f} mm "
@@ -557,8 +561,8 @@ def build_parser() -> argparse.ArgumentParser:
     q = add_sim("probe", cmd_sim_probe, "does a model use its proprio and images? its first chunk under moved "
                                         "proprio and swapped images")
     q.add_argument("--model", required=True, help="checkpoint directory (released layout)")
-    q.add_argument("--episodes", type=int, default=6, help="first queries probed (at least 2: images are swapped "
-                                                          "between them)")
+    q.add_argument("--episodes", type=positive_int, default=6,
+                   help="first queries probed (at least 2: images are swapped between them)")
     q.add_argument("--split", choices=("train", "validation", "test"), default="test")
     q.add_argument("--shift", type=float, default=50.0, help="proprio shift in mm along +-x and +-y")
     layout_arg(q)

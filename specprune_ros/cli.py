@@ -389,7 +389,7 @@ def cmd_sim_record(args: argparse.Namespace) -> int:
 
     cfg = _config(args).replace(model_path=args.model)
     show = progress_bar("record") if not args.json and sys.stderr.isatty() else None
-    r = record(args.bag, cfg, args.episodes, args.split, show)
+    r = record(args.bag, cfg, args.episodes, args.split, show, args.layout)
     if show:
         print(file=sys.stderr)
     _emit(args, r, f"recorded {len(r['episodes'])} closed-loop episodes ({r['successes']} successful) to {r['bag']}")
@@ -572,6 +572,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--model", required=True, help="checkpoint directory or tiny-random")
     q.add_argument("--episodes", type=positive_int, default=3)
     q.add_argument("--split", choices=("train", "validation", "test"), default="test")
+    layout_arg(q)
     config_args(q)
     q = add_sim("eval", cmd_sim_eval, "closed-loop success of a model on the task's seeds, pruned and unpruned")
     q.add_argument("--model", required=True, help="checkpoint directory (released layout), e.g. sim train's model/")

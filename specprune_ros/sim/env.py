@@ -73,7 +73,8 @@ class Task:
 # 48 % succeed from a jittered start, 72 % from the home pose). "shuffled" (task v4): the shapes are
 # shuffled among the slots, so the target must be found in the image by its colour and shape;
 # models trained here have not learned that yet (session 6: 0 %, models/sim-tabletop/README.md).
-# Every layout draws the same numbers from a seed: its objects, colours and instruction match.
+# "fixed" and "fixed-start" draw the same numbers from a seed: the same objects, colours and
+# instruction ("shuffled" draws one more permutation, so its seeds give other scenes).
 LAYOUTS = ("fixed-start", "fixed", "shuffled")
 DEFAULT_LAYOUT = "fixed-start"
 OBJECT_SLOTS = ((0.40, -0.05), (0.40, 0.05), (0.52, -0.05), (0.52, 0.05))
@@ -92,8 +93,8 @@ def check_layout(layout: str) -> str:
 
 def sample_task(rng: np.random.Generator, layout: str = DEFAULT_LAYOUT) -> Task:
     """Shapes at their jittered slots (``layout`` "shuffled": at shuffled slots) with shuffled
-    colours, plate left and bowl right (jittered), a random target and receptacle. The fixed
-    layout draws exactly the numbers task v3 drew, so its seeds give v3's episodes."""
+    colours, plate left and bowl right (jittered), a random target and receptacle. The fixed and
+    fixed-start layouts draw exactly the numbers task v3 drew, so their seeds give v3's scenes."""
     check_layout(layout)
     names = list(OBJECTS)
     colors = dict(zip(names, rng.permutation(list(COLORS))))
@@ -177,7 +178,7 @@ class TabletopEnv(gym.Env):
             yaw = task.yaws[name]
             d.qpos[a + 3:a + 7] = (np.cos(yaw / 2), 0, 0, np.sin(yaw / 2))
             m.geom_rgba[self._geom[name]][:3] = COLORS[task.colors[name]]
-        # drawn in every layout (the same seed then gives the same later draws), used in one
+        # drawn in every layout (fixed and fixed-start then draw alike), applied in all but fixed-start
         jitter = self.np_random.uniform(-HOME_JITTER, HOME_JITTER, 3)
         home = np.array(GRIPPER_HOME) + (0.0 if self.layout == "fixed-start" else jitter)
         g = self._qpos["gripper"]

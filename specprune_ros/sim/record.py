@@ -31,7 +31,7 @@ from ..tools.bags import (
     typestore,
     write_records,
 )
-from .env import TabletopEnv, seed_range
+from .env import DEFAULT_LAYOUT, TabletopEnv, seed_range
 from .rollout import run_policy_episode
 
 PROPRIO_NAMES = ["eef_x", "eef_y", "eef_z", "eef_rx", "eef_ry", "eef_rz", "finger_left", "finger_right"]
@@ -40,7 +40,7 @@ GAP_NS = 2_000_000_000
 
 
 def record(bag: str | Path, config: Config, episodes: int, split: str = "test",
-           progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+           progress: Callable[[int, int], None] | None = None, layout: str = DEFAULT_LAYOUT) -> dict[str, Any]:
     bag = Path(bag)
     if bag.exists():
         raise BagError(f"{bag}: already exists (choose a new path)")
@@ -63,7 +63,7 @@ def record(bag: str | Path, config: Config, episodes: int, split: str = "test",
                                                               obs["proprio"])))
         records.append((TOPIC_EXPERT, ns, command_message(T, action)))
 
-    env = TabletopEnv()
+    env = TabletopEnv(layout=layout)
     results = []
     try:
         for i, seed in enumerate(list(seed_range(split))[:episodes], start=1):

@@ -84,8 +84,8 @@ def test_the_layout_is_libero_like_jittered_slots(layout):
 
 
 def test_the_start_pose_is_fixed_only_in_the_fixed_start_layout():
-    """A seed gives the same scene in every layout (one draw order); only "fixed" jitters the
-    gripper's start around its home (+-3 cm), "fixed-start" starts it at home, as LIBERO's arm."""
+    """A seed gives the same scene in "fixed" and "fixed-start" (one draw order); "fixed" jitters
+    the gripper's start around its home (+-3 cm), "fixed-start" starts it at home, as LIBERO's arm."""
     from specprune_ros.sim.env import DEFAULT_LAYOUT, HOME_JITTER
     from specprune_ros.sim.scene import GRIPPER_HOME
 
@@ -105,6 +105,21 @@ def test_the_start_pose_is_fixed_only_in_the_fixed_start_layout():
         assert instruction == other_instruction
         for name in OBJECTS:
             np.testing.assert_allclose(objects[name], other_objects[name], atol=1e-6)
+
+
+def test_the_cli_offers_the_environment_layouts():
+    """The CLI spells the layouts out (it must not import MuJoCo): they must stay the env's."""
+    from specprune_ros.cli import build_parser
+    from specprune_ros.sim.env import DEFAULT_LAYOUT, LAYOUTS
+
+    parser = build_parser()
+    for command in (["sim", "collect", "out"], ["sim", "eval", "--model", "m"], ["sim", "probe", "--model", "m"],
+                    ["sim", "record", "bag", "--model", "m"]):
+        assert parser.parse_args(command).layout == DEFAULT_LAYOUT
+        for layout in LAYOUTS:
+            assert parser.parse_args(command + ["--layout", layout]).layout == layout
+        with pytest.raises(SystemExit):
+            parser.parse_args(command + ["--layout", "random"])
 
 
 def test_seed_splits_are_disjoint():

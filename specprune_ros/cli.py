@@ -405,8 +405,10 @@ def config_args(p: argparse.ArgumentParser) -> None:
 
 
 def layout_arg(p: argparse.ArgumentParser) -> None:
-    """The sim task's object layout (``sim.env.LAYOUTS``; not imported here: it needs MuJoCo)."""
-    p.add_argument("--layout", choices=("fixed-start", "fixed", "shuffled"), default="fixed-start",
+    """The sim task's layout (``sim.LAYOUTS``: the package's constants, no MuJoCo import)."""
+    from .sim import DEFAULT_LAYOUT, LAYOUTS
+
+    p.add_argument("--layout", choices=LAYOUTS, default=DEFAULT_LAYOUT,
                    help="fixed-start: every shape at its own slot, the gripper starting at its home pose (task v5, "
                         "the shipped model's); fixed: the same with the start jittered +-3 cm (task v3); shuffled: "
                         "shapes shuffled among the slots, the target found by colour and shape in the image (task v4)")

@@ -6,3 +6,7 @@ another (``MUJOCO_GL=osmesa`` for software rendering without EGL).
 import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
+
+# The task layouts (``env.py`` says what each is), here so the CLI can offer them without MuJoCo.
+LAYOUTS = ("fixed-start", "fixed", "shuffled")
+DEFAULT_LAYOUT = "fixed-start"

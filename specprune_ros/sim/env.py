@@ -24,6 +24,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import gymnasium as gym  # noqa: E402
 import mujoco  # noqa: E402
 
+from . import DEFAULT_LAYOUT, LAYOUTS  # noqa: E402
 from .scene import BOWL_RADIUS, COLORS, FINGER_OPEN, GRIPPER_HOME, OBJECT_HALF_HEIGHT, OBJECTS, PLATE_RADIUS, scene_xml  # noqa: E402
 
 ACTION_DT = 0.1
@@ -75,8 +76,6 @@ class Task:
 # models trained here have not learned that yet (session 6: 0 %, models/sim-tabletop/README.md).
 # "fixed" and "fixed-start" draw the same numbers from a seed: the same objects, colours and
 # instruction ("shuffled" draws one more permutation, so its seeds give other scenes).
-LAYOUTS = ("fixed-start", "fixed", "shuffled")
-DEFAULT_LAYOUT = "fixed-start"
 OBJECT_SLOTS = ((0.40, -0.05), (0.40, 0.05), (0.52, -0.05), (0.52, 0.05))
 RECEPTACLE_SLOTS = {"plate": (0.47, -0.185), "bowl": (0.47, 0.185)}
 OBJECT_JITTER = 0.015                  # m, uniform in x and y

@@ -52,8 +52,10 @@ def first_chunk_sensitivity(config: Config, seeds: Sequence[int], layout: str = 
     finally:
         env.close()
 
+    policy = SpecPrunePolicy(loaded, config)
+
     def motion(images: list[np.ndarray], proprio: np.ndarray, instruction: str) -> np.ndarray:
-        policy = SpecPrunePolicy(loaded, config)           # fresh: no history, step 0
+        policy.reset()                                     # every query a first one: no history, step 0
         return policy.step(Observation(images, proprio, instruction)).actions[:, :2].sum(0)
 
     proprio_change, image_change, target_change = [], [], []

@@ -108,7 +108,7 @@ def test_the_start_pose_is_fixed_only_in_the_fixed_start_layout():
 
 
 def test_the_cli_offers_the_environment_layouts():
-    """The CLI spells the layouts out (it must not import MuJoCo): they must stay the env's."""
+    """The CLI offers the env's layouts (from the package, without importing MuJoCo)."""
     from specprune_ros.cli import build_parser
     from specprune_ros.sim.env import DEFAULT_LAYOUT, LAYOUTS
 

@@ -85,11 +85,15 @@ class PruningConfig:
         0.992, "Same threshold for the wrist (and further) cameras (an older note of the authors: 0.992; their "
         "released code uses 0.986 for both cameras).", low=0.0, high=1.0)
     history_base: float = knob(7.0, "b of the history rule T = floor(b + k*v) + offset (T in action periods, v the "
-                               "translation summed over the actions executed since the previous step).",
+                               "arm's translation speed over pruning.history_horizon action periods).",
                                low=0.0, high=64.0)
     history_slope: float = knob(-1.0, "k of the history rule; <= 0 so faster motion compares closer frames.",
                                 low=-64.0, high=0.0)
     history_offset: int = knob(4, "Offset of the history rule (paper: 4).", low=0, high=64)
+    history_horizon: float = knob(
+        8.0, "Action periods the history rule's speed is scaled to: v = ||net translation per executed action|| x "
+        "this (8 = OFT's chunk: v is one executed chunk's translation, as in the paper), so the same arm motion "
+        "gives the same T whether the node re-plans every period or once per chunk.", low=1.0, high=1024.0)
     scene_cut_fraction: float = knob(
         0.6, "Share of primary-camera patches changed (below tau) since the previous step above which "
         "the temporal prior is distrusted and the step keeps every token (1 disables).", low=0.0, high=1.0)

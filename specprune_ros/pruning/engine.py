@@ -111,7 +111,7 @@ class SpecPruneEngine:
 
         ``motion``: the actions executed since the previous step (rows of dx dy dz droll dpitch
         dyaw ..., normalized units), or None at an episode start. The controller takes their
-        mean; the history rule takes the norm of their summed translation.
+        mean; the history rule takes their translation speed over ``pruning.history_horizon``.
         """
         p, action_dt = self.config.pruning, self.config.node.action_dt
         current = patch_unit_vectors(frames, PATCH)
@@ -121,7 +121,7 @@ class SpecPruneEngine:
         similarity = scene_cut = None
         past = None
         if len(self.frames):
-            periods = history_periods(executed_translation(motion), p.history_base, p.history_slope,
+            periods = history_periods(executed_translation(motion, p.history_horizon), p.history_base, p.history_slope,
                                       p.history_offset)
             past = self.frames.closest(stamp - periods * action_dt, before=stamp)
         if past is not None:

@@ -48,21 +48,29 @@ def patch_cosine_similarity(current: torch.Tensor, past: torch.Tensor, patch: in
 def history_periods(speed: float, base: float, slope: float, offset: int) -> int:
     """T = floor(base + slope * speed) + offset action periods back, at least 1.
 
-    ``speed`` is the translation the robot executed since the previous step (normalized action
-    units summed over the executed actions, see ``executed_translation``), so a fast transport
-    phase compares with a recent frame and a slow grasp with an older one.
+    ``speed`` is the arm's translation speed scaled to a chunk horizon (``executed_translation``),
+    so a fast transport phase compares with a recent frame and a slow grasp with an older one.
     """
     if not math.isfinite(speed):
         speed = 0.0
     return max(1, int(math.floor(base + slope * speed)) + offset)
 
 
-def executed_translation(motion: np.ndarray | None) -> float:
-    """||sum of (dx, dy, dz)|| over the executed actions (rows), the history rule's v."""
+def executed_translation(motion: np.ndarray | None, horizon: float = 8.0) -> float:
+    """The history rule's v: ||sum of (dx, dy, dz)|| / executed actions * ``horizon``.
+
+    A speed, not a displacement: the net translation per executed action period, scaled to
+    ``horizon`` periods (8 = OFT's chunk, where v is the translation of one executed chunk, the
+    paper's setting). A node re-planning every period and a policy queried once per chunk then
+    compare frames the same time apart for the same arm motion; a displacement summed since the
+    previous step would shrink eightfold at 10 Hz re-planning and pin T to its maximum.
+    """
     if motion is None:
         return 0.0
     rows = np.atleast_2d(np.asarray(motion, dtype=np.float64))
-    return float(np.linalg.norm(rows[:, :3].sum(axis=0)))
+    if not len(rows):
+        return 0.0
+    return float(np.linalg.norm(rows[:, :3].sum(axis=0))) / len(rows) * horizon
 
 
 def executed_actions(chunk: np.ndarray, elapsed_s: float, action_dt: float) -> np.ndarray:

@@ -93,7 +93,8 @@ def test_controller_mode_changes_k_and_history():
     slow = eng.step(frames(), np.array([0.05, 0.0, -0.05, 0, 0, 0, 1]))
     assert not fast.decision.fine and slow.decision.fine and slow.decision.entered_fine
     assert (fast.k.k_global, slow.k.k_global) == (9, 15)    # 0.3 * 30, then * 40/24
-    assert (fast.history_frames, slow.history_frames) == (10, 10)   # floor(7 - v) + 4
+    # floor(7 - v) + 4 with v = speed per action x 8: 0.9 * 8 = 7.2 -> 3; |(0.05, 0, -0.05)| * 8 = 0.57 -> 10
+    assert (fast.history_frames, slow.history_frames) == (3, 10)
     # Only 1 and 2 frames were stored: the closest to t - T * action_dt is the oldest one.
     assert (fast.history_age_s, slow.history_age_s) == pytest.approx((0.1, 0.2))
 

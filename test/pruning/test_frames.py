@@ -68,14 +68,15 @@ def test_faster_motion_never_looks_further_back(speed):
     assert history_periods(speed + 1.0, 7, -1, 4) <= t
 
 
-def test_v_is_the_translation_summed_over_the_executed_actions():
+def test_v_is_a_speed_scaled_to_the_chunk_horizon():
     chunk = np.zeros((8, 7))
     chunk[:, 0], chunk[:, 2] = 0.6, -0.8              # |(0.6, 0, -0.8)| = 1 per action
-    assert executed_translation(chunk) == pytest.approx(8.0)
-    assert executed_translation(chunk[:3]) == pytest.approx(3.0)
+    assert executed_translation(chunk) == pytest.approx(8.0)        # one executed chunk: its translation
+    assert executed_translation(chunk[:1]) == pytest.approx(8.0)    # one action at 10 Hz re-planning: the same
+    assert executed_translation(chunk[:3], horizon=4) == pytest.approx(4.0)
     back_and_forth = np.zeros((2, 7))
     back_and_forth[:, 0] = (1.0, -1.0)
-    assert executed_translation(back_and_forth) == 0.0   # a net displacement, not a path length
+    assert executed_translation(back_and_forth) == 0.0   # a net displacement per period, not a path length
     assert executed_translation(None) == 0.0
 
 

@@ -188,27 +188,31 @@ def test_make_bag_is_deterministic(tmp_path):
     assert ma == mb and len(ma) == 1 + 5 * (2 + 5 + 1)
 
 
-def test_history_adapts_to_the_executed_motion_at_one_query_per_chunk(tmp_path):
-    """OFT executes a whole chunk per query: at 1.25 Hz (8 actions of 0.1 s) the frames of the
-    periods in between still reach the history, v sums the 8 executed actions, and T moves with
-    the motion: fast transport compares a recent frame, a slow grasp or release an older one."""
+@pytest.mark.parametrize("control_hz", [1.25, 10.0])
+def test_history_adapts_to_the_executed_motion_at_any_control_rate(tmp_path, control_hz):
+    """OFT executes a whole chunk per query (1.25 Hz: 8 actions of 0.1 s), a node re-plans every
+    action period (10 Hz): either way the frames in between reach the history, v is the arm's
+    speed over a chunk horizon, and T moves with the motion: fast transport compares a recent
+    frame, a slow grasp or release an older one."""
     from specprune_ros.synthetic import episode
     from specprune_ros.tools.bags import STEP_NS
     from specprune_ros.tools.replay import run_replay
 
     steps, start_ns = 160, 1_700_000_000_000_000_000
     bag = write_synthetic_bag(tmp_path / "episode", steps, "mcap", start_ns=start_ns)
-    run = run_replay(bag, Config.from_dict({"control_rate_hz": 1.25}), compare=False, motion="recorded")
+    run = run_replay(bag, Config.from_dict({"control_rate_hz": control_hz}), compare=False, motion="recorded")
     phases = episode(steps)
     by_phase: dict[str, list[float]] = {}
     periods = set()
     for s in run.steps:
         stats = s.pruned.stats
-        assert stats.history_age_s == pytest.approx(0.1 * stats.history_frames, abs=1e-6)   # 10 Hz camera
+        held = round((s.stamp_ns - start_ns) / STEP_NS) - 1       # frames before this step (10 Hz camera)
+        assert stats.history_age_s == pytest.approx(0.1 * min(stats.history_frames, held), abs=1e-6)
         periods.add(stats.history_frames)
         phase = phases[round((s.stamp_ns - start_ns) / STEP_NS) - 1].phase
         by_phase.setdefault(phase, []).append(stats.history_age_s)
-    assert len(run.steps) == 21 and len(periods - {0}) >= 5, periods        # 0: the first step has no history
+    assert len(run.steps) >= steps / 10 * control_hz        # every control tick of the 16 s episode
+    assert len(periods - {0}) >= 4, periods                   # 0: the first step has no history
     slow = by_phase["grasp"] + by_phase["release"]
     assert sum(by_phase["transport"]) / len(by_phase["transport"]) < sum(slow) / len(slow)
 

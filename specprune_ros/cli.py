@@ -95,7 +95,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from .model.checkpoint import SHIPPED_MODELS
     from .sim.env import seed_range
-    from .sim.evaluate import TABLE_HEADER, evaluate, parse_methods, table_rows
+    from .sim.evaluate import TABLE_HEADER, evaluate, parse_budgets, parse_methods, parse_seeds, table_rows
     from .sim.record import record
     from .sim.train import PARAMS_FILE
     from .tools.progress import progress_bar
@@ -345,12 +345,12 @@ def cmd_sim_export(args: argparse.Namespace) -> int:
 
 def cmd_sim_eval(args: argparse.Namespace) -> int:
     from .sim.env import seed_range
-    from .sim.evaluate import TABLE_HEADER, evaluate, parse_methods, table_rows
+    from .sim.evaluate import TABLE_HEADER, evaluate, parse_budgets, parse_methods, parse_seeds, table_rows
     from .tools.progress import progress_bar
 
     cfg = _config(args).replace(model_path=args.model)
-    methods = parse_methods(args.methods)
-    seeds = list(seed_range(args.split))[:args.episodes]
+    methods = parse_methods(args.methods, parse_budgets(args.budgets) if args.budgets else None)
+    seeds = parse_seeds(args.seeds) if args.seeds else list(seed_range(args.split))[:args.episodes]
     show = progress_bar("eval", "episodes") if not args.json and sys.stderr.isatty() else None
     result = evaluate(cfg, methods, seeds, args.out, args.workers, show, layout=args.layout)
     if show:
@@ -358,7 +358,8 @@ def cmd_sim_eval(args: argparse.Namespace) -> int:
     rows = [TABLE_HEADER] + table_rows(result["methods"])
     widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_HEADER))]
     text = "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows)
-    _emit(args, result, f"closed loop on {len(seeds)} {args.split} seeds per method, {args.model}:\n{text}\n"
+    _emit(args, result, f"closed loop on {len(seeds)} {result['split']} seeds per method "
+                        f"({seeds[0]}-{seeds[-1]}), {args.model}:\n{text}\n"
                         f"report: {args.out}/report.html")
     return 0
 
@@ -580,9 +581,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--model", required=True, help="checkpoint directory (released layout), e.g. sim train's model/")
     q.add_argument("--episodes", type=positive_int, default=50)
     q.add_argument("--split", choices=("train", "validation", "test"), default="test")
+    q.add_argument("--seeds", metavar="A:B", help="seeds A .. B-1 instead of --split / --episodes (validation: "
+                                                  "100000:101000, test: 101000:102000)")
     q.add_argument("--methods", default="none,specprune@0.8",
                    help="comma-separated name[@alpha]: none, specprune, random, fastv (R matched to specprune@alpha, "
-                        "listed before it), specprune-noglobal/-nodiff/-nolayer/-nocontroller/-meanstd")
+                        "which must be listed too), specprune-noglobal/-nodiff/-nolayer/-nocontroller/-meanstd")
+    q.add_argument("--budgets", metavar="A1,A2,...", help="budget sweep: every method listed without @alpha runs at "
+                                                         "each of these alphas, on the same seeds")
     q.add_argument("--workers", type=positive_int, default=1, help="episodes in parallel processes")
     layout_arg(q)
     q.add_argument("--out", default="sim_eval", help="output directory: results.json, episodes.csv, plots, "

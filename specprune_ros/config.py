@@ -109,6 +109,24 @@ class PruningConfig:
                                  low=0.0, high=10.0)
     confidence: str = knob("entropy", "Layer confidence for the EMA: 1/entropy (paper default) or mean/std.",
                            choices=("entropy", "mean_std"))
+    score_queries: str = knob(
+        "instruction", "Whose attention scores the vision tokens: instruction (the paper: the prompt's tokens), "
+        "action (the positions the action head reads, decoded in the same forward), or both.",
+        choices=("instruction", "action", "both"))
+    coverage_grid: int = knob(
+        0, "Static stage: split each camera's patch grid into coverage_grid x coverage_grid blocks and keep every "
+        "block's best-scoring patch (this step's local layers), so no region of an image is left empty (0: off, "
+        "the paper).", low=0, high=64)
+    refresh_period: int = knob(
+        0, "After this many pruned steps one step runs unpruned and scores every token again, so a patch the "
+        "prior dropped can come back (0: never, the paper).", low=0, high=100000)
+    frame_rule: str = knob(
+        "changed", "How frame differencing enters the static stage: changed (the paper: add the k_dynamic most "
+        "changed patches) or drop_static (the authors' released code: start from every patch and remove only "
+        "those at least as similar as the threshold to the compared frame, at most static_max_removed per "
+        "camera; the prior and local sets are kept as well).", choices=("changed", "drop_static"))
+    static_max_removed: int = knob(200, "frame_rule drop_static: most patches removed per camera (authors' code: "
+                                   "200 of 256).", low=0, high=4096)
 
     def __post_init__(self) -> None:
         _validate_section(self, "pruning")
@@ -314,6 +332,22 @@ def iter_specs() -> Iterator[tuple[str, Spec]]:
     for section, cls in SECTIONS.items():
         for f in dataclasses.fields(cls):
             yield (f"{section}.{f.name}" if section else f.name), f.metadata["spec"]
+
+
+def parameter_table() -> str:
+    """The markdown table of every knob (docs/parameters.md is this, kept in sync by a test)."""
+    defaults = Config().flat()
+    lines = ["| parameter | default | allowed | | meaning |", "|---|---|---|---|---|"]
+    for name, spec in iter_specs():
+        default = defaults[name]
+        default = list(default) if isinstance(default, tuple) else default
+        allowed = spec.allowed() if spec.choices is not None or spec.low is not None or spec.high is not None else ""
+        allowed = allowed.removeprefix("one of ").replace("range ", "") if allowed else ""
+        if spec.choices is not None:
+            allowed = "one of " + allowed
+        lines.append(f"| `{name}` | {default!r} | {allowed} | {'read-only' if spec.read_only else 'live'} | "
+                     f"{spec.description} |")
+    return "\n".join(lines) + "\n"
 
 
 def split_name(name: str) -> tuple[str, str]:

@@ -59,8 +59,10 @@ class OpenVLAOFT(nn.Module):
         text = tuple(p + n_vis + proprio for p in prompt.instruction_positions)
         seq_len = len(prompt.ids) + n_vis + proprio + self.config.num_action_tokens + 1
         grid = self.config.featurizer.grid
+        a = self.config.num_action_tokens
+        head = tuple(range(seq_len - (a + 2), seq_len - 2))      # what action_head_input reads
         return TokenLayout(seq_len=seq_len, vision_start=1, num_cameras=num_cameras, text_positions=text,
-                           grid=(grid, grid))
+                           grid=(grid, grid), action_positions=head)
 
     def embed(self, pixels: torch.Tensor, proprio: torch.Tensor | None,
               prompt: EncodedPrompt | list[EncodedPrompt]) -> torch.Tensor:

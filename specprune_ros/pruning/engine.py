@@ -25,7 +25,7 @@ from ..config import Config
 from .controller import ActionAwareController, Decision, KBudget, Motion, k_budget
 from .frames import FrameHistory, executed_translation, history_periods, patch_unit_vectors
 from .layout import TokenLayout
-from .static import StaticSelection, detect_scene_cut, select_static, union_topk_mask
+from .static import FrameRule, StaticSelection, block_ids, detect_scene_cut, select_static, union_topk_mask
 
 PATCH = 14
 
@@ -58,6 +58,8 @@ class SpecPruneEngine:
         self.previous_vectors: torch.Tensor | None = None  # the previous step's frame, for scene cuts
         self._tau_key: tuple[float, float] | None = None
         self._tau = torch.empty(0)
+        self._rule: FrameRule | None = None
+        self.steps_since_dense = 0                         # pruned steps since the last unpruned one
 
     # ---- configuration and episodes -----------------------------------------------------------
     def configure(self, config: Config) -> None:
@@ -82,6 +84,7 @@ class SpecPruneEngine:
         self.prior = None
         self.prior_selected = None
         self.previous_vectors = None
+        self.steps_since_dense = 0
         self.frames.reset()
         self.controller.reset()
 
@@ -95,6 +98,15 @@ class SpecPruneEngine:
             self._tau = torch.tensor(tau, dtype=torch.float32, device=self.device)
             self._tau_key = key
         return self._tau
+
+    def frame_rule(self) -> FrameRule:
+        """The static stage's frame rule and coverage floor (block ids on the device once)."""
+        p = self.config.pruning
+        if (self._rule is None or (self._rule.name, self._rule.max_removed, self._rule.coverage_blocks)
+                != (p.frame_rule, p.static_max_removed, p.coverage_grid)):
+            ids = block_ids(self.layout.grid, p.coverage_grid, self.device) if p.coverage_grid else None
+            self._rule = FrameRule(p.frame_rule, p.static_max_removed, p.coverage_grid, ids)
+        return self._rule
 
     def observe(self, stamp: float, frames: torch.Tensor | Callable[[], torch.Tensor]) -> None:
         """A frame seen between steps (model resolution, all cameras), for the history only; given
@@ -138,8 +150,11 @@ class SpecPruneEngine:
             reason = "disabled"
         elif self.prior is None:
             reason = "no prior (first step)"
+        elif p.refresh_period and self.steps_since_dense >= p.refresh_period:
+            reason = "prior refresh"
         else:
             reason = ""
+        self.steps_since_dense = self.steps_since_dense + 1 if not reason else 0
         return StepPlan(not reason, reason, decision, budget, periods, age, similarity, scene_cut)
 
     def select(self, plan: StepPlan, local_scores: torch.Tensor) -> StaticSelection:
@@ -147,7 +162,8 @@ class SpecPruneEngine:
         if not plan.prune or self.prior is None:
             raise RuntimeError(f"static selection requested on an unpruned step ({plan.reason})")
         selection = select_static(self.prior, local_scores, plan.similarity, self.thresholds(),
-                                  plan.k.k_global, plan.k.k_local, plan.k.k_dynamic, plan.scene_cut)
+                                  plan.k.k_global, plan.k.k_local, plan.k.k_dynamic, plan.scene_cut,
+                                  self.frame_rule())
         self.prior_selected = selection.global_mask
         return selection
 

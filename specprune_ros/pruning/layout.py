@@ -19,6 +19,10 @@ class TokenLayout:
     num_cameras: int
     text_positions: tuple[int, ...]
     grid: tuple[int, int] = (16, 16)
+    # The positions the action head reads (OFT: the last prompt token and the action slots but
+    # the last), decoded in the same forward: their queries over the vision keys are what the
+    # actions are made from. Empty for a layout without action slots.
+    action_positions: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.num_cameras < 1:
@@ -28,10 +32,10 @@ class TokenLayout:
                              f"sequence of {self.seq_len}")
         if not self.text_positions:
             raise ValueError("at least one instruction token is needed to score vision tokens")
-        bad = [p for p in self.text_positions
-               if not 0 <= p < self.seq_len or self.vision_start <= p < self.vision_end]
-        if bad:
-            raise ValueError(f"text positions {bad} fall outside the sequence or inside the vision block")
+        for name, positions in (("text", self.text_positions), ("action", self.action_positions)):
+            bad = [p for p in positions if not 0 <= p < self.seq_len or self.vision_start <= p < self.vision_end]
+            if bad:
+                raise ValueError(f"{name} positions {bad} fall outside the sequence or inside the vision block")
 
     @property
     def tokens_per_camera(self) -> int:
@@ -57,6 +61,18 @@ class TokenLayout:
 
     def text_index(self, device: torch.device | str | None = None) -> torch.Tensor:
         return torch.tensor(self.text_positions, dtype=torch.long, device=device)
+
+    def query_index(self, queries: str, device: torch.device | str | None = None) -> torch.Tensor:
+        """Sorted positions whose attention scores the vision tokens (``pruning.score_queries``):
+        the instruction (the paper), the action-head positions, or both."""
+        if queries == "instruction":
+            return self.text_index(device)
+        if not self.action_positions:
+            raise ValueError(f"score_queries {queries!r}: this sequence has no action positions")
+        chosen = set(self.action_positions) | (set(self.text_positions) if queries == "both" else set())
+        if queries not in ("action", "both"):
+            raise ValueError(f"unknown score_queries {queries!r} (instruction, action, both)")
+        return torch.tensor(sorted(chosen), dtype=torch.long, device=device)
 
     def kept_positions(self, kept: torch.Tensor) -> torch.Tensor:
         """Sorted sequence positions to keep: every non-vision token plus the kept patches.

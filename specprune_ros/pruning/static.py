@@ -60,23 +60,67 @@ class StaticSelection:
         return torch.stack([m.sum() for m in (self.kept, self.global_mask, self.local_mask, self.dynamic_mask)])
 
 
+def not_static_mask(similarity: torch.Tensor, thresholds: torch.Tensor, max_removed: int) -> torch.Tensor:
+    """The authors' released rule, inverted to a keep mask: every patch except the (at most
+    ``max_removed`` per camera) most similar ones at or above the camera's threshold."""
+    static = similarity >= thresholds.view(-1, 1)
+    key = torch.where(static, similarity, torch.full_like(similarity, float("-inf")))
+    return ~topk_mask(key, max_removed)
+
+
+def block_ids(grid: tuple[int, int], blocks: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """(grid_h * grid_w,) block number of each row-major patch for a ``blocks`` x ``blocks`` split."""
+    gh, gw = grid
+    rows = torch.arange(gh, device=device).repeat_interleave(gw) * blocks // gh
+    cols = torch.arange(gw, device=device).repeat(gh) * blocks // gw
+    return rows * blocks + cols
+
+
+def coverage_mask(scores: torch.Tensor, ids: torch.Tensor, blocks: int) -> torch.Tensor:
+    """Every block's best-scoring patch, per camera: ``scores`` (C, N), ``ids`` from block_ids."""
+    finite = torch.where(torch.isfinite(scores), scores, torch.full_like(scores, -1e30))
+    best = torch.full((scores.shape[0], blocks * blocks), -1e30, dtype=scores.dtype, device=scores.device)
+    best = best.scatter_reduce(1, ids.expand_as(finite), finite, reduce="amax")
+    # Ties keep every patch at the block's maximum (rare with attention scores; never none).
+    return finite >= best.gather(1, ids.expand_as(finite))
+
+
+@dataclass(frozen=True)
+class FrameRule:
+    """How frame differencing enters the static stage (``pruning.frame_rule``)."""
+
+    name: str = "changed"             # changed: add the k most changed patches | drop_static
+    max_removed: int = 200            # drop_static: most static patches removed per camera
+    coverage_blocks: int = 0          # 0 = no coverage floor
+    coverage_ids: torch.Tensor | None = None
+
+
 def select_static(prior_scores: torch.Tensor, local_scores: torch.Tensor, similarity: torch.Tensor | None,
                   thresholds: torch.Tensor, k_global: int, k_local: int, k_dynamic: int,
-                  scene_cut: torch.Tensor | None = None) -> StaticSelection:
+                  scene_cut: torch.Tensor | None = None, rule: FrameRule | None = None) -> StaticSelection:
     """Fuse the three sets.
 
     ``prior_scores`` (G, C, N): previous step's scores at the G global layers (-inf = no score).
     ``local_scores`` (L, C, N): this step's scores at the local layers.
     ``similarity`` (C, N): patch similarity to the frame T steps back, or None (no history).
     ``scene_cut``: () bool; when true every token is kept for this step.
+    ``rule``: the frame rule and coverage floor (default: the paper's changed-patch set, no floor).
+    ``dynamic_mask`` reports what frame differencing contributed: the changed patches, or under
+    drop_static the patches it did not remove (every patch without a compared frame).
     """
+    rule = rule or FrameRule()
     global_mask = union_topk_mask(prior_scores, k_global)
     local_mask = union_topk_mask(local_scores, k_local)
-    if similarity is None:
+    if rule.name == "drop_static":
+        dynamic_mask = (torch.ones_like(global_mask) if similarity is None
+                        else not_static_mask(similarity, thresholds, rule.max_removed))
+    elif similarity is None:
         dynamic_mask = torch.zeros_like(global_mask)
     else:
         dynamic_mask = changed_patch_mask(similarity, thresholds, k_dynamic)
     kept = global_mask | local_mask | dynamic_mask
+    if rule.coverage_blocks:
+        kept = kept | coverage_mask(local_scores.max(dim=0).values, rule.coverage_ids, rule.coverage_blocks)
     if scene_cut is None:
         scene_cut = torch.zeros((), dtype=torch.bool, device=kept.device)
     kept = kept | scene_cut

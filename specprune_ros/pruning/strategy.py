@@ -302,7 +302,7 @@ class PruningStrategy:
         own layout, which also depends on its prompt, comes with ``begin_step``)."""
         self.config, self.layout, self.n_layers = config, layout, n_layers
         self.frame_shape, self.device = frame_shape, torch.device(device)
-        self._text_index: tuple[TokenLayout, torch.Tensor] | None = None
+        self._text_index: tuple[tuple[TokenLayout, str], torch.Tensor] | None = None
 
     def configure(self, config: Config) -> None:
         """New knobs, read from the next step (ToMe-style plain state)."""
@@ -319,10 +319,12 @@ class PruningStrategy:
         raise NotImplementedError
 
     def sequence(self, layout: TokenLayout) -> KeptSequence:
-        """The step's sequence bookkeeping. The instruction positions go to the device once per
-        prompt: a host-to-device copy queued behind GPU work would be a hidden sync every step."""
-        if self._text_index is None or self._text_index[0] != layout:
-            self._text_index = (layout, layout.text_index(self.device))
+        """The step's sequence bookkeeping. The scoring positions (``pruning.score_queries``) go to
+        the device once per prompt: a host-to-device copy queued behind GPU work would be a hidden
+        sync every step."""
+        queries = self.config.pruning.score_queries
+        if self._text_index is None or self._text_index[0] != (layout, queries):
+            self._text_index = ((layout, queries), layout.query_index(queries, self.device))
         return KeptSequence(layout, self._text_index[1], self.device)
 
 

@@ -35,7 +35,8 @@ import numpy as np
 
 from ..config import Config, ConfigError
 from ..tools.jsonout import finite
-from .env import DEFAULT_LAYOUT, MAX_STEPS
+from .env import DEFAULT_LAYOUT, MAX_STEPS, SEED_SPLITS
+from .stats import exact_mcnemar, interpolate_curve
 
 ABLATIONS: dict[str, dict[str, Any]] = {
     "specprune-noglobal": {"pruning.k_global": 0},
@@ -73,8 +74,13 @@ class Method:
         return f"specprune@{self.alpha:g}" if self.name == "fastv" else None
 
 
-def parse_methods(text: str) -> list[Method]:
-    """``none,specprune@0.8,fastv@0.8`` -> methods, checked (names, alphas, fastv's partner)."""
+def parse_methods(text: str, budgets: list[float] | None = None) -> list[Method]:
+    """``none,specprune@0.8,fastv@0.8`` -> methods, checked (names, alphas, fastv's partner).
+
+    ``budgets``: alphas a rule listed without one runs at, each (``specprune,random`` with
+    budgets 1,2 -> specprune@1, specprune@2, random@1, random@2): a budget sweep on paired seeds.
+    FastV's partners come first whatever the order given.
+    """
     methods: list[Method] = []
     for item in (part.strip() for part in text.split(",")):
         match = re.fullmatch(r"([a-z-]+)(?:@([0-9.]+))?", item)
@@ -86,19 +92,47 @@ def parse_methods(text: str) -> list[Method]:
             raise ConfigError(f"--methods: unknown method {name!r} (one of {known})")
         if name == "none" and alpha_text:
             raise ConfigError("--methods: none takes no alpha")
-        alpha = float(alpha_text) if alpha_text else (None if name == "none" else 0.8)
-        label = name if alpha is None else f"{name}@{alpha:g}"
-        if any(m.label == label for m in methods):
-            raise ConfigError(f"--methods: {label} is listed twice")
-        methods.append(Method(label, name, alpha, dict(ABLATIONS.get(name, {}))))
+        if name == "none":
+            alphas: list[float | None] = [None]
+        elif alpha_text:
+            alphas = [float(alpha_text)]
+        else:
+            alphas = list(budgets) if budgets else [0.8]
+        for alpha in alphas:
+            label = name if alpha is None else f"{name}@{alpha:g}"
+            if any(m.label == label for m in methods):
+                raise ConfigError(f"--methods: {label} is listed twice")
+            methods.append(Method(label, name, alpha, dict(ABLATIONS.get(name, {}))))
+    methods.sort(key=lambda m: m.name == "fastv")          # stable: fastv after the rules it is matched to
     labels = [m.label for m in methods]
-    for i, m in enumerate(methods):
-        if m.matched_to and m.matched_to not in labels[:i]:
+    for m in methods:
+        if m.matched_to and m.matched_to not in labels:
             raise ConfigError(f"--methods: {m.label} keeps as many tokens as {m.matched_to} did in this run; "
-                              f"list {m.matched_to} before it")
+                              f"list {m.matched_to} too")
     for m in methods:
         m.config(Config())                         # every knob valid before any episode runs
     return methods
+
+
+def parse_budgets(text: str) -> list[float]:
+    """``0.5,1,2`` -> alphas, each a valid pruning.alpha."""
+    try:
+        budgets = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"--budgets: {text!r} is not a comma-separated list of alphas (e.g. 0.5,1,2,3.5)") from None
+    if not budgets or len(set(budgets)) != len(budgets):
+        raise ConfigError(f"--budgets: {text!r} must name one or more distinct alphas")
+    for alpha in budgets:
+        Config().replace(**{"pruning.alpha": alpha})
+    return budgets
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``100000:100050`` -> the seeds 100000 .. 100049 (half-open, as a Python range)."""
+    match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", text)
+    if not match or int(match.group(1)) >= int(match.group(2)):
+        raise ConfigError(f"--seeds: {text!r} is not A:B with A < B (seeds A .. B-1, e.g. 100000:100050)")
+    return list(range(int(match.group(1)), int(match.group(2))))
 
 
 # ---- worker side ---------------------------------------------------------------------------------------
@@ -165,15 +199,106 @@ def evaluate(config: Config, methods: list[Method], seeds: list[int], out: str |
     reference = summary.get("none", {}).get("latency_ms_mean")
     for s in summary.values():
         s["speedup"] = reference / s["latency_ms_mean"] if reference else math.nan
+    paired = paired_comparisons(episodes, summary)
+    for comparison in paired:
+        if comparison["b"] == "none":
+            summary[comparison["a"]]["vs_none"] = {k: comparison[k] for k in ("difference", "p_value")}
     result = {"model": config.node.model_path, "episodes_per_method": len(seeds), "seeds": [seeds[0], seeds[-1]],
-              "max_steps": max_steps, "layout": layout, "device": _device_name(config),
-              "workers": workers, "torch_threads_per_worker": threads, "methods": summary}
+              "split": seed_split(seeds), "max_steps": max_steps, "layout": layout, "device": _device_name(config),
+              "workers": workers, "torch_threads_per_worker": threads, "methods": summary,
+              "paired": paired, "curves": budget_curves(summary)}
     (out / "results.json").write_text(json.dumps(finite(result), indent=2, allow_nan=False))
     _write_csv(out / "episodes.csv", episodes)
     _plots(out, summary, episodes)
+    plot_curves(out / "success_vs_flops_curves.png", result["curves"], summary)
     _report(out, result)
     result["out"] = str(out)
     return result
+
+
+def seed_split(seeds: list[int]) -> str:
+    """The split every seed falls in, or "mixed"."""
+    splits = {name for name, (low, high) in SEED_SPLITS.items() for seed in (seeds[0], seeds[-1]) if low <= seed < high}
+    return splits.pop() if len(splits) == 1 else "mixed"
+
+
+def family(label: str) -> str:
+    """A rule's name without its budget: ``specprune@0.8`` -> ``specprune``."""
+    return label.split("@")[0]
+
+
+def paired_comparisons(episodes: dict[str, list[dict[str, Any]]],
+                       summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Exact McNemar tests on per-seed outcomes: every method against ``none``, and the rules of
+    one budget (same alpha) against each other. ``a_only``: seeds only ``a`` solved."""
+    labels = list(episodes)
+    pairs = [(m, "none") for m in labels if m != "none" and "none" in episodes]
+    for i, a in enumerate(labels):
+        for b in labels[i + 1:]:
+            if a != "none" and b != "none" and summary[a]["alpha"] == summary[b]["alpha"]:
+                pairs.append((a, b))
+    out = []
+    for a, b in pairs:
+        wins_a = {r["seed"]: r["success"] for r in episodes[a]}
+        wins_b = {r["seed"]: r["success"] for r in episodes[b]}
+        seeds = sorted(set(wins_a) & set(wins_b))
+        a_only = sum(wins_a[s] and not wins_b[s] for s in seeds)
+        b_only = sum(wins_b[s] and not wins_a[s] for s in seeds)
+        out.append({"a": a, "b": b, "seeds": len(seeds), "a_only": a_only, "b_only": b_only,
+                    "difference": (a_only - b_only) / max(len(seeds), 1), "p_value": exact_mcnemar(a_only, b_only)})
+    return out
+
+
+def budget_curves(summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Per rule family: its points (LLM FLOPs, success, interval) in FLOPs order, and every
+    other family's success interpolated at each of its FLOPs (equal-compute comparison; None
+    outside the other curve's range)."""
+    curves: dict[str, list[dict[str, Any]]] = {}
+    for label, s in summary.items():
+        if label == "none":
+            continue
+        curves.setdefault(family(label), []).append(
+            {"label": label, "alpha": s["alpha"], "flops": s["flops_ratio_mean"], "success": s["success_rate"],
+             "ci95": s["success_ci95"]})
+    for points in curves.values():
+        points.sort(key=lambda p: p["flops"])
+    at_equal_flops = {}
+    for name, points in curves.items():
+        for other, theirs in curves.items():
+            if other == name or len(theirs) < 2:
+                continue
+            xs, ys = [p["flops"] for p in theirs], [p["success"] for p in theirs]
+            at_equal_flops.setdefault(name, {})[other] = [interpolate_curve(xs, ys, p["flops"]) for p in points]
+    return {"families": curves, "at_equal_flops": at_equal_flops}
+
+
+def plot_curves(path: Path, curves: dict[str, Any], summary: dict[str, dict[str, Any]]) -> None:
+    """Success against LLM FLOPs, one line per rule family with its 95 % intervals; ``none`` as a band."""
+    if not any(len(points) > 1 for points in curves["families"].values()):
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    if "none" in summary:
+        low, high = summary["none"]["success_ci95"]
+        ax.axhspan(100 * low, 100 * high, color="grey", alpha=0.2, label="none (95 % interval)")
+        ax.axhline(100 * summary["none"]["success_rate"], color="grey", lw=1)
+    for name, points in curves["families"].items():
+        x = [p["flops"] for p in points]
+        y = [100 * p["success"] for p in points]
+        err = [[yy - 100 * p["ci95"][0] for yy, p in zip(y, points)],
+               [100 * p["ci95"][1] - yy for yy, p in zip(y, points)]]
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=name)
+    ax.set_xlabel("LLM FLOPs ratio (pruned / unpruned)")
+    ax.set_ylabel("success rate (%), 95 % Wilson interval")
+    ax.set_ylim(-5, 105)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def _device_name(config: Config) -> str:
@@ -268,11 +393,20 @@ def table_rows(summary: dict[str, dict[str, Any]]) -> list[list[str]]:
         rows.append([label, "-" if s["alpha"] is None else f"{s['alpha']:g}",
                      f"{100 * s['success_rate']:.0f} % [{100 * low:.0f}, {100 * high:.0f}]",
                      f"{s['flops_ratio_mean']:.3f}", f"{s['speedup']:.2f}x", f"{s['kept_tokens_mean']:.0f}",
-                     "-" if recall is None or not math.isfinite(recall) else f"{100 * recall:.0f} %"])
+                     "-" if recall is None or not math.isfinite(recall) else f"{100 * recall:.0f} %",
+                     _versus_none(s.get("vs_none"))])
     return rows
 
 
-TABLE_HEADER = ["method", "alpha", "success (95 % CI)", "LLM FLOPs", "speed-up", "tokens kept", "recall"]
+def _versus_none(comparison: dict[str, float] | None) -> str:
+    """``-12 pts (p 0.03)``: the paired difference in success from ``none`` and its McNemar p."""
+    if not comparison:
+        return "-"
+    return f"{100 * comparison['difference']:+.0f} pts (p {comparison['p_value']:.2g})"
+
+
+TABLE_HEADER = ["method", "alpha", "success (95 % CI)", "LLM FLOPs", "speed-up", "tokens kept", "recall",
+                "vs none (paired)"]
 
 
 def _report(out: Path, result: dict[str, Any]) -> None:

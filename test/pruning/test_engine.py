@@ -141,3 +141,15 @@ def test_configure_resizes_the_history_for_a_longer_window():
     assert eng.frames.capacity == 12
     eng.configure(Config.from_dict({"pruning.history_base": 20.0}))
     assert eng.frames.capacity == 25
+
+
+def test_a_refresh_step_runs_unpruned_after_refresh_period_pruned_steps():
+    eng = engine(**{"pruning.refresh_period": 2})
+    reasons = []
+    for _ in range(7):
+        plan = eng.step(frames(), None)
+        reasons.append(plan.reason)
+        eng.end_step(plan, torch.rand(2, 2, N))
+    assert reasons == ["no prior (first step)", "", "", "prior refresh", "", "", "prior refresh"]
+    eng.reset()
+    assert eng.step(frames(), None).reason == "no prior (first step)"

@@ -36,3 +36,17 @@ def test_bad_layouts_are_rejected():
         TokenLayout(seq_len=40, vision_start=1, num_cameras=1, text_positions=(), grid=(4, 4))
     with pytest.raises(ValueError, match="expected"):
         make_layout().kept_positions(torch.ones(3, 16, dtype=torch.bool))
+
+
+def test_scoring_queries_are_the_instruction_the_action_positions_or_both():
+    n = 2 * 16
+    layout = TokenLayout(seq_len=1 + n + 12, vision_start=1, num_cameras=2, text_positions=(n + 4, n + 5),
+                         grid=(4, 4), action_positions=(n + 5, n + 6, n + 7))
+    assert layout.query_index("instruction").tolist() == [n + 4, n + 5]
+    assert layout.query_index("action").tolist() == [n + 5, n + 6, n + 7]
+    assert layout.query_index("both").tolist() == [n + 4, n + 5, n + 6, n + 7]
+    with pytest.raises(ValueError, match="no action positions"):
+        make_layout().query_index("action")
+    with pytest.raises(ValueError, match="action positions"):
+        TokenLayout(seq_len=40, vision_start=1, num_cameras=1, text_positions=(30,), grid=(4, 4),
+                    action_positions=(3,))

@@ -130,3 +130,32 @@ def test_selection_properties(cams, side, layers, kg, kl, kd, pruned_share, tau,
         start, stop = layout.camera_range(c)
         mine = pos[(pos >= start) & (pos < stop)] - start
         assert torch.equal(mine, sel.kept[c].nonzero().flatten())
+
+
+def test_drop_static_keeps_every_patch_but_the_most_similar_static_ones():
+    from specprune_ros.pruning.static import FrameRule
+    similarity = torch.tensor([[0.999, 0.990, 0.995, 0.5, 0.999, 0.2]])
+    prior = torch.full((1, 1, 6), NEG)
+    local = torch.tensor([[[0.0, 0.0, 0.0, 0.0, 9.0, 0.0]]])
+    sel = select_static(prior, local, similarity, torch.tensor([0.986]), 0, 1, 0,
+                        rule=FrameRule("drop_static", max_removed=2))
+    # static: 0.999, 0.990, 0.995, 0.999; the two most similar (indices 0 and 4) go, but 4 is the local top-1
+    assert sel.dynamic_mask.tolist() == [[False, True, True, True, False, True]]
+    assert sel.kept.tolist() == [[False, True, True, True, True, True]]
+    first = select_static(prior, local, None, torch.tensor([0.986]), 0, 1, 0, rule=FrameRule("drop_static"))
+    assert bool(first.kept.all())                      # nothing to compare with: nothing is static
+
+
+def test_the_coverage_floor_keeps_each_blocks_best_patch():
+    from specprune_ros.pruning.static import FrameRule, block_ids
+    ids = block_ids((4, 4), 2)
+    assert ids.view(4, 4).tolist() == [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]]
+    local = torch.zeros(1, 1, 16)
+    local[0, 0, [0, 1]] = torch.tensor([5.0, 6.0])     # all of the top-2 in the first block
+    local[0, 0, [3, 9, 15]] = torch.tensor([1.0, 2.0, 3.0])
+    prior = torch.full((1, 1, 16), NEG)
+    plain = select_static(prior, local, None, torch.tensor([0.99]), 0, 2, 0)
+    assert plain.kept.nonzero()[:, 1].tolist() == [0, 1]
+    covered = select_static(prior, local, None, torch.tensor([0.99]), 0, 2, 0,
+                            rule=FrameRule(coverage_blocks=2, coverage_ids=ids))
+    assert covered.kept.nonzero()[:, 1].tolist() == [0, 1, 3, 9, 15]

@@ -83,8 +83,9 @@ def test_random_keeps_specprunes_budget_with_other_tokens(loaded):
     assert np.array_equal(again["kept"], got["kept"])
 
 
+@pytest.mark.parametrize("queries", ["instruction", "action", "both"])
 @torch.inference_mode()
-def test_fastv_keeps_the_top_r_tokens_of_layer_k(loaded):
+def test_fastv_keeps_the_top_r_tokens_of_layer_k(loaded, queries):
     model = loaded.model
     from specprune_ros.model.processing import ImageProcessor
     from specprune_ros.model.prompt import encode_prompt
@@ -93,20 +94,24 @@ def test_fastv_keeps_the_top_r_tokens_of_layer_k(loaded):
     frames = processor.frames([step.primary, step.wrist])
     pixels, prompt = processor.pixels(frames), encode_prompt(loaded.tokenizer, INSTRUCTION)
     proprio = torch.tensor(loaded.stats.normalize_proprio(step.proprio), dtype=torch.float32)
-    config = Config().replace(**{"pruning.method": "fastv", "pruning.fastv_layer": 3, "pruning.fastv_tokens": 100})
+    config = Config().replace(**{"pruning.method": "fastv", "pruning.fastv_layer": 3, "pruning.fastv_tokens": 100,
+                                 "pruning.score_queries": queries})
     layout = model.layout(prompt, 2)
+    # the action positions are exactly the hidden states the action head reads
+    marked = torch.arange(layout.seq_len, dtype=torch.float32).view(1, -1, 1)
+    assert model.action_head_input(marked).flatten().tolist() == list(layout.action_positions)
     strategy = make_strategy(config, layout, 32, (3, 224, 224), "cpu")
     pruner = strategy.begin_step(frames, None, 0.0, layout, Stopwatch(torch.device("cpu")))
     _, tokens_per_layer = model.predict(pixels, proprio, prompt, pruner)
     n = tokens_per_layer[0]
     assert tokens_per_layer == [n] * 3 + [n - 512 + 100] * 29          # pruned once, after layer 3
 
-    # Independently: layer 3's text-to-image attention on the full sequence, top 100.
+    # Independently: layer 3's attention from the scoring queries on the full sequence, top 100.
     x = model.embed(pixels, proprio, prompt)
     cos, sin = model.llm.rotary(x.shape[1], x.dtype)
     for layer in model.llm.layers[:2]:
         x, _ = layer(x, cos, sin)
-    _, (q, k) = model.llm.layers[2](x, cos, sin, layout.text_index())
+    _, (q, k) = model.llm.layers[2](x, cos, sin, layout.query_index(queries))
     scores = score_layer(q[None], k[None], slice(layout.vision_start, layout.vision_end), None).scores[0]
     expected = torch.zeros(512, dtype=torch.bool)
     expected[scores.topk(100).indices] = True

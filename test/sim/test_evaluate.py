@@ -9,7 +9,14 @@ pytest.importorskip("specprune_ros.sim.env", reason="mujoco and gymnasium are in
 
 from specprune_ros.config import Config, ConfigError  # noqa: E402
 from specprune_ros.sim.env import seed_range  # noqa: E402
-from specprune_ros.sim.evaluate import evaluate, parse_methods  # noqa: E402
+from specprune_ros.sim.evaluate import (  # noqa: E402
+    budget_curves,
+    evaluate,
+    paired_comparisons,
+    parse_budgets,
+    parse_methods,
+    parse_seeds,
+)
 from specprune_ros.sim.rollout import EpisodeResult, wilson_interval  # noqa: E402
 
 
@@ -32,13 +39,62 @@ def test_methods_are_parsed_into_configurations():
     ("none@0.5", "none takes no alpha"),
     ("specprune@0.8,specprune@0.8", "listed twice"),
     ("none,fastv@0.8", "fastv@0.8 keeps as many tokens as specprune@0.8 did in this run; list specprune@0.8 "
-                       "before it"),
+                       "too"),
     ("specprune@x", "is not name\\[@alpha\\]"),
     ("specprune@9", "pruning.alpha"),
 ])
 def test_bad_methods_are_one_clear_error(text, message):
     with pytest.raises(ConfigError, match=message):
         parse_methods(text)
+
+
+def test_a_budget_sweep_runs_every_unpinned_rule_at_every_alpha():
+    methods = parse_methods("none,fastv,specprune,random@0.8", parse_budgets("1,2.5"))
+    # fastv is matched to specprune at the same alpha, so it runs after it whatever the order given
+    assert [m.label for m in methods] == ["none", "specprune@1", "specprune@2.5", "random@0.8", "fastv@1",
+                                          "fastv@2.5"]
+    assert [m.matched_to for m in methods if m.name == "fastv"] == ["specprune@1", "specprune@2.5"]
+
+
+@pytest.mark.parametrize("text, message", [("1,x", "comma-separated list"), ("1,1", "distinct"),
+                                           ("", "one or more"), ("9", "pruning.alpha")])
+def test_bad_budgets_are_one_clear_error(text, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_budgets(text)
+
+
+def test_seed_ranges_are_half_open():
+    assert parse_seeds("100000:100003") == [100000, 100001, 100002]
+    for bad in ("5:5", "7:3", "a:b", "100"):
+        with pytest.raises(ConfigError, match="--seeds"):
+            parse_seeds(bad)
+
+
+def test_paired_comparisons_count_discordant_seeds():
+    def runs(outcomes):
+        return [{"seed": i, "success": bool(o)} for i, o in enumerate(outcomes)]
+    episodes = {"none": runs([1, 1, 1, 1, 0, 1]), "specprune@1": runs([1, 0, 0, 1, 0, 1]),
+                "random@1": runs([0, 1, 1, 1, 1, 1])}
+    summary = {"none": {"alpha": None}, "specprune@1": {"alpha": 1.0}, "random@1": {"alpha": 1.0}}
+    got = {(c["a"], c["b"]): c for c in paired_comparisons(episodes, summary)}
+    assert set(got) == {("specprune@1", "none"), ("random@1", "none"), ("specprune@1", "random@1")}
+    vs_none = got[("specprune@1", "none")]
+    assert (vs_none["a_only"], vs_none["b_only"], vs_none["difference"]) == (0, 2, pytest.approx(-2 / 6))
+    assert vs_none["p_value"] == pytest.approx(0.5)          # 2 discordant pairs, both one way: 2 * 1/4
+    between = got[("specprune@1", "random@1")]
+    assert (between["a_only"], between["b_only"]) == (1, 3)
+
+
+def test_curves_compare_rules_at_equal_flops():
+    def point(flops, success):
+        return {"alpha": 1.0, "flops_ratio_mean": flops, "success_rate": success, "success_ci95": [0, 1]}
+    summary = {"none": point(1.0, 0.9), "specprune@2": point(0.4, 0.8), "specprune@1": point(0.2, 0.4),
+               "random@1": point(0.3, 0.5), "random@2": point(0.5, 0.7)}
+    curves = budget_curves(summary)
+    assert [p["label"] for p in curves["families"]["specprune"]] == ["specprune@1", "specprune@2"]
+    # random at specprune's FLOPs: below its curve's range (None), then halfway between 0.5 and 0.7
+    assert curves["at_equal_flops"]["specprune"]["random"] == [None, pytest.approx(0.6)]
+    assert curves["at_equal_flops"]["random"]["specprune"] == [pytest.approx(0.6), None]
 
 
 def test_failure_modes():

@@ -95,7 +95,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from .model.checkpoint import SHIPPED_MODELS
     from .sim.env import seed_range
-    from .sim.evaluate import TABLE_HEADER, evaluate, parse_budgets, parse_methods, parse_seeds, table_rows
+    from .sim.evaluate import TABLE_HEADER, evaluate, parse_methods, table_rows
     from .sim.record import record
     from .sim.train import PARAMS_FILE
     from .tools.progress import progress_bar

@@ -95,9 +95,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from .model.checkpoint import SHIPPED_MODELS
     from .sim.env import seed_range
-    from .sim.evaluate import TABLE_HEADER, evaluate, parse_methods, table_rows
+    from .sim.evaluate import TABLE_HEADER, evaluate, table_rows
     from .sim.record import record
     from .sim.train import PARAMS_FILE
+    from .tools.methods import parse_methods
     from .tools.progress import progress_bar
     from .tools.replay import replay
 
@@ -345,7 +346,8 @@ def cmd_sim_export(args: argparse.Namespace) -> int:
 
 def cmd_sim_eval(args: argparse.Namespace) -> int:
     from .sim.env import seed_range
-    from .sim.evaluate import TABLE_HEADER, evaluate, parse_budgets, parse_methods, parse_seeds, table_rows
+    from .sim.evaluate import TABLE_HEADER, evaluate, table_rows
+    from .tools.methods import parse_budgets, parse_methods, parse_seeds
     from .tools.progress import progress_bar
 
     cfg = _config(args).replace(model_path=args.model)
@@ -426,6 +428,8 @@ def _adder(subparsers) -> Callable[[str, Callable[[argparse.Namespace], int], st
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .tools.methods import VARIANTS
+
     parser = argparse.ArgumentParser(prog="specprune", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -585,7 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "100000:101000, test: 101000:102000)")
     q.add_argument("--methods", default="none,specprune@0.8",
                    help="comma-separated name[@alpha]: none, specprune, random, fastv (R matched to specprune@alpha, "
-                        "which must be listed too), specprune-noglobal/-nodiff/-nolayer/-nocontroller/-meanstd")
+                        "which must be listed too), or a variant of specprune: " + ", ".join(VARIANTS))
     q.add_argument("--budgets", metavar="A1,A2,...", help="budget sweep: every method listed without @alpha runs at "
                                                          "each of these alphas, on the same seeds")
     q.add_argument("--workers", type=positive_int, default=1, help="episodes in parallel processes")

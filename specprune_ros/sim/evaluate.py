@@ -24,115 +24,21 @@ import csv
 import json
 import math
 import os
-import re
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from ..config import Config, ConfigError
+from ..config import Config
 from ..tools.jsonout import finite
+from ..tools.methods import Method, family
+from ..tools.stats import exact_mcnemar, interpolate_curve
 from .env import DEFAULT_LAYOUT, MAX_STEPS, SEED_SPLITS
-from .stats import exact_mcnemar, interpolate_curve
 
-ABLATIONS: dict[str, dict[str, Any]] = {
-    "specprune-noglobal": {"pruning.k_global": 0},
-    "specprune-nodiff": {"pruning.k_dynamic": 0},
-    "specprune-nolayer": {"pruning.dynamic_layers": []},
-    "specprune-nocontroller": {"controller.enabled": False},
-    "specprune-meanstd": {"pruning.confidence": "mean_std"},
-}
-BASE_METHODS = ("none", "specprune", "random", "fastv")
 SNAPSHOT_QUERY = 3                    # the query whose kept patches the frame strip shows
 FAILURES = ("wrong object", "missed grasp", "not placed")
-
-
-@dataclass(frozen=True)
-class Method:
-    label: str                          # as given: "specprune@0.8"
-    name: str                           # none | specprune | random | fastv | an ablation
-    alpha: float | None
-    overrides: dict[str, Any] = field(default_factory=dict, hash=False)
-
-    def config(self, base: Config, fastv_tokens: int | None = None) -> Config:
-        if self.name == "none":
-            return base.replace(**{"pruning.enabled": False})
-        knobs: dict[str, Any] = {"pruning.enabled": True, **self.overrides}
-        knobs["pruning.method"] = self.name if self.name in BASE_METHODS else "specprune"
-        if self.alpha is not None:
-            knobs["pruning.alpha"] = self.alpha
-        if fastv_tokens is not None:
-            knobs["pruning.fastv_tokens"] = fastv_tokens
-        return base.replace(**knobs)
-
-    @property
-    def matched_to(self) -> str | None:
-        """The method whose kept-token count sets this one's budget (fastv only)."""
-        return f"specprune@{self.alpha:g}" if self.name == "fastv" else None
-
-
-def parse_methods(text: str, budgets: list[float] | None = None) -> list[Method]:
-    """``none,specprune@0.8,fastv@0.8`` -> methods, checked (names, alphas, fastv's partner).
-
-    ``budgets``: alphas a rule listed without one runs at, each (``specprune,random`` with
-    budgets 1,2 -> specprune@1, specprune@2, random@1, random@2): a budget sweep on paired seeds.
-    FastV's partners come first whatever the order given.
-    """
-    methods: list[Method] = []
-    for item in (part.strip() for part in text.split(",")):
-        match = re.fullmatch(r"([a-z-]+)(?:@([0-9.]+))?", item)
-        if not match:
-            raise ConfigError(f"--methods: {item!r} is not name[@alpha] (e.g. specprune@0.8)")
-        name, alpha_text = match.groups()
-        if name not in BASE_METHODS and name not in ABLATIONS:
-            known = ", ".join(BASE_METHODS + tuple(ABLATIONS))
-            raise ConfigError(f"--methods: unknown method {name!r} (one of {known})")
-        if name == "none" and alpha_text:
-            raise ConfigError("--methods: none takes no alpha")
-        if name == "none":
-            alphas: list[float | None] = [None]
-        elif alpha_text:
-            alphas = [float(alpha_text)]
-        else:
-            alphas = list(budgets) if budgets else [0.8]
-        for alpha in alphas:
-            label = name if alpha is None else f"{name}@{alpha:g}"
-            if any(m.label == label for m in methods):
-                raise ConfigError(f"--methods: {label} is listed twice")
-            methods.append(Method(label, name, alpha, dict(ABLATIONS.get(name, {}))))
-    methods.sort(key=lambda m: m.name == "fastv")          # stable: fastv after the rules it is matched to
-    labels = [m.label for m in methods]
-    for m in methods:
-        if m.matched_to and m.matched_to not in labels:
-            raise ConfigError(f"--methods: {m.label} keeps as many tokens as {m.matched_to} did in this run; "
-                              f"list {m.matched_to} too")
-    for m in methods:
-        m.config(Config())                         # every knob valid before any episode runs
-    return methods
-
-
-def parse_budgets(text: str) -> list[float]:
-    """``0.5,1,2`` -> alphas, each a valid pruning.alpha."""
-    try:
-        budgets = [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise ConfigError(f"--budgets: {text!r} is not a comma-separated list of alphas (e.g. 0.5,1,2,3.5)") from None
-    if not budgets or len(set(budgets)) != len(budgets):
-        raise ConfigError(f"--budgets: {text!r} must name one or more distinct alphas")
-    for alpha in budgets:
-        Config().replace(**{"pruning.alpha": alpha})
-    return budgets
-
-
-def parse_seeds(text: str) -> list[int]:
-    """``100000:100050`` -> the seeds 100000 .. 100049 (half-open, as a Python range)."""
-    match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", text)
-    if not match or int(match.group(1)) >= int(match.group(2)):
-        raise ConfigError(f"--seeds: {text!r} is not A:B with A < B (seeds A .. B-1, e.g. 100000:100050)")
-    return list(range(int(match.group(1)), int(match.group(2))))
 
 
 # ---- worker side ---------------------------------------------------------------------------------------
@@ -220,11 +126,6 @@ def seed_split(seeds: list[int]) -> str:
     """The split every seed falls in, or "mixed"."""
     splits = {name for name, (low, high) in SEED_SPLITS.items() for seed in (seeds[0], seeds[-1]) if low <= seed < high}
     return splits.pop() if len(splits) == 1 else "mixed"
-
-
-def family(label: str) -> str:
-    """A rule's name without its budget: ``specprune@0.8`` -> ``specprune``."""
-    return label.split("@")[0]
 
 
 def paired_comparisons(episodes: dict[str, list[dict[str, Any]]],

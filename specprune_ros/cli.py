@@ -399,6 +399,73 @@ def cmd_sim_record(args: argparse.Namespace) -> int:
     return 0
 
 
+def proxy_episodes(args: argparse.Namespace, cfg: Config, loaded, show) -> list:
+    """The proxy's and calibration's observation sequences: a bag's, or unpruned sim episodes'."""
+    from .policy import SpecPrunePolicy
+    from .tools.methods import parse_seeds
+    from .tools.proxy import observations_from_bag
+
+    if args.bag:
+        return observations_from_bag(args.bag, cfg, loaded.model.proprio_projector is not None)
+    from .sim.env import TabletopEnv
+    from .sim.rollout import recorded_observations
+
+    env = TabletopEnv(layout=args.layout)
+    try:
+        unpruned = SpecPrunePolicy(loaded, cfg.replace(**{"pruning.enabled": False}))
+        return recorded_observations(env, unpruned, parse_seeds(args.sim_seeds), show)
+    finally:
+        env.close()
+
+
+def cmd_proxy(args: argparse.Namespace) -> int:
+    from .model.checkpoint import load_checkpoint
+    from .tools.jsonout import finite
+    from .tools.methods import parse_budgets, parse_methods
+    from .tools.progress import progress_bar
+    from .tools.proxy import action_gap, rank_agreement
+
+    cfg = _config(args).replace(model_path=args.model) if args.model else _config(args)
+    methods = [m for m in parse_methods(args.methods, parse_budgets(args.budgets) if args.budgets else None)
+               if m.name != "none"]
+    node = cfg.node
+    loaded = load_checkpoint(node.model_path, node.device, node.dtype, node.unnorm_key)
+    interactive = not args.json and sys.stderr.isatty()
+    episodes = proxy_episodes(args, cfg, loaded, progress_bar("recording", "episodes") if interactive else None)
+    if interactive:
+        print(file=sys.stderr)
+    points = action_gap(loaded, cfg, episodes, methods, progress_bar("proxy", "rules") if interactive else None)
+    if interactive:
+        print(file=sys.stderr)
+    result: dict[str, Any] = {"model": node.model_path, "source": args.bag or f"sim seeds {args.sim_seeds}",
+                              "episodes": len(episodes), "steps": sum(len(e) for e in episodes), "methods": points}
+    if args.closed_loop:
+        result["rank_agreement"] = rank_agreement(points, json.loads(Path(args.closed_loop).read_text())["methods"])
+    if args.out:
+        Path(args.out).write_text(json.dumps(finite(result), indent=2, allow_nan=False))
+    rows = [["method", "L1 chunk", "L1 first", "LLM FLOPs", "tokens"]] + [
+        [label, f"{p['l1']:.4f}", f"{p['l1_first']:.4f}", f"{p['flops_ratio_mean']:.3f}",
+         f"{p['kept_tokens_mean']:.0f}"]
+        for label, p in points.items()]
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    text = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
+    if "rank_agreement" in result:
+        ra = result["rank_agreement"]
+        text += (f"\nrank agreement with closed-loop success over {len(ra['labels'])} rules: Spearman rho "
+                 f"{ra['rho_l1']:.2f} (-L1 chunk), {ra['rho_l1_first']:.2f} (-L1 first), {ra['rho_flops']:.2f} (FLOPs)")
+    _emit(args, result, f"action gap from unpruned over {result['steps']} steps ({result['source']}):\n{text}")
+    return 0
+
+
+def source_args(p: argparse.ArgumentParser) -> None:
+    """Where the proxy's observation sequences come from."""
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--bag", help="a rosbag2 with the node's topics (cameras, joint states, instruction)")
+    group.add_argument("--sim-seeds", metavar="A:B", help="closed-loop sim episodes of the unpruned model on seeds "
+                                                         "A .. B-1 (validation: 100000:101000)")
+    layout_arg(p)
+
+
 def config_args(p: argparse.ArgumentParser) -> None:
     """The one way every subcommand takes its knobs: the node's parameter file, then overrides."""
     p.add_argument("--params", help="the node's ROS parameter file (config/*.yaml)")
@@ -598,6 +665,16 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "report.html")
     config_args(q)
 
+    p = add("proxy", cmd_proxy, "offline proxy: how far each rule's action chunks are from the unpruned ones, on "
+                                "recorded observations (seconds per rule)")
+    source_args(p)
+    p.add_argument("--model", help="checkpoint directory (default: the params file's model_path)")
+    p.add_argument("--methods", default="specprune,random,fastv", help="rules as in sim eval (none is the reference)")
+    p.add_argument("--budgets", metavar="A1,A2,...", help="alphas for the rules listed without one")
+    p.add_argument("--closed-loop", metavar="RESULTS_JSON", help="a sim eval results.json: rank agreement of the "
+                                                                 "proxy with its closed-loop success")
+    p.add_argument("--out", help="write the result JSON here")
+    config_args(p)
     p = add("write-tiny-checkpoint", cmd_write_tiny_checkpoint,
             "write a small random model in exactly the released checkpoint layout")
     p.add_argument("directory")

@@ -81,6 +81,34 @@ def run_policy_episode(env: TabletopEnv, policy: SpecPrunePolicy, seed: int, exe
         history = history[:-1]           # the last frame is the next query's own observation
 
 
+class _Recording:
+    """A policy that also keeps every observation it is shown (the proxy's episodes)."""
+
+    def __init__(self, policy: SpecPrunePolicy) -> None:
+        self.policy, self.observations = policy, []
+
+    def reset(self) -> None:
+        self.policy.reset()
+
+    def step(self, obs: Observation):
+        self.observations.append(obs)
+        return self.policy.step(obs)
+
+
+def recorded_observations(env: TabletopEnv, policy: SpecPrunePolicy, seeds: list[int],
+                          progress: Callable[[int, int], None] | None = None) -> list[list[Observation]]:
+    """Closed-loop episodes of ``policy`` (the unpruned one, for the proxy): per seed, the
+    observations it was queried with, frames in between included."""
+    episodes = []
+    for i, seed in enumerate(seeds):
+        recording = _Recording(policy)
+        run_policy_episode(env, recording, seed)
+        episodes.append(recording.observations)
+        if progress:
+            progress(i + 1, len(seeds))
+    return episodes
+
+
 def run_labeled_episode(env: TabletopEnv, policy: SpecPrunePolicy, seed: int) -> dict:
     """DAgger's data: the policy drives (its chunks executed open loop, as in evaluation) and the
     scripted expert, noise-free, labels every state the policy visits with the action it would

@@ -1,0 +1,120 @@
+"""The offline proxy: how far each pruning rule moves the action chunks from the unpruned ones.
+
+Closed-loop success is what matters, and it takes minutes per rule and budget. The proxy takes
+seconds: on recorded observation sequences (closed-loop sim episodes of the unpruned policy, or
+a rosbag of the node's topics), every rule runs over each episode in order, with its state
+across steps (prior, frame history, controller) as on the robot, and its chunk is compared with
+the unpruned chunk for the same observation. The unpruned chunks are computed once.
+
+    episodes = observations_from_bag(bag, config, uses_proprio)      # or sim.rollout.recorded_observations
+    points = action_gap(loaded, config, episodes, parse_methods("specprune,random", [0.8, 2]))
+
+Per rule: ``l1`` (mean absolute difference of the normalized chunks, all actions and dims),
+``l1_first`` (the first action only: what a 10 Hz node executes), LLM FLOPs ratio and kept
+tokens. ``rank_agreement`` says how well the proxy orders rules the way closed-loop success does.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..config import Config
+from ..model.checkpoint import LoadedPolicyModel
+from ..observation import Observation
+from ..policy import SpecPrunePolicy
+from .methods import Method
+
+Episode = list[Observation]
+
+
+def observations_from_bag(bag: str | Path, config: Config, uses_proprio: bool) -> list[Episode]:
+    """The observations the node would have assembled at its control ticks over a bag (one
+    episode: the recording); one clear error for a bag without the node's cameras."""
+    from ..sensing.assembly import ObservationAssembler
+    from .replay import RecordedCommands, TimeBase, bag_ticks, open_episode
+
+    reader, topics = open_episode(Path(bag), config)
+    observations: Episode = []
+    with reader:
+        assembler = ObservationAssembler.for_node(config, uses_proprio and topics.joints is not None)
+        recorded = RecordedCommands(int(round(1e9 / config.node.control_rate_hz)))
+        for now in bag_ticks(reader, topics, config, assembler, TimeBase(), recorded=recorded):
+            obs = assembler.assemble(now).observation
+            if obs is not None:
+                obs.history = [type(h)(h.stamp, list(h.load())) for h in obs.history]   # decoded once, reused
+                observations.append(obs)
+    if not observations:
+        from .bags import BagError
+        raise BagError(f"{bag}: no complete observation at the node's control ticks (cameras and joint states "
+                       f"within match_tolerance_s of each other?)")
+    return [observations]
+
+
+def _run(policy: SpecPrunePolicy, episodes: list[Episode]) -> list[list[Any]]:
+    outputs = []
+    for episode in episodes:
+        policy.reset()
+        outputs.append([policy.step(obs) for obs in episode])
+    return outputs
+
+
+def action_gap(loaded: LoadedPolicyModel, config: Config, episodes: list[Episode], methods: list[Method],
+               progress: Callable[[int, int], None] | None = None) -> dict[str, dict[str, Any]]:
+    """Every method over every episode against the unpruned chunks; ``fastv@A`` keeps as many
+    tokens as ``specprune@A`` kept here (list order: parse_methods puts it after)."""
+    steps = sum(len(e) for e in episodes)
+    reference = [[out.actions_normalized for out in run]
+                 for run in _run(SpecPrunePolicy(loaded, config.replace(**{"pruning.enabled": False})), episodes)]
+    points: dict[str, dict[str, Any]] = {}
+    for i, method in enumerate(methods):
+        fastv_tokens = None
+        if method.matched_to:
+            fastv_tokens = max(1, round(points[method.matched_to]["kept_tokens_mean"]))
+        runs = _run(SpecPrunePolicy(loaded, method.config(config, fastv_tokens)), episodes)
+        gaps = np.array([np.abs(out.actions_normalized - ref).mean()
+                         for run, refs in zip(runs, reference) for out, ref in zip(run, refs)])
+        first = np.array([np.abs(out.actions_normalized[0] - ref[0]).mean()
+                          for run, refs in zip(runs, reference) for out, ref in zip(run, refs)])
+        stats = [out.stats for run in runs for out in run]
+        points[method.label] = {
+            "method": method.name, "alpha": method.alpha, "knobs": method.overrides, "fastv_tokens": fastv_tokens,
+            "steps": steps, "l1": float(gaps.mean()), "l1_first": float(first.mean()),
+            "flops_ratio_mean": float(np.mean([s.flops_ratio for s in stats])),
+            "kept_tokens_mean": float(np.mean([s.vision_tokens_kept for s in stats])),
+        }
+        if progress:
+            progress(i + 1, len(methods))
+    return points
+
+
+def spearman(x: list[float], y: list[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties); NaN for fewer than 3 pairs."""
+    if len(x) < 3:
+        return float("nan")
+
+    def ranks(values: list[float]) -> np.ndarray:
+        v = np.asarray(values, dtype=np.float64)
+        order = v.argsort(kind="stable")
+        r = np.empty(len(v))
+        r[order] = np.arange(len(v), dtype=np.float64)
+        for value in np.unique(v):                  # ties share their mean rank
+            r[v == value] = r[v == value].mean()
+        return r
+
+    rx, ry = ranks(x), ranks(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def rank_agreement(points: dict[str, dict[str, Any]], closed_loop: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """How well ``-l1`` ranks the rules and budgets measured in closed loop (``sim eval``'s
+    ``methods``): Spearman's rho over the labels both have (``none`` left out)."""
+    labels = [label for label in points if label in closed_loop and label != "none"]
+    success = [closed_loop[label]["success_rate"] for label in labels]
+    return {"labels": labels,
+            "rho_l1": spearman([-points[label]["l1"] for label in labels], success),
+            "rho_l1_first": spearman([-points[label]["l1_first"] for label in labels], success),
+            "rho_flops": spearman([points[label]["flops_ratio_mean"] for label in labels], success)}

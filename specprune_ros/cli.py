@@ -457,6 +457,30 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .model.checkpoint import load_checkpoint
+    from .tools.calibrate import calibrate, params_yaml
+    from .tools.progress import progress_bar
+
+    cfg = _config(args).replace(model_path=args.model) if args.model else _config(args)
+    node = cfg.node
+    loaded = load_checkpoint(node.model_path, node.device, node.dtype, node.unnorm_key)
+    interactive = not args.json and sys.stderr.isatty()
+    episodes = proxy_episodes(args, cfg, loaded, progress_bar("recording", "episodes") if interactive else None)
+    if interactive:
+        print(file=sys.stderr)
+    result = calibrate(loaded, cfg, episodes, args.target_flops, progress_bar("calibrate", "runs") if interactive
+                       else None)
+    if interactive:
+        print(file=sys.stderr)
+    Path(args.out).write_text(params_yaml(result, node.model_path))
+    knobs = ", ".join(f"{k} {v}" for k, v in result["knobs"].items())
+    _emit(args, {**result, "out": args.out},
+          f"calibrated on {result['steps']} steps for {result['target_flops']:.2f} LLM FLOPs: {knobs}\n"
+          f"proxy: {result['flops_ratio']:.3f} FLOPs, action gap {result['l1']:.4f}; wrote {args.out}")
+    return 0
+
+
 def source_args(p: argparse.ArgumentParser) -> None:
     """Where the proxy's observation sequences come from."""
     group = p.add_mutually_exclusive_group(required=True)
@@ -674,6 +698,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--closed-loop", metavar="RESULTS_JSON", help="a sim eval results.json: rank agreement of the "
                                                                  "proxy with its closed-loop success")
     p.add_argument("--out", help="write the result JSON here")
+    config_args(p)
+    p = add("calibrate", cmd_calibrate, "choose the pruning knobs for a checkpoint from its own recordings: layers, "
+                                        "scoring queries, extensions and budget closest to unpruned at a FLOPs target")
+    source_args(p)
+    p.add_argument("--model", help="checkpoint directory (default: the params file's model_path)")
+    p.add_argument("--target-flops", type=float, default=0.3, help="share of the unpruned LLM FLOPs (default 0.3)")
+    p.add_argument("--out", required=True, help="the ROS parameter file to write (YAML)")
     config_args(p)
     p = add("write-tiny-checkpoint", cmd_write_tiny_checkpoint,
             "write a small random model in exactly the released checkpoint layout")

@@ -60,13 +60,21 @@ def _run(policy: SpecPrunePolicy, episodes: list[Episode]) -> list[list[Any]]:
     return outputs
 
 
+def unpruned_chunks(loaded: LoadedPolicyModel, config: Config, episodes: list[Episode]) -> list[list[np.ndarray]]:
+    """The reference: the unpruned policy's normalized chunk for every observation."""
+    policy = SpecPrunePolicy(loaded, config.replace(**{"pruning.enabled": False}))
+    return [[out.actions_normalized for out in run] for run in _run(policy, episodes)]
+
+
 def action_gap(loaded: LoadedPolicyModel, config: Config, episodes: list[Episode], methods: list[Method],
-               progress: Callable[[int, int], None] | None = None) -> dict[str, dict[str, Any]]:
-    """Every method over every episode against the unpruned chunks; ``fastv@A`` keeps as many
-    tokens as ``specprune@A`` kept here (list order: parse_methods puts it after)."""
+               progress: Callable[[int, int], None] | None = None,
+               reference: list[list[np.ndarray]] | None = None) -> dict[str, dict[str, Any]]:
+    """Every method over every episode against the unpruned chunks (``reference``, computed
+    here if not given); ``fastv@A`` keeps as many tokens as ``specprune@A`` kept here (list
+    order: parse_methods puts it after)."""
     steps = sum(len(e) for e in episodes)
-    reference = [[out.actions_normalized for out in run]
-                 for run in _run(SpecPrunePolicy(loaded, config.replace(**{"pruning.enabled": False})), episodes)]
+    if reference is None:
+        reference = unpruned_chunks(loaded, config, episodes)
     points: dict[str, dict[str, Any]] = {}
     for i, method in enumerate(methods):
         fastv_tokens = None

@@ -6,8 +6,9 @@
 * ``fastv@A`` - FastV keeping R = SpecPrune@A's mean kept vision tokens in the same run;
 * variants of SpecPrune through its own knobs (``VARIANTS``): ablations (``-noglobal``,
   ``-nodiff``, ``-nolayer``, ``-nocontroller``, ``-meanstd``), the paper's literal rule
-  (``specprune-paper``) and the extensions (``-action`` / ``-both`` scoring queries, ``-cover``
-  coverage floor, ``-refresh`` periodic dense step, ``-static`` the released code's frame rule).
+  (``specprune-paper``) and the extensions (``-action`` / ``-both`` scoring queries, ``-cover`` /
+  ``-cover8`` coverage floor of 4 x 4 / 8 x 8 blocks, ``-refresh`` periodic dense step,
+  ``-static`` the released code's frame rule) and their combinations.
 
 Used by ``sim eval`` (closed loop), the offline proxy and calibration, so a label means the
 same configuration everywhere.
@@ -34,6 +35,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "specprune-action": {**PAPER, "pruning.score_queries": "action"},
     "specprune-both": {**PAPER, "pruning.score_queries": "both"},
     "specprune-cover": {**PAPER, "pruning.coverage_grid": 4},
+    "specprune-cover8": {**PAPER, "pruning.coverage_grid": 8},
+    "specprune-action-cover8": {**PAPER, "pruning.score_queries": "action", "pruning.coverage_grid": 8},
     "specprune-refresh": {**PAPER, "pruning.refresh_period": 3},
     "specprune-static": {**PAPER, "pruning.frame_rule": "drop_static", "pruning.frame_similarity_threshold": 0.986,
                          "pruning.frame_similarity_threshold_wrist": 0.986},

@@ -91,10 +91,43 @@ def action_gap(loaded: LoadedPolicyModel, config: Config, episodes: list[Episode
             "steps": steps, "l1": float(gaps.mean()), "l1_first": float(first.mean()),
             "flops_ratio_mean": float(np.mean([s.flops_ratio for s in stats])),
             "kept_tokens_mean": float(np.mean([s.vision_tokens_kept for s in stats])),
+            "kept_pattern": kept_pattern([[out.kept_mask for out in run] for run in runs]),
         }
         if progress:
             progress(i + 1, len(methods))
     return points
+
+
+def kept_pattern(masks: list[list[np.ndarray | None]]) -> dict[str, Any]:
+    """Where a rule's kept tokens are (static stage; unpruned steps left out), for the diagnosis:
+
+    * ``camera_share``: share of the kept tokens in each camera;
+    * ``row_share``: kept share of each patch row (row-major grid, cameras pooled): position bias;
+    * ``run_ratio``: how much likelier a kept token's right neighbour is kept than the density
+      says (1: no horizontal runs; 2: twice as likely);
+    * ``turnover``: 1 - Jaccard of the kept sets of consecutive pruned steps (0: a frozen set).
+    """
+    pruned = [m for run in masks for m in run if m is not None]
+    if not pruned:
+        return {}
+    stack = np.stack(pruned)                                   # (steps, cameras, patches)
+    steps, cams, patches = stack.shape
+    grid = int(round(patches ** 0.5))
+    kept = stack.sum()
+    rows = stack.reshape(steps, cams, grid, grid)
+    density = stack.mean()
+    pairs = rows[..., :-1] & rows[..., 1:]
+    run_ratio = pairs.sum() / max(rows[..., :-1].sum(), 1) / max(density, 1e-9)
+    turnover = []
+    for run in masks:
+        previous = None
+        for m in run:
+            if m is not None and previous is not None:
+                turnover.append(1.0 - (m & previous).sum() / max((m | previous).sum(), 1))
+            previous = m
+    return {"camera_share": [float(c) for c in stack.sum(axis=(0, 2)) / max(kept, 1)],
+            "row_share": [float(r) for r in rows.mean(axis=(0, 1, 3))],
+            "run_ratio": float(run_ratio), "turnover": float(np.mean(turnover)) if turnover else float("nan")}
 
 
 def spearman(x: list[float], y: list[float]) -> float:

@@ -65,3 +65,17 @@ def test_a_recording_without_cameras_is_one_clear_error(tmp_path):
                              str(REAL_BAGS / "abitobot-jointstates-imu-mcap")], capture_output=True, text=True)
     lines = result.stderr.strip().splitlines()
     assert result.returncode != 0 and len(lines) == 1 and "cannot be replayed" in lines[0], result.stderr
+
+
+def test_kept_patterns_measure_runs_rows_cameras_and_turnover():
+    from specprune_ros.tools.proxy import kept_pattern
+    stripes = np.zeros((2, 16), bool)
+    stripes[0, :4] = True                                   # primary: the first row of its 4 x 4 grid
+    moved = np.zeros((2, 16), bool)
+    moved[0, 2:6] = True                                    # half of it moved on
+    got = kept_pattern([[None, stripes, stripes, moved]])   # the unpruned first step is left out
+    assert got["camera_share"] == [1.0, 0.0]
+    assert got["row_share"][0] > got["row_share"][2] == 0.0
+    assert got["run_ratio"] > 4                              # density 1/8, every kept token's neighbour kept
+    assert got["turnover"] == pytest.approx((0 + (1 - 2 / 6)) / 2)
+    assert kept_pattern([[None]]) == {}

@@ -1,21 +1,15 @@
 """Closed-loop evaluation of pruning rules on the tabletop task (`specprune sim eval`).
 
-Every method runs the same test seeds with the same model; the unpruned run (``none``) is the
-speed reference measured in the same run. A method is ``name[@alpha]``:
-
-* ``none`` - the plain forward (``pruning.enabled: false``);
-* ``specprune@A`` - SpecPrune-VLA at ``pruning.alpha`` A;
-* ``random@A`` - SpecPrune@A's token counts (per camera, per dynamic layer), random tokens;
-* ``fastv@A`` - FastV keeping R = SpecPrune@A's mean kept vision tokens in this run (so
-  ``specprune@A`` must be in the list, before it);
-* ablations of SpecPrune through its own knobs: ``specprune-noglobal`` (K_G = 0: no prior from
-  the previous step), ``specprune-nodiff`` (K_D = 0: no frame differencing), ``specprune-nolayer``
-  (no layer-level dropping), ``specprune-nocontroller`` (always coarse), ``specprune-meanstd``
-  (mean/std layer confidence instead of 1/entropy).
+Every method runs the same seeds with the same model (paired: a seed draws the same scene for
+each); the unpruned run (``none``) is the speed reference measured in the same run. Methods are
+``name[@alpha]`` (tools/methods.py); with budgets, each rule runs at several alphas and the
+curves of success against LLM FLOPs are compared at equal FLOPs.
 
 Outputs in ``--out``: ``results.json`` (per method: success with a 95 % Wilson interval, step
 latency mean / p95, speed-up against ``none``, LLM FLOPs ratio, kept tokens, global recall,
-fine-mode share, episode length, failure modes), ``episodes.csv``, plots and ``report.html``.
+fine-mode share, episode length, failure modes; exact McNemar tests on the per-seed outcomes
+against ``none`` and between the rules of one alpha; the budget curves), ``episodes.csv``, plots
+and ``report.html``.
 Episodes run in ``--workers`` processes; results depend only on the seeds.
 """
 from __future__ import annotations
@@ -102,6 +96,8 @@ def evaluate(config: Config, methods: list[Method], seeds: list[int], out: str |
                     progress(done, total)
             episodes[method.label] = results
             summary[method.label] = _summarize(method, results, wilson_interval, fastv_tokens)
+            if method.name != "none":
+                summary[method.label]["alpha"] = cfg.pruning.alpha      # the configured one if none was given
     reference = summary.get("none", {}).get("latency_ms_mean")
     for s in summary.values():
         s["speedup"] = reference / s["latency_ms_mean"] if reference else math.nan

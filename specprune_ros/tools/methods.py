@@ -1,7 +1,8 @@
 """The pruning rules an evaluation compares, by name: ``name[@alpha]``.
 
 * ``none`` - the plain forward (``pruning.enabled: false``);
-* ``specprune@A`` - the configured SpecPrune at ``pruning.alpha`` A;
+* ``specprune@A`` - the configured SpecPrune at ``pruning.alpha`` A (``specprune``: at the
+  configured alpha);
 * ``random@A`` - SpecPrune@A's token counts (per camera, per dynamic layer), random tokens;
 * ``fastv@A`` - FastV keeping R = SpecPrune@A's mean kept vision tokens in the same run;
 * variants of SpecPrune through its own knobs (``VARIANTS``): ablations (``-noglobal``,
@@ -80,7 +81,9 @@ class Method:
     @property
     def matched_to(self) -> str | None:
         """The method whose kept-token count sets this one's budget (fastv only)."""
-        return f"specprune@{self.alpha:g}" if self.name == "fastv" else None
+        if self.name != "fastv":
+            return None
+        return "specprune" if self.alpha is None else f"specprune@{self.alpha:g}"
 
 
 def parse_methods(text: str, budgets: list[float] | None = None) -> list[Method]:
@@ -106,7 +109,7 @@ def parse_methods(text: str, budgets: list[float] | None = None) -> list[Method]
         elif alpha_text:
             alphas = [float(alpha_text)]
         else:
-            alphas = list(budgets) if budgets else [0.8]
+            alphas = list(budgets) if budgets else [None]         # the configured alpha
         for alpha in alphas:
             label = name if alpha is None else f"{name}@{alpha:g}"
             if any(m.label == label for m in methods):

@@ -7,16 +7,18 @@ from specprune_ros.tools.methods import PAPER, VARIANTS, parse_budgets, parse_me
 
 def test_methods_are_parsed_into_configurations():
     methods = parse_methods("none, specprune@0.6,random,specprune-nolayer@1,specprune@0.8,fastv@0.8")
-    assert [m.label for m in methods] == ["none", "specprune@0.6", "random@0.8", "specprune-nolayer@1",
+    assert [m.label for m in methods] == ["none", "specprune@0.6", "random", "specprune-nolayer@1",
                                           "specprune@0.8", "fastv@0.8"]
     base = Config()
     assert methods[0].config(base).pruning.enabled is False
     assert methods[1].config(base).pruning.alpha == 0.6 and methods[1].config(base).pruning.method == "specprune"
-    assert methods[2].config(base).pruning.method == "random"
+    random = methods[2].config(base.replace(**{"pruning.alpha": 2.5})).pruning
+    assert random.method == "random" and random.alpha == 2.5          # no alpha: the configured one
     nolayer = methods[3].config(base).pruning
     assert nolayer.dynamic_layers == () and nolayer.method == "specprune" and nolayer.alpha == 1.0
     fastv = methods[5].config(base, fastv_tokens=123).pruning
     assert fastv.method == "fastv" and fastv.fastv_tokens == 123 and methods[5].matched_to == "specprune@0.8"
+    assert parse_methods("specprune,fastv")[1].matched_to == "specprune"
 
 
 @pytest.mark.parametrize("text, message", [

@@ -132,7 +132,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _config(args: argparse.Namespace) -> Config:
     """``--params YAML`` then every ``-p name:=value`` (YAML values, as ``--ros-args -p`` reads them)."""
-    cfg = Config.from_yaml(args.params) if getattr(args, "params", None) else Config()
+    params = getattr(args, "params", None) or []
+    params = [params] if isinstance(params, str) else params       # `specprune params FILE` takes one
+    cfg = Config.from_yaml_files(params) if params else Config()
     overrides = {}
     for item in getattr(args, "param", None) or ():
         name, sep, text = item.partition(":=")
@@ -492,7 +494,8 @@ def source_args(p: argparse.ArgumentParser) -> None:
 
 def config_args(p: argparse.ArgumentParser) -> None:
     """The one way every subcommand takes its knobs: the node's parameter file, then overrides."""
-    p.add_argument("--params", help="the node's ROS parameter file (config/*.yaml)")
+    p.add_argument("--params", action="append", help="the node's ROS parameter file (config/*.yaml); repeat to "
+                                                      "layer files, later ones overriding earlier ones")
     p.add_argument("-p", "--param", action="append", metavar="NAME:=VALUE",
                    help="override one parameter after --params (repeatable), as --ros-args -p does, "
                         "e.g. -p pruning.alpha:=0.6")

@@ -13,7 +13,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import yaml
 
@@ -277,22 +277,20 @@ class Config:
     @classmethod
     def from_yaml(cls, path: str | Path, node_name: str = NODE_NAME) -> "Config":
         """Read a ROS 2 parameter file (``action_node: ros__parameters: ...``) or a plain mapping."""
-        path = Path(path)
+        return cls.from_yaml_files([path], node_name)
+
+    @classmethod
+    def from_yaml_files(cls, paths: Sequence[str | Path], node_name: str = NODE_NAME) -> "Config":
+        """Several parameter files, later ones overriding earlier ones knob by knob (as the node's
+        repeated ``--params-file``): e.g. a model's layer knobs, then config/pruning-paper.yaml.
+        The cross-field rules apply to the merged result."""
+        merged: dict[str, Any] = {}
+        for path in map(Path, paths):
+            merged.update(flatten(_read_parameters(path, node_name)))
         try:
-            data = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: parameter file not found") from None
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{path}: cannot read parameter file: {exc}") from None
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-        params = _ros_parameters(data, node_name)
-        try:
-            return cls.from_dict(params)
+            return cls.from_dict(merged)
         except ConfigError as exc:
-            raise ConfigError(f"{path}: {exc}") from None
+            raise ConfigError(f"{', '.join(map(str, paths))}: {exc}") from None
 
     def replace(self, **dotted: Any) -> "Config":
         """A new config with ``{"pruning.alpha": 0.5, ...}`` applied; all or nothing."""
@@ -376,6 +374,20 @@ def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value
     return out
+
+
+def _read_parameters(path: Path, node_name: str) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: parameter file not found") from None
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read parameter file: {exc}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return _ros_parameters(data, node_name)
 
 
 def _ros_parameters(data: dict, node_name: str) -> dict:

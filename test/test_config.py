@@ -133,3 +133,27 @@ def test_the_parameter_doc_is_the_generated_table():
     assert parameter_table() in doc, "docs/parameters.md is stale: regenerate it from config.parameter_table()"
     missing = [name for name, _ in iter_specs() if f"`{name}`" not in doc]
     assert not missing
+
+
+def test_parameter_files_layer_knob_by_knob(tmp_path):
+    model = tmp_path / "model.yaml"
+    model.write_text("action_node:\n  ros__parameters:\n    pruning.local_layers: 1\n"
+                     "    pruning.global_layers: [8, 16]\n    pruning.dynamic_layers: [3, 5]\n    pruning.alpha: 2.0\n")
+    paper = ROOT / "config" / "pruning-paper.yaml"
+    cfg = Config.from_yaml_files([model, paper])
+    assert cfg.pruning.global_layers == (8, 16) and cfg.pruning.local_layers == 1     # the model's layers
+    assert cfg.pruning.alpha == 0.8 and cfg.pruning.score_queries == "instruction"    # the paper's rule
+    # the cross-field rules see the merged result: a file with only global [2] fits local_layers 1
+    low = tmp_path / "low.yaml"
+    low.write_text("/**:\n  ros__parameters:\n    pruning.global_layers: [2]\n")
+    assert Config.from_yaml_files([model, low]).pruning.global_layers == (2,)
+    with pytest.raises(ConfigError, match="low.yaml: pruning.global_layers"):
+        Config.from_yaml_files([low])
+
+
+def test_the_paper_file_is_the_paper_variant():
+    from specprune_ros.tools.methods import PAPER
+    paper = Config.from_yaml(ROOT / "config" / "pruning-paper.yaml").flat()
+    assert all(paper[name] == value for name, value in PAPER.items())
+    assert (paper["pruning.alpha"], paper["pruning.k_global"], paper["pruning.k_local"], paper["pruning.k_dynamic"]) \
+        == (0.8, 30, 24, 20)

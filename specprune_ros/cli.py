@@ -19,6 +19,8 @@ from .model.config import PRESETS
 from .tools.jsonout import finite
 
 DEMO_MODEL = "sim-tabletop"
+# Unpruned, the default rule, the paper's literal rule and random tokens at the default's counts.
+DEMO_METHODS = "none,specprune,specprune-paper@0.8,random"
 
 
 class CliError(Exception):
@@ -90,7 +92,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The shipped sim model: closed loop pruned vs unpruned, then a recorded episode replayed."""
+    """The shipped sim model: closed loop unpruned, the default pruning, the paper's rule and random
+    tokens, then a recorded episode replayed pruned (the default) vs unpruned."""
     import shutil
 
     from .model.checkpoint import SHIPPED_MODELS
@@ -111,7 +114,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cfg = Config.from_yaml(model / PARAMS_FILE).replace(model_path=DEMO_MODEL, device="cpu")
     seeds = list(seed_range("test"))[:args.episodes]
     show = progress_bar("closed loop", "episodes") if interactive else None
-    closed = evaluate(cfg, parse_methods("none,specprune@0.8"), seeds, out / "closed_loop", 1, show)
+    closed = evaluate(cfg, parse_methods(DEMO_METHODS), seeds, out / "closed_loop", 1, show)
     if show:
         print(file=sys.stderr)
     bag = out / "sim_episode"

@@ -117,6 +117,9 @@ class PruningConfig:
         0, "Static stage: split each camera's patch grid into coverage_grid x coverage_grid blocks and keep every "
         "block's best-scoring patch (this step's local layers), so no region of an image is left empty (0: off, "
         "the paper).", low=0, high=64)
+    coverage_dynamic: bool = knob(
+        False, "Keep the coverage floor through the dynamic layers too: each block's most important remaining "
+        "patch is dropped only when nothing else is left to drop.")
     refresh_period: int = knob(
         0, "After this many pruned steps one step runs unpruned and scores every token again, so a patch the "
         "prior dropped can come back (0: never, the paper).", low=0, high=100000)

@@ -61,13 +61,20 @@ class LayerImportance:
             self._scores, self._confidence = [], []
         return self._ema
 
-    def drop(self, ratio: float) -> torch.Tensor:
+    def drop(self, ratio: float, blocks: torch.Tensor | None = None) -> torch.Tensor:
         """Drop floor(ratio * n) lowest-EMA tokens; return the kept ones' indices (sorted, local).
 
-        The count is known on the host, so this needs no device->host sync.
+        ``blocks`` (n,) long: a coverage floor - each block's highest-EMA token is dropped only
+        once every other token is gone. The count is known on the host, so this needs no
+        device->host sync either way.
         """
         ema = self.ema
         n = ema.numel()
-        keep_idx = ema.topk(n - int(ratio * n)).indices.sort().values
+        key = ema
+        if blocks is not None:
+            best = torch.full((int(blocks.max()) + 1,), float("-inf"), device=ema.device)
+            best = best.scatter_reduce(0, blocks, ema, reduce="amax")
+            key = ema + (ema >= best.index_select(0, blocks)).float() * (ema.abs().max() * 2 + 1)
+        keep_idx = key.topk(n - int(ratio * n)).indices.sort().values
         self._ema = ema.index_select(0, keep_idx)
         return keep_idx

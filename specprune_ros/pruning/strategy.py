@@ -193,7 +193,14 @@ class SpecPrunePruner(StepPruner):
         return selection
 
     def _dynamic_keep(self) -> torch.Tensor:
-        return self.importance.drop(self.cfg.dynamic_drop_ratio)
+        blocks = None
+        if self.cfg.coverage_grid and self.cfg.coverage_dynamic:
+            # block of every remaining vision token, numbered across cameras
+            ids = self.engine.frame_rule().coverage_ids
+            per_camera = self.sequence.layout.tokens_per_camera
+            camera, patch = self.sequence.vision_ids // per_camera, self.sequence.vision_ids % per_camera
+            blocks = camera * self.cfg.coverage_grid ** 2 + ids.index_select(0, patch)
+        return self.importance.drop(self.cfg.dynamic_drop_ratio, blocks)
 
     # ---- internals -------------------------------------------------------------------------------------
     def _flush(self) -> None:

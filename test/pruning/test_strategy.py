@@ -128,3 +128,18 @@ def test_the_method_is_a_live_knob(loaded):
     policy.set_config(BASE.replace(**{"pruning.enabled": False}))
     got = fixture_script.run_episode(policy=policy)
     assert {s.method for s in got["stats"]} == {"none"} and all(s.vision_tokens_kept == 512 for s in got["stats"])
+
+
+def test_coverage_keeps_every_block_at_the_static_stage_and_the_drop_counts(loaded):
+    got = run(loaded, **{"pruning.coverage_grid": 4, "pruning.coverage_dynamic": True, "pruning.alpha": 0.2})
+    pruned = [i for i, s in enumerate(got["stats"]) if s.fallback_reason == ""]
+    assert pruned
+    blocks = np.arange(256).reshape(16, 16)
+    blocks = (blocks // 16 // 4) * 4 + (blocks % 16) // 4
+    for i in pruned:
+        for camera in range(2):
+            kept_blocks = set(blocks.reshape(-1)[got["kept"][i][camera]])
+            assert kept_blocks == set(range(16))                # no region of either image left dark
+        vis = got["tokens_per_layer"][i] - (got["tokens_per_layer"][i][0] - 512)
+        for layer in (5, 10, 15, 20):                            # the dynamic drops keep their counts
+            assert vis[layer] == vis[layer - 1] - int(0.2 * vis[layer - 1])

@@ -65,8 +65,9 @@ class PruningConfig:
                             low=1, high=1024)
     fastv_tokens: int = knob(160, "FastV's R: vision tokens kept over all cameras (sim eval matches it to "
                              "SpecPrune's mean kept count).", low=1, high=8192)
-    alpha: float = knob(0.8, "Global pruning strength: every K is scaled by alpha (paper main table: 0.8).",
-                        low=0.05, high=4.0)
+    alpha: float = knob(1.6, "Global pruning strength: every K is scaled by alpha (paper main table: 0.8; 1.6 with "
+                        "the coverage floor is the lowest budget within 3 points of unpruned on the sim testbed's "
+                        "validation sweep).", low=0.05, high=4.0)
     k_global: int = knob(30, "K_G: tokens per camera taken from the previous step's global-layer scores.",
                          low=0, high=4096)
     k_local: int = knob(24, "K_L: tokens per camera taken from the current step's first layers.",
@@ -114,9 +115,9 @@ class PruningConfig:
         "action (the positions the action head reads, decoded in the same forward), or both.",
         choices=("instruction", "action", "both"))
     coverage_grid: int = knob(
-        0, "Static stage: split each camera's patch grid into coverage_grid x coverage_grid blocks and keep every "
+        8, "Static stage: split each camera's patch grid into coverage_grid x coverage_grid blocks and keep every "
         "block's best-scoring patch (this step's local layers), so no region of an image is left empty (0: off, "
-        "the paper).", low=0, high=64)
+        "the paper; 8: every 2 x 2 patch block of the 16 x 16 grid keeps one).", low=0, high=64)
     coverage_dynamic: bool = knob(
         False, "Keep the coverage floor through the dynamic layers too: each block's most important remaining "
         "patch is dropped only when nothing else is left to drop.")

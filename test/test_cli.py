@@ -24,7 +24,7 @@ def test_demo_runs_the_shipped_model_closed_loop_and_replays_its_recording(capsy
 
 def test_params_validates_a_file(capsys, tmp_path):
     assert main(["params", str(ROOT / "config" / "rizon4.yaml"), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["pruning.alpha"] == 0.8
+    assert json.loads(capsys.readouterr().out)["pruning.alpha"] == 1.6
     bad = tmp_path / "bad.yaml"
     bad.write_text("action_node:\n  ros__parameters:\n    pruning.k_local: -5\n")
     assert main(["params", str(bad)]) == 2

@@ -27,9 +27,10 @@ def test_every_interface_parameter_exists_with_its_mutability():
         assert names[name].description
 
 
-def test_defaults_are_the_papers():
+def test_defaults_are_the_papers_with_the_coverage_floor_at_the_validated_budget():
     p = Config().pruning
-    assert (p.k_global, p.k_local, p.k_dynamic, p.alpha) == (30, 24, 20, 0.8)
+    assert (p.k_global, p.k_local, p.k_dynamic, p.alpha, p.coverage_grid) == (30, 24, 20, 1.6, 8)
+    assert (p.score_queries, p.refresh_period, p.frame_rule, p.coverage_dynamic) == ("instruction", 0, "changed", False)
     assert p.global_layers == (15, 32) and p.local_layers == 2
     assert p.dynamic_layers == (5, 10, 15, 20) and p.ema_beta == 0.2 and p.confidence == "entropy"
     assert (p.frame_similarity_threshold, p.frame_similarity_threshold_wrist) == (0.990, 0.992)
@@ -75,7 +76,7 @@ def test_a_rejected_change_leaves_the_old_config():
     cfg = Config()
     with pytest.raises(ConfigError):
         cfg.replace(**{"pruning.alpha": 0.5, "pruning.k_global": -3})
-    assert cfg.pruning.alpha == 0.8 and cfg.pruning.k_global == 30
+    assert cfg.pruning.alpha == Config().pruning.alpha and cfg.pruning.k_global == 30
 
 
 def test_integral_floats_and_lists_are_normalized():
@@ -87,7 +88,7 @@ def test_integral_floats_and_lists_are_normalized():
 
 def test_the_robot_parameter_file_loads_and_round_trips(tmp_path):
     cfg = Config.from_yaml(ROOT / "config" / "rizon4.yaml")
-    assert cfg.pruning.alpha == 0.8 and cfg.node.num_images == 2
+    assert cfg.pruning == Config().pruning and cfg.node.num_images == 2      # the defaults, spelled out
     out = tmp_path / "p.yaml"
     out.write_text(cfg.to_ros_yaml())
     assert Config.from_yaml(out) == cfg

@@ -38,7 +38,7 @@ def test_first_step_unpruned_then_pruned_with_consistent_stats(policy):
     out = policy.step(obs(1))
     s = out.stats
     k = policy.config.pruning
-    assert s.step == 1 and s.fallback_reason == "" and s.pruning_enabled and s.alpha == 0.8
+    assert s.step == 1 and s.fallback_reason == "" and s.pruning_enabled and s.alpha == Config().pruning.alpha
     non_vision = s.tokens_per_layer[0] - 512
     assert len(s.tokens_per_layer) == 32 and s.tokens_per_layer[2] == non_vision + s.vision_tokens_kept
     assert s.vision_tokens_kept == int(out.kept_mask.sum()) < 512
@@ -56,7 +56,7 @@ def test_first_step_unpruned_then_pruned_with_consistent_stats(policy):
 def test_live_changes_apply_from_the_next_step(policy):
     policy.step(obs(0))
     policy.set_config(policy.config.replace(**{"pruning.alpha": 0.4}))
-    assert policy.config.pruning.alpha == 0.8            # not yet: between steps only
+    assert policy.config.pruning.alpha == Config().pruning.alpha     # not yet: between steps only
     s = policy.step(obs(1)).stats
     assert s.alpha == 0.4
     policy.set_config(policy.config.replace(**{"pruning.enabled": False}))
@@ -151,7 +151,7 @@ def test_layer_knobs_beyond_the_model_are_rejected_before_they_apply(policy):
         policy.set_config(policy.config.replace(**{"pruning.global_layers": [15, 40]}))
     with pytest.raises(ValueError, match=r"pruning.dynamic_layers = \[5, 32\].*range \[3, 31\]"):
         policy.set_config(policy.config.replace(**{"pruning.dynamic_layers": [5, 32]}))
-    assert policy.step(obs(0)).stats.alpha == 0.8
+    assert policy.step(obs(0)).stats.alpha == Config().pruning.alpha
 
 
 def test_bad_motion_is_an_observation_error(policy):

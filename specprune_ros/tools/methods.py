@@ -45,22 +45,19 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "specprune-static": {**PAPER, "pruning.frame_rule": "drop_static", "pruning.frame_similarity_threshold": 0.986,
                          "pruning.frame_similarity_threshold_wrist": 0.986},
 }
+PAPER_ALPHA = 0.8                      # the paper's main table
 BASE_METHODS = ("none", "specprune", "random", "fastv")
+
+
+def paper_config(base: Config | None = None) -> Config:
+    """``base`` (default: the defaults) with the paper's literal rule at its alpha: what
+    config/pruning-paper.yaml gives, for code and tests about the paper's mechanics."""
+    return (base or Config()).replace(**PAPER, **{"pruning.alpha": PAPER_ALPHA})
 
 
 def family(label: str) -> str:
     """A rule's name without its budget: ``specprune@0.8`` -> ``specprune``."""
     return label.split("@")[0]
-
-
-ABLATIONS: dict[str, dict[str, Any]] = {
-    "specprune-noglobal": {"pruning.k_global": 0},
-    "specprune-nodiff": {"pruning.k_dynamic": 0},
-    "specprune-nolayer": {"pruning.dynamic_layers": []},
-    "specprune-nocontroller": {"controller.enabled": False},
-    "specprune-meanstd": {"pruning.confidence": "mean_std"},
-}
-BASE_METHODS = ("none", "specprune", "random", "fastv")
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ import torch
 
 from specprune_ros.config import Config
 from specprune_ros.pruning import SpecPruneEngine, TokenLayout
+from specprune_ros.tools.methods import paper_config
 
 GRID = (4, 4)
 N = 16
@@ -32,7 +33,8 @@ class Clocked(SpecPruneEngine):
 
 
 def engine(**knobs):
-    return Clocked(Config.from_dict(knobs), layout(), frame_shape=(3, 56, 56))
+    """The paper's rule (these tests are about its mechanics), with ``knobs`` on top."""
+    return Clocked(paper_config().replace(**knobs), layout(), frame_shape=(3, 56, 56))
 
 
 def test_first_step_runs_unpruned_and_records_the_prior():
@@ -129,7 +131,7 @@ def test_disabled_pruning_never_prunes_and_reset_forgets_the_prior():
     eng = engine(**{"pruning.enabled": False})
     eng.end_step(eng.step(frames(), None), torch.rand(2, 2, N))
     assert eng.step(frames(), None).reason == "disabled"
-    eng.configure(Config())
+    eng.configure(paper_config())
     assert eng.step(frames(), None).prune
     eng.reset()
     plan = eng.step(frames(), None)

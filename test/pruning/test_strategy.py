@@ -17,13 +17,15 @@ from specprune_ros.pruning.scores import score_layer
 from specprune_ros.pruning.stopwatch import Stopwatch
 from specprune_ros.pruning.strategy import make_strategy
 from specprune_ros.synthetic import INSTRUCTION, episode
+from specprune_ros.tools.methods import paper_config
 
 FIXTURES = Path(__file__).with_name("fixtures")
 _spec = importlib.util.spec_from_file_location("make_specprune_selections", FIXTURES / "make_specprune_selections.py")
 fixture_script = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fixture_script)
 # history_horizon 1: at 10 Hz with one executed action per step, the history rule the fixture was made with.
-BASE = Config().replace(**{"pruning.dynamic_layers": [5, 10, 15, 20], "pruning.history_horizon": 1})
+# The paper's rule: the fixture was made with it.
+BASE = paper_config().replace(**{"pruning.dynamic_layers": [5, 10, 15, 20], "pruning.history_horizon": 1})
 
 
 def float32_action_tolerance(model_config) -> float:

@@ -428,7 +428,7 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     from .tools.jsonout import finite
     from .tools.methods import parse_budgets, parse_methods
     from .tools.progress import progress_bar
-    from .tools.proxy import action_gap, rank_agreement
+    from .tools.proxy import action_gap, occlusion_importance, rank_agreement
 
     cfg = _config(args).replace(model_path=args.model) if args.model else _config(args)
     methods = [m for m in parse_methods(args.methods, parse_budgets(args.budgets) if args.budgets else None)
@@ -439,7 +439,15 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     episodes = proxy_episodes(args, cfg, loaded, progress_bar("recording", "episodes") if interactive else None)
     if interactive:
         print(file=sys.stderr)
-    points = action_gap(loaded, cfg, episodes, methods, progress_bar("proxy", "rules") if interactive else None)
+    oracle = None
+    if args.oracle_blocks:
+        oracle = occlusion_importance(loaded, cfg, episodes[:args.oracle_episodes], args.oracle_blocks,
+                                      progress_bar("oracle", "observations") if interactive else None)
+        episodes = episodes[:args.oracle_episodes]
+        if interactive:
+            print(file=sys.stderr)
+    points = action_gap(loaded, cfg, episodes, methods, progress_bar("proxy", "rules") if interactive else None,
+                        oracle=oracle)
     if interactive:
         print(file=sys.stderr)
     result: dict[str, Any] = {"model": node.model_path, "source": args.bag or f"sim seeds {args.sim_seeds}",
@@ -448,11 +456,11 @@ def cmd_proxy(args: argparse.Namespace) -> int:
         result["rank_agreement"] = rank_agreement(points, json.loads(Path(args.closed_loop).read_text())["methods"])
     if args.out:
         Path(args.out).write_text(json.dumps(finite(result), indent=2, allow_nan=False))
-    rows = [["method", "L1 chunk", "L1 first", "LLM FLOPs", "tokens"]] + [
+    rows = [["method", "L1 chunk", "L1 first", "LLM FLOPs", "tokens", "oracle ratio"]] + [
         [label, f"{p['l1']:.4f}", f"{p['l1_first']:.4f}", f"{p['flops_ratio_mean']:.3f}",
-         f"{p['kept_tokens_mean']:.0f}"]
+         f"{p['kept_tokens_mean']:.0f}", f"{p['oracle_ratio']:.2f}" if "oracle_ratio" in p else "-"]
         for label, p in points.items()]
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    widths = [max(len(r[i]) for r in rows) for i in range(6)]
     text = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
     if "rank_agreement" in result:
         ra = result["rank_agreement"]
@@ -703,6 +711,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budgets", metavar="A1,A2,...", help="alphas for the rules listed without one")
     p.add_argument("--closed-loop", metavar="RESULTS_JSON", help="a sim eval results.json: rank agreement of the "
                                                                  "proxy with its closed-loop success")
+    p.add_argument("--oracle-blocks", type=positive_int, metavar="B", help="also the occlusion oracle: each camera in "
+                   "B x B regions, each blanked in turn; how much of what moves the action each rule keeps")
+    p.add_argument("--oracle-episodes", type=positive_int, default=2, help="episodes the oracle (and then the "
+                                                                           "whole proxy) runs on (default 2)")
     p.add_argument("--out", help="write the result JSON here")
     config_args(p)
     p = add("calibrate", cmd_calibrate, "choose the pruning knobs for a checkpoint from its own recordings: layers, "

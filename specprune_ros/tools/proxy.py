@@ -10,8 +10,10 @@ the unpruned chunk for the same observation. The unpruned chunks are computed on
     points = action_gap(loaded, config, episodes, parse_methods("specprune,random", [0.8, 2]))
 
 Per rule: ``l1`` (mean absolute difference of the normalized chunks, all actions and dims),
-``l1_first`` (the first action only: what a 10 Hz node executes), LLM FLOPs ratio and kept
-tokens. ``rank_agreement`` says how well the proxy orders rules the way closed-loop success does.
+``l1_first`` (the first action only: what a 10 Hz node executes), LLM FLOPs ratio, kept tokens,
+where they are (``kept_pattern``) and, given the occlusion oracle, how much of what the action
+depends on they cover (``oracle_ratio``). ``rank_agreement`` says how well the proxy orders
+rules the way closed-loop success does.
 """
 from __future__ import annotations
 
@@ -66,9 +68,64 @@ def unpruned_chunks(loaded: LoadedPolicyModel, config: Config, episodes: list[Ep
     return [[out.actions_normalized for out in run] for run in _run(policy, episodes)]
 
 
+def occlusion_importance(loaded: LoadedPolicyModel, config: Config, episodes: list[Episode], blocks: int = 4,
+                         progress: Callable[[int, int], None] | None = None) -> list[list[np.ndarray]]:
+    """The oracle: how much the unpruned chunk moves when one image region is blanked.
+
+    Each camera's image is split into ``blocks`` x ``blocks`` regions; each region in turn is
+    filled with the image's mean colour and the unpruned chunk's mean absolute change is that
+    region's importance. Per observation a (cameras, blocks * blocks) array; 1 + cameras *
+    blocks^2 forwards per observation (seconds to minutes: run it on a few episodes).
+    """
+    policy = SpecPrunePolicy(loaded, config.replace(**{"pruning.enabled": False}))
+    total, done, out = sum(len(e) for e in episodes), 0, []
+    for episode in episodes:
+        maps = []
+        for obs in episode:
+            policy.reset()
+            reference = policy.step(obs).actions_normalized
+            importance = np.zeros((len(obs.images), blocks * blocks))
+            for camera, image in enumerate(obs.images):
+                rows = np.linspace(0, image.shape[0], blocks + 1).astype(int)
+                cols = np.linspace(0, image.shape[1], blocks + 1).astype(int)
+                fill = image.reshape(-1, image.shape[-1]).mean(axis=0).astype(image.dtype)
+                for b in range(blocks * blocks):
+                    r, c = divmod(b, blocks)
+                    blanked = image.copy()
+                    blanked[rows[r]:rows[r + 1], cols[c]:cols[c + 1]] = fill
+                    images = [blanked if i == camera else im for i, im in enumerate(obs.images)]
+                    policy.reset()
+                    moved = policy.step(type(obs)(images, obs.proprio, obs.instruction, obs.stamp)).actions_normalized
+                    importance[camera, b] = np.abs(moved - reference).mean()
+            maps.append(importance)
+            done += 1
+            if progress:
+                progress(done, total)
+        out.append(maps)
+    return out
+
+
+def oracle_ratio(masks: list[list[np.ndarray | None]], oracle: list[list[np.ndarray]]) -> float:
+    """How much more of the oracle's importance a rule's kept tokens cover than their density
+    alone would: sum_b importance_b * kept share_b / (sum_b importance_b * mean kept share),
+    over the pruned steps (1: no better than random, >1: it keeps what the action depends on)."""
+    covered = expected = 0.0
+    for run, maps in zip(masks, oracle):
+        for mask, importance in zip(run, maps):
+            if mask is None:
+                continue
+            cams, patches = mask.shape
+            grid, blocks = int(round(patches ** 0.5)), int(round(importance.shape[1] ** 0.5))
+            share = mask.reshape(cams, blocks, grid // blocks, blocks, grid // blocks).mean(axis=(2, 4))
+            covered += float((importance * share.reshape(cams, -1)).sum())
+            expected += float(importance.sum() * mask.mean())
+    return covered / expected if expected > 0 else float("nan")
+
+
 def action_gap(loaded: LoadedPolicyModel, config: Config, episodes: list[Episode], methods: list[Method],
                progress: Callable[[int, int], None] | None = None,
-               reference: list[list[np.ndarray]] | None = None) -> dict[str, dict[str, Any]]:
+               reference: list[list[np.ndarray]] | None = None,
+               oracle: list[list[np.ndarray]] | None = None) -> dict[str, dict[str, Any]]:
     """Every method over every episode against the unpruned chunks (``reference``, computed
     here if not given); ``fastv@A`` keeps as many tokens as ``specprune@A`` kept here (list
     order: parse_methods puts it after)."""
@@ -93,6 +150,8 @@ def action_gap(loaded: LoadedPolicyModel, config: Config, episodes: list[Episode
             "kept_tokens_mean": float(np.mean([s.vision_tokens_kept for s in stats])),
             "kept_pattern": kept_pattern([[out.kept_mask for out in run] for run in runs]),
         }
+        if oracle is not None:
+            points[method.label]["oracle_ratio"] = oracle_ratio([[o.kept_mask for o in run] for run in runs], oracle)
         if progress:
             progress(i + 1, len(methods))
     return points

@@ -79,3 +79,26 @@ def test_kept_patterns_measure_runs_rows_cameras_and_turnover():
     assert got["run_ratio"] > 4                              # density 1/8, every kept token's neighbour kept
     assert got["turnover"] == pytest.approx((0 + (1 - 2 / 6)) / 2)
     assert kept_pattern([[None]]) == {}
+
+
+def test_the_oracle_ratio_rewards_keeping_what_the_action_depends_on():
+    from specprune_ros.tools.proxy import oracle_ratio
+    importance = np.zeros((1, 4))
+    importance[0, 0] = 1.0                                   # only the top-left quarter matters
+    top_left = np.zeros((1, 16), bool)
+    top_left[0, [0, 1, 4, 5]] = True                         # a 4 x 4 grid's top-left 2 x 2 block
+    bottom_right = np.zeros((1, 16), bool)
+    bottom_right[0, [10, 11, 14, 15]] = True
+    assert oracle_ratio([[top_left]], [[importance]]) == pytest.approx(4.0)     # all of it at 1/4 density
+    assert oracle_ratio([[bottom_right]], [[importance]]) == 0.0
+    assert np.isnan(oracle_ratio([[None]], [[importance]]))
+
+
+def test_the_occlusion_oracle_runs_on_the_real_model(bag):
+    from specprune_ros.tools.proxy import occlusion_importance
+    loaded = load_tiny_random("cpu")
+    config = Config().replace(**{"control_rate_hz": 2.5})
+    episodes = [observations_from_bag(bag, config, uses_proprio=True)[0][:2]]
+    maps = occlusion_importance(loaded, config, episodes, blocks=2)
+    assert len(maps[0]) == 2 and maps[0][0].shape == (2, 4)
+    assert np.all(maps[0][0] >= 0) and maps[0][0].sum() > 0          # blanking a region moves the chunk

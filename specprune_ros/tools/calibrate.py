@@ -33,7 +33,8 @@ ALPHAS = (0.6, 1.5, 3.0)               # where each candidate's curve is sampled
 # What the written file holds: the chosen knobs and the model's other layer knobs, so the file
 # alone fits the model.
 KNOBS = ("pruning.local_layers", "pruning.global_layers", "pruning.dynamic_layers", "pruning.score_queries",
-         "pruning.coverage_grid", "pruning.refresh_period", "pruning.frame_rule", "pruning.alpha")
+         "pruning.coverage_grid", "pruning.coverage_dynamic", "pruning.refresh_period", "pruning.frame_rule",
+         "pruning.alpha")
 
 
 @dataclass
@@ -44,7 +45,7 @@ class Candidate:
 
 
 def layer_candidates(n_layers: int, local_layers: int, current: tuple[int, ...]) -> list[tuple[int, ...]]:
-    """Single prior layers spread over the depth, plus the configured choice."""
+    """The configured choice first (it wins ties), then single prior layers spread over the depth."""
     first = local_layers + 1
     spread = sorted({int(round(first + (n_layers - first) * f)) for f in (0.0, 0.15, 0.3, 0.5, 0.75, 1.0)})
     options = [(layer,) for layer in spread]
@@ -75,10 +76,10 @@ def calibrate(loaded: LoadedPolicyModel, config: Config, episodes: list[Episode]
     groups: list[tuple[str, list[dict[str, Any]]]] = [
         ("prior layers", [{"pruning.global_layers": list(ls)} for ls in
                           layer_candidates(n_layers, base.pruning.local_layers, base.pruning.global_layers)]),
-        ("scoring queries", [{"pruning.score_queries": q} for q in ("instruction", "action", "both")]),
-        ("coverage floor", [{"pruning.coverage_grid": g} for g in (0, 4)]),
-        ("prior refresh", [{"pruning.refresh_period": r} for r in (0, 3)]),
-        ("frame rule", [{"pruning.frame_rule": r} for r in ("changed", "drop_static")]),
+        ("scoring queries", _options(base, "pruning.score_queries", ("instruction", "action", "both"))),
+        ("coverage floor", _options(base, "pruning.coverage_grid", (0, 4, 8))),
+        ("prior refresh", _options(base, "pruning.refresh_period", (0, 3))),
+        ("frame rule", _options(base, "pruning.frame_rule", ("changed", "drop_static"))),
     ]
     total = sum(len(c) for _, c in groups) * len(ALPHAS) + 1
     done = [0]
@@ -113,6 +114,12 @@ def calibrate(loaded: LoadedPolicyModel, config: Config, episodes: list[Episode]
     return {"knobs": knobs, "target_flops": target_flops, "l1": point["l1"],
             "l1_first": point["l1_first"], "flops_ratio": point["flops_ratio_mean"],
             "kept_tokens": point["kept_tokens_mean"], "steps": sum(len(e) for e in episodes), "tried": tried}
+
+
+def _options(config: Config, name: str, values: tuple[Any, ...]) -> list[dict[str, Any]]:
+    """The candidates of one knob: ``values`` and the configured value (first: it wins ties)."""
+    current = config.flat()[name]
+    return [{name: v} for v in (current, *(v for v in values if v != current))]
 
 
 def _better(candidate: Candidate, best: Candidate | None, target: float) -> bool:

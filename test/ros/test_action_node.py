@@ -341,7 +341,7 @@ def test_params_file_and_clean_sigint(ros):
                      timeout=60.0)
         values = [Parameter.from_parameter_msg(ParameterMsg(name=n, value=v)).value
                   for n, v in zip(names, reply.values)]
-        assert values[0] == pytest.approx(0.3) and values[1] == pytest.approx(0.8)
+        assert values[0] == pytest.approx(0.3) and values[1] == pytest.approx(1.6)
         assert list(values[2]) == [15, 32] and values[3] == pytest.approx(1.6666667)
         t0 = time.monotonic()
         proc.send_signal(signal.SIGINT)

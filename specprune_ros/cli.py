@@ -423,22 +423,32 @@ def proxy_episodes(args: argparse.Namespace, cfg: Config, loaded, show) -> list:
         env.close()
 
 
-def cmd_proxy(args: argparse.Namespace) -> int:
+def _recorded_model(args: argparse.Namespace) -> tuple[Config, Any, list, bool]:
+    """proxy / calibrate: the configuration, the loaded model, the observation sequences, and
+    whether progress bars are shown."""
     from .model.checkpoint import load_checkpoint
-    from .tools.jsonout import finite
-    from .tools.methods import parse_budgets, parse_methods
     from .tools.progress import progress_bar
-    from .tools.proxy import action_gap, occlusion_importance, rank_agreement
 
     cfg = _config(args).replace(model_path=args.model) if args.model else _config(args)
-    methods = [m for m in parse_methods(args.methods, parse_budgets(args.budgets) if args.budgets else None)
-               if m.name != "none"]
     node = cfg.node
     loaded = load_checkpoint(node.model_path, node.device, node.dtype, node.unnorm_key)
     interactive = not args.json and sys.stderr.isatty()
     episodes = proxy_episodes(args, cfg, loaded, progress_bar("recording", "episodes") if interactive else None)
     if interactive:
         print(file=sys.stderr)
+    return cfg, loaded, episodes, interactive
+
+
+def cmd_proxy(args: argparse.Namespace) -> int:
+    from .tools.jsonout import finite
+    from .tools.methods import parse_budgets, parse_methods
+    from .tools.progress import progress_bar
+    from .tools.proxy import action_gap, occlusion_importance, rank_agreement
+
+    methods = [m for m in parse_methods(args.methods, parse_budgets(args.budgets) if args.budgets else None)
+               if m.name != "none"]
+    cfg, loaded, episodes, interactive = _recorded_model(args)
+    node = cfg.node
     oracle = None
     if args.oracle_blocks:
         oracle = occlusion_importance(loaded, cfg, episodes[:args.oracle_episodes], args.oracle_blocks,
@@ -471,17 +481,14 @@ def cmd_proxy(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from .model.checkpoint import load_checkpoint
     from .tools.calibrate import calibrate, params_yaml
     from .tools.progress import progress_bar
 
-    cfg = _config(args).replace(model_path=args.model) if args.model else _config(args)
+    if not 0.05 <= args.target_flops <= 1.0:          # before minutes of recording
+        raise ConfigError(f"--target-flops {args.target_flops:g}: must lie in [0.05, 1] (a share of the unpruned "
+                          f"LLM FLOPs)")
+    cfg, loaded, episodes, interactive = _recorded_model(args)
     node = cfg.node
-    loaded = load_checkpoint(node.model_path, node.device, node.dtype, node.unnorm_key)
-    interactive = not args.json and sys.stderr.isatty()
-    episodes = proxy_episodes(args, cfg, loaded, progress_bar("recording", "episodes") if interactive else None)
-    if interactive:
-        print(file=sys.stderr)
     result = calibrate(loaded, cfg, episodes, args.target_flops, progress_bar("calibrate", "runs") if interactive
                        else None)
     if interactive:

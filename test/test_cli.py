@@ -15,8 +15,8 @@ def test_demo_runs_the_shipped_model_closed_loop_and_replays_its_recording(capsy
     assert main(["demo", "--json", "--episodes", "1", "--out", str(tmp_path)]) == 0
     out = json.loads(capsys.readouterr().out)
     closed = out["closed_loop"]["methods"]
-    assert list(closed) == ["none", "specprune", "specprune-paper@0.8", "random"]
-    assert closed["none"]["episodes"] == 1 and all(closed[m]["kept_tokens_mean"] < 512 for m in list(closed)[1:])
+    assert set(closed) == {"none", "specprune", "specprune-paper@0.8", "random"}
+    assert closed["none"]["episodes"] == 1 and all(closed[m]["kept_tokens_mean"] < 512 for m in set(closed) - {"none"})
     assert closed["specprune-paper@0.8"]["knobs"]["pruning.coverage_grid"] == 0
     assert out["replay"]["steps"] > 10 and "unpruned" in out["replay"]["latency_ms"]
     assert (tmp_path / "closed_loop" / "report.html").is_file() and (tmp_path / "replay" / "report.html").is_file()

@@ -61,18 +61,18 @@ class LayerImportance:
             self._scores, self._confidence = [], []
         return self._ema
 
-    def drop(self, ratio: float, blocks: torch.Tensor | None = None) -> torch.Tensor:
+    def drop(self, ratio: float, blocks: torch.Tensor | None = None, num_blocks: int = 0) -> torch.Tensor:
         """Drop floor(ratio * n) lowest-EMA tokens; return the kept ones' indices (sorted, local).
 
-        ``blocks`` (n,) long: a coverage floor - each block's highest-EMA token is dropped only
-        once every other token is gone. The count is known on the host, so this needs no
-        device->host sync either way.
+        ``blocks`` (n,) long, each in [0, ``num_blocks``): a coverage floor - each block's
+        highest-EMA token is dropped only once every other token is gone. The counts are known on
+        the host, so this needs no device->host sync either way.
         """
         ema = self.ema
         n = ema.numel()
         key = ema
         if blocks is not None:
-            best = torch.full((int(blocks.max()) + 1,), float("-inf"), device=ema.device)
+            best = torch.full((num_blocks,), float("-inf"), device=ema.device)
             best = best.scatter_reduce(0, blocks, ema, reduce="amax")
             key = ema + (ema >= best.index_select(0, blocks)).float() * (ema.abs().max() * 2 + 1)
         keep_idx = key.topk(n - int(ratio * n)).indices.sort().values

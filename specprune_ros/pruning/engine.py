@@ -59,7 +59,7 @@ class SpecPruneEngine:
         self._tau_key: tuple[float, float] | None = None
         self._tau = torch.empty(0)
         self._rule: FrameRule | None = None
-        self.steps_since_dense = 0                         # pruned steps since the last unpruned one
+        self.steps_since_dense = 0     # steps planned pruned since the last unpruned one (scene cuts count)
 
     # ---- configuration and episodes -----------------------------------------------------------
     def configure(self, config: Config) -> None:

@@ -200,7 +200,9 @@ class SpecPrunePruner(StepPruner):
             per_camera = self.sequence.layout.tokens_per_camera
             camera, patch = self.sequence.vision_ids // per_camera, self.sequence.vision_ids % per_camera
             blocks = camera * self.cfg.coverage_grid ** 2 + ids.index_select(0, patch)
-        return self.importance.drop(self.cfg.dynamic_drop_ratio, blocks)
+            count = self.sequence.layout.num_cameras * self.cfg.coverage_grid ** 2
+            return self.importance.drop(self.cfg.dynamic_drop_ratio, blocks, count)
+        return self.importance.drop(self.cfg.dynamic_drop_ratio)
 
     # ---- internals -------------------------------------------------------------------------------------
     def _flush(self) -> None:

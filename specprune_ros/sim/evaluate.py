@@ -119,8 +119,9 @@ def evaluate(config: Config, methods: list[Method], seeds: list[int], out: str |
 
 
 def seed_split(seeds: list[int]) -> str:
-    """The split every seed falls in, or "mixed"."""
-    splits = {name for name, (low, high) in SEED_SPLITS.items() for seed in (seeds[0], seeds[-1]) if low <= seed < high}
+    """The split every seed falls in, "outside" (none), or "mixed"."""
+    splits = {next((name for name, (low, high) in SEED_SPLITS.items() if low <= seed < high), "outside")
+              for seed in seeds}
     return splits.pop() if len(splits) == 1 else "mixed"
 
 

@@ -7,7 +7,8 @@ whose action chunks stay closest to the unpruned ones at a target LLM FLOPs rati
 
 1. the layers whose scores form the next step's prior (``pruning.global_layers``);
 2. whose attention scores the tokens (``pruning.score_queries``);
-3. the static stage's extensions (``coverage_grid``, ``refresh_period``, ``frame_rule``);
+3. the static stage's extensions (``coverage_grid``, ``refresh_period``, ``frame_rule``; the
+   frame rule at the configured thresholds, not the ``specprune-static`` variant's 0.986);
 4. the budget: the alpha that meets the target, by interpolation along the chosen rule's curve.
 
 Each candidate runs at a few alphas; its gap at the target is read off its (FLOPs, gap) curve,
@@ -34,7 +35,8 @@ ALPHAS = (0.6, 1.5, 3.0)               # where each candidate's curve is sampled
 # alone fits the model.
 KNOBS = ("pruning.local_layers", "pruning.global_layers", "pruning.dynamic_layers", "pruning.score_queries",
          "pruning.coverage_grid", "pruning.coverage_dynamic", "pruning.refresh_period", "pruning.frame_rule",
-         "pruning.alpha")
+         "pruning.frame_similarity_threshold", "pruning.frame_similarity_threshold_wrist",
+         "pruning.static_max_removed", "pruning.alpha")
 
 
 @dataclass

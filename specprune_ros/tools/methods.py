@@ -95,7 +95,7 @@ def parse_methods(text: str, budgets: list[float] | None = None) -> list[Method]
     """
     methods: list[Method] = []
     for item in (part.strip() for part in text.split(",")):
-        match = re.fullmatch(r"([a-z][a-z0-9-]*)(?:@([0-9.]+))?", item)
+        match = re.fullmatch(r"([a-z][a-z0-9-]*)(?:@(\d+(?:\.\d*)?|\.\d+))?", item)
         if not match:
             raise ConfigError(f"--methods: {item!r} is not name[@alpha] (e.g. specprune@0.8)")
         name, alpha_text = match.groups()

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..config import Config
+from ..config import Config, ConfigError
 from ..model.checkpoint import LoadedPolicyModel
 from ..observation import Observation
 from ..policy import SpecPrunePolicy
@@ -75,8 +75,14 @@ def occlusion_importance(loaded: LoadedPolicyModel, config: Config, episodes: li
     Each camera's image is split into ``blocks`` x ``blocks`` regions; each region in turn is
     filled with the image's mean colour and the unpruned chunk's mean absolute change is that
     region's importance. Per observation a (cameras, blocks * blocks) array; 1 + cameras *
-    blocks^2 forwards per observation (seconds to minutes: run it on a few episodes).
+    blocks^2 forwards per observation (seconds to minutes: run it on a few episodes). Regions are
+    cut from the camera image as given; for a model that center-crops, they match its patch
+    blocks only roughly.
     """
+    grid = loaded.model.config.featurizer.grid
+    if blocks < 1 or grid % blocks:
+        raise ConfigError(f"--oracle-blocks {blocks}: must divide the model's {grid} x {grid} patch grid "
+                          f"(e.g. {', '.join(str(b) for b in range(2, grid + 1) if grid % b == 0)})")
     policy = SpecPrunePolicy(loaded, config.replace(**{"pruning.enabled": False}))
     total, done, out = sum(len(e) for e in episodes), 0, []
     for episode in episodes:
@@ -158,7 +164,8 @@ def action_gap(loaded: LoadedPolicyModel, config: Config, episodes: list[Episode
 
 
 def kept_pattern(masks: list[list[np.ndarray | None]]) -> dict[str, Any]:
-    """Where a rule's kept tokens are (static stage; unpruned steps left out), for the diagnosis:
+    """Where a rule's kept tokens are (static stage; unpruned steps left out, scene-cut steps
+    counted with every token kept), for the diagnosis:
 
     * ``camera_share``: share of the kept tokens in each camera;
     * ``row_share``: kept share of each patch row (row-major grid, cameras pooled): position bias;

@@ -75,7 +75,7 @@ def test_the_coverage_floor_drops_each_blocks_best_token_last():
     importance._ema = torch.tensor([0.9, 0.8, 0.1, 0.2, 0.05, 0.01])
     blocks = torch.tensor([0, 0, 0, 1, 1, 2])
     # plain: the three highest (0, 1, 3); with the floor each block keeps its best (0, 3, 5)
-    assert LayerImportance.drop(importance, 0.5, blocks).tolist() == [0, 3, 5]
+    assert LayerImportance.drop(importance, 0.5, blocks, 3).tolist() == [0, 3, 5]
     plain = LayerImportance(6, 1.0, 0.05)
     plain._ema = torch.tensor([0.9, 0.8, 0.1, 0.2, 0.05, 0.01])
     assert plain.drop(0.5).tolist() == [0, 1, 3]

@@ -71,3 +71,10 @@ def test_a_smoke_evaluation_writes_every_output(tmp_path):
     for name in ("success_vs_flops.png", "success_vs_speedup.png", "kept_tokens.png", "kept_patches.png"):
         assert (tmp_path / name).stat().st_size > 1000
     assert "specprune@0.8" in (tmp_path / "report.html").read_text()
+
+
+def test_the_split_is_named_from_every_seed():
+    from specprune_ros.sim.evaluate import seed_split
+    assert seed_split(list(range(101000, 101200))) == "test"
+    assert seed_split(list(range(101500, 102500))) == "mixed"          # half outside every split
+    assert seed_split([99_999, 100_000]) == "mixed"

@@ -102,3 +102,10 @@ def test_the_occlusion_oracle_runs_on_the_real_model(bag):
     maps = occlusion_importance(loaded, config, episodes, blocks=2)
     assert len(maps[0]) == 2 and maps[0][0].shape == (2, 4)
     assert np.all(maps[0][0] >= 0) and maps[0][0].sum() > 0          # blanking a region moves the chunk
+
+
+def test_oracle_blocks_must_divide_the_patch_grid():
+    from specprune_ros.config import ConfigError
+    from specprune_ros.tools.proxy import occlusion_importance
+    with pytest.raises(ConfigError, match="--oracle-blocks 3: must divide the model's 16 x 16 patch grid"):
+        occlusion_importance(load_tiny_random("cpu"), Config(), [[]], blocks=3)

@@ -118,6 +118,10 @@ class PruningConfig:
         8, "Static stage: split each camera's patch grid into coverage_grid x coverage_grid blocks and keep every "
         "block's best-scoring patch (this step's local layers), so no region of an image is left empty (0: off, "
         "the paper; 8: every 2 x 2 patch block of the 16 x 16 grid keeps one).", low=0, high=64)
+    coverage_pick: str = knob(
+        "best", "Which patch of each coverage block is kept: best (this step's local scores) or random (a seeded "
+        "draw at every step, so the floor re-samples each block as random pruning does).",
+        choices=("best", "random"))
     coverage_dynamic: bool = knob(
         False, "Keep the coverage floor through the dynamic layers too: each block's most important remaining "
         "patch is dropped only when nothing else is left to drop.")

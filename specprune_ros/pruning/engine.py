@@ -28,6 +28,7 @@ from .layout import TokenLayout
 from .static import FrameRule, StaticSelection, block_ids, detect_scene_cut, select_static, union_topk_mask
 
 PATCH = 14
+COVERAGE_SEED = 0                     # coverage_pick random: every episode draws the same sequence
 
 
 @dataclass
@@ -59,6 +60,8 @@ class SpecPruneEngine:
         self._tau_key: tuple[float, float] | None = None
         self._tau = torch.empty(0)
         self._rule: FrameRule | None = None
+        self._picks = torch.Generator(device=self.device)   # coverage_pick random: re-seeded per episode
+        self._picks.manual_seed(COVERAGE_SEED)
         self.steps_since_dense = 0     # steps planned pruned since the last unpruned one (scene cuts count)
 
     # ---- configuration and episodes -----------------------------------------------------------
@@ -85,6 +88,7 @@ class SpecPruneEngine:
         self.prior_selected = None
         self.previous_vectors = None
         self.steps_since_dense = 0
+        self._picks.manual_seed(COVERAGE_SEED)
         self.frames.reset()
         self.controller.reset()
 
@@ -161,9 +165,12 @@ class SpecPruneEngine:
         """Static selection from this step's local-layer scores (L, C, N)."""
         if not plan.prune or self.prior is None:
             raise RuntimeError(f"static selection requested on an unpruned step ({plan.reason})")
+        picks = None
+        if self.config.pruning.coverage_grid and self.config.pruning.coverage_pick == "random":
+            picks = torch.rand(local_scores.shape[1:], generator=self._picks, device=local_scores.device)
         selection = select_static(self.prior, local_scores, plan.similarity, self.thresholds(),
                                   plan.k.k_global, plan.k.k_local, plan.k.k_dynamic, plan.scene_cut,
-                                  self.frame_rule())
+                                  self.frame_rule(), picks)
         self.prior_selected = selection.global_mask
         return selection
 

@@ -97,7 +97,8 @@ class FrameRule:
 
 def select_static(prior_scores: torch.Tensor, local_scores: torch.Tensor, similarity: torch.Tensor | None,
                   thresholds: torch.Tensor, k_global: int, k_local: int, k_dynamic: int,
-                  scene_cut: torch.Tensor | None = None, rule: FrameRule | None = None) -> StaticSelection:
+                  scene_cut: torch.Tensor | None = None, rule: FrameRule | None = None,
+                  coverage_scores: torch.Tensor | None = None) -> StaticSelection:
     """Fuse the three sets.
 
     ``prior_scores`` (G, C, N): previous step's scores at the G global layers (-inf = no score).
@@ -105,6 +106,7 @@ def select_static(prior_scores: torch.Tensor, local_scores: torch.Tensor, simila
     ``similarity`` (C, N): patch similarity to the frame T steps back, or None (no history).
     ``scene_cut``: () bool; when true every token is kept for this step.
     ``rule``: the frame rule and coverage floor (default: the paper's changed-patch set, no floor).
+    ``coverage_scores`` (C, N): what picks each block's patch (default: this step's local scores).
     ``dynamic_mask`` reports what frame differencing contributed: the changed patches, or under
     drop_static the patches it did not remove (every patch without a compared frame).
     """
@@ -120,7 +122,8 @@ def select_static(prior_scores: torch.Tensor, local_scores: torch.Tensor, simila
         dynamic_mask = changed_patch_mask(similarity, thresholds, k_dynamic)
     kept = global_mask | local_mask | dynamic_mask
     if rule.coverage_blocks:
-        kept = kept | coverage_mask(local_scores.max(dim=0).values, rule.coverage_ids, rule.coverage_blocks)
+        picks = local_scores.max(dim=0).values if coverage_scores is None else coverage_scores
+        kept = kept | coverage_mask(picks, rule.coverage_ids, rule.coverage_blocks)
     if scene_cut is None:
         scene_cut = torch.zeros((), dtype=torch.bool, device=kept.device)
     kept = kept | scene_cut

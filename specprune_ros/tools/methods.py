@@ -25,7 +25,7 @@ from ..config import Config, ConfigError
 # The paper's rule, whatever the configured defaults: instruction queries, no coverage floor,
 # no refresh, changed-patch frame differencing (layer knobs stay the model's).
 PAPER: dict[str, Any] = {"pruning.score_queries": "instruction", "pruning.coverage_grid": 0,
-                         "pruning.coverage_dynamic": False,
+                         "pruning.coverage_dynamic": False, "pruning.coverage_pick": "best",
                          "pruning.refresh_period": 0, "pruning.frame_rule": "changed"}
 VARIANTS: dict[str, dict[str, Any]] = {
     "specprune-noglobal": {"pruning.k_global": 0},
@@ -40,6 +40,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "specprune-cover8": {**PAPER, "pruning.coverage_grid": 8},
     "specprune-action-cover8": {**PAPER, "pruning.score_queries": "action", "pruning.coverage_grid": 8},
     "specprune-cover8-dyn": {**PAPER, "pruning.coverage_grid": 8, "pruning.coverage_dynamic": True},
+    "specprune-cover8-rand": {**PAPER, "pruning.coverage_grid": 8, "pruning.coverage_pick": "random"},
     "specprune-cover-dyn": {**PAPER, "pruning.coverage_grid": 4, "pruning.coverage_dynamic": True},
     "specprune-refresh": {**PAPER, "pruning.refresh_period": 3},
     "specprune-static": {**PAPER, "pruning.frame_rule": "drop_static", "pruning.frame_similarity_threshold": 0.986,

@@ -155,3 +155,22 @@ def test_a_refresh_step_runs_unpruned_after_refresh_period_pruned_steps():
     assert reasons == ["no prior (first step)", "", "", "prior refresh", "", "", "prior refresh"]
     eng.reset()
     assert eng.step(frames(), None).reason == "no prior (first step)"
+
+
+def test_random_coverage_picks_redraw_every_step_and_repeat_every_episode():
+    def kept_over_steps(eng):
+        masks = []
+        plan = eng.step(frames(), None)
+        eng.end_step(plan, torch.rand(2, 2, N))
+        for _ in range(3):
+            plan = eng.step(frames(), None)
+            masks.append(eng.select(plan, torch.zeros(2, 2, N)).kept.clone())
+            eng.end_step(plan, torch.rand(2, 2, N))
+        return masks
+    eng = engine(**{"pruning.coverage_grid": 2, "pruning.coverage_pick": "random", "pruning.k_global": 0,
+                    "pruning.k_local": 0, "pruning.k_dynamic": 0})
+    first = kept_over_steps(eng)
+    assert all(int(m.sum()) == 2 * 4 for m in first)                # one patch per block, per camera
+    assert not all(torch.equal(first[0], m) for m in first[1:])     # re-drawn
+    eng.reset()
+    assert all(torch.equal(a, b) for a, b in zip(first, kept_over_steps(eng)))   # seeded per episode

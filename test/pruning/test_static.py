@@ -159,3 +159,14 @@ def test_the_coverage_floor_keeps_each_blocks_best_patch():
     covered = select_static(prior, local, None, torch.tensor([0.99]), 0, 2, 0,
                             rule=FrameRule(coverage_blocks=2, coverage_ids=ids))
     assert covered.kept.nonzero()[:, 1].tolist() == [0, 1, 3, 9, 15]
+
+
+def test_the_coverage_floor_can_pick_by_other_scores():
+    from specprune_ros.pruning.static import FrameRule, block_ids
+    rule = FrameRule(coverage_blocks=2, coverage_ids=block_ids((4, 4), 2))
+    local = torch.zeros(1, 1, 16)
+    picks = torch.zeros(1, 16)
+    picks[0, [5, 6, 8, 15]] = 1.0                            # one per block, not where the local scores are
+    sel = select_static(torch.full((1, 1, 16), NEG), local, None, torch.tensor([0.99]), 0, 0, 0, rule=rule,
+                        coverage_scores=picks)
+    assert sel.kept.nonzero()[:, 1].tolist() == [5, 6, 8, 15]

@@ -111,7 +111,8 @@ class PruningConfig:
     confidence: str = knob("entropy", "Layer confidence for the EMA: 1/entropy (paper default) or mean/std.",
                            choices=("entropy", "mean_std"))
     score_queries: str = knob(
-        "instruction", "Whose attention scores the vision tokens: instruction (the paper: the prompt's tokens), "
+        "instruction", "Whose attention scores the vision tokens, for SpecPrune and FastV alike: instruction (the "
+        "paper: the prompt's tokens), "
         "action (the positions the action head reads, decoded in the same forward), or both.",
         choices=("instruction", "action", "both"))
     coverage_grid: int = knob(

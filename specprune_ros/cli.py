@@ -524,9 +524,9 @@ def layout_arg(p: argparse.ArgumentParser) -> None:
     from .sim import DEFAULT_LAYOUT, LAYOUTS
 
     p.add_argument("--layout", choices=LAYOUTS, default=DEFAULT_LAYOUT,
-                   help="fixed-start: every shape at its own slot, the gripper starting at its home pose (task v5, "
-                        "the shipped model's); fixed: the same with the start jittered +-3 cm (task v3); shuffled: "
-                        "shapes shuffled among the slots, the target found by colour and shape in the image (task v4)")
+                   help="fixed-start: every shape at its own slot, the gripper starting at its home pose (the "
+                        "default, the shipped model's); fixed: the same with the start jittered +-3 cm; shuffled: "
+                        "shapes shuffled among the slots, the target found by colour and shape in the image")
 
 
 def _adder(subparsers) -> Callable[[str, Callable[[argparse.Namespace], int], str], argparse.ArgumentParser]:

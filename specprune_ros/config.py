@@ -54,7 +54,8 @@ def knob(default: Any, description: str, **spec: Any) -> Any:
 
 @dataclass(frozen=True)
 class PruningConfig:
-    """SpecPrune-VLA knobs; defaults follow docs/specprune.md (paper / authors' code)."""
+    """SpecPrune-VLA knobs: the paper's (and the authors' code's) values, plus the coverage floor and
+    alpha the sim testbed's validation sweep chose (docs/pruning-results.md)."""
 
     enabled: bool = knob(True, "Prune vision tokens with pruning.method; false runs the plain OpenVLA-OFT forward.")
     method: str = knob("specprune", "Pruning rule: specprune (this method); random (SpecPrune's per-camera, "

@@ -1,6 +1,6 @@
 """The reference's image operations, in numpy: what an OpenVLA-OFT model saw in training.
 
-The reference deploy code (docs/openvla-oft.md, "Image preprocessing") prepares every camera
+The reference deploy code (OpenVLA-OFT's, README "Image preprocessing, held to the reference") prepares every camera
 frame with TensorFlow: frames that are not 224 x 224 go through a JPEG round trip (quality 95)
 and an antialiased lanczos3 resize with rounding (the RLDS dataset builder's scheme); models
 trained with image augmentation then see a 90 %-area center crop made by

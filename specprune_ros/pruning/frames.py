@@ -6,8 +6,7 @@ raw pixels, as in the authors' code. The history stores each frame's unit patch 
 a step normalizes only its own frame and a comparison is one multiply-sum.
 
 The history is kept by time, not by policy step: the method's T counts action periods, and the
-compared frame is the one closest to ``t - T * action_dt`` (docs/specprune.md, "History
-distance"), whatever the control rate.
+compared frame is the one closest to ``t - T * action_dt``, whatever the control rate.
 """
 from __future__ import annotations
 

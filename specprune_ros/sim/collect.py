@@ -6,8 +6,8 @@ Format of a demonstration directory (``specprune sim collect OUT --episodes N``)
                                      [{"file", "seed", "instruction", "steps"}, ...], "attempted", "failed"}
     OUT/episode_<seed>.npz          primary (T,224,224,3) uint8, wrist (T,224,224,3) uint8,
                                     proprio (T,8) float64, actions (T,7) float64, instruction (str), seed,
-                                    privileged (T,12) float64, colors (4,) str (both since task v4;
-                                    optional when reading)
+                                    privileged (T,12) float64, colors (4,) str (both optional
+                                    when reading)
 
 Row t holds the observation the expert saw and the action it took at step t (action units as the
 environment takes them: metres / radians per step, gripper +1 close / -1 open). ``privileged`` row t
@@ -37,7 +37,7 @@ from .scene import OBJECTS
 
 FORMAT = "specprune-sim-demos/1"
 ARRAYS = ("primary", "wrist", "proprio", "actions")
-PRIVILEGED = ("privileged", "colors")    # optional: demonstrations made before task v4 lack them
+PRIVILEGED = ("privileged", "colors")    # optional: older demonstration directories lack them
 
 
 class DemoError(ValueError):

@@ -66,14 +66,13 @@ class Task:
 # (LIBERO's tasks vary object placements by a few centimetres around a fixed layout). A first
 # layout with objects anywhere in a 26 x 15 cm area was too hard for a model trained from scratch
 # on this CPU (0 % after 600 steps x 16 samples: it learned to descend, never where).
-# Layouts: "fixed-start" (task v5, the default): "fixed" with the gripper starting at one pose,
-# as LIBERO's robot does (its init states vary the objects, not the arm); the shipped model's task.
-# "fixed" (task v3): every shape has its slot, so the instruction tells where the target is and
-# vision is needed only for the jitter; the gripper starts within +-3 cm of its home. Models
-# trained here ignored that start (session 7: v9's first chunk is the same from every start, so
-# 48 % succeed from a jittered start, 72 % from the home pose). "shuffled" (task v4): the shapes are
-# shuffled among the slots, so the target must be found in the image by its colour and shape;
-# models trained here have not learned that yet (session 6: 0 %, models/sim-tabletop/README.md).
+# Layouts: "fixed-start" (the default, the shipped model's task): "fixed" with the gripper starting
+# at one pose, as LIBERO's robot does (its init states vary the objects, not the arm).
+# "fixed": every shape has its slot, so the instruction tells where the target is and vision is
+# needed only for the jitter; the gripper starts within +-3 cm of its home. A model trained on it
+# ignored that start (the same first chunk from every start: 48 % succeed from a jittered start,
+# 72 % from the home pose). "shuffled": the shapes are shuffled among the slots, so the target must
+# be found in the image by its colour and shape; no model trained here has learned that (0 %).
 # "fixed" and "fixed-start" draw the same numbers from a seed: the same objects, colours and
 # instruction ("shuffled" draws one more permutation, so its seeds give other scenes).
 OBJECT_SLOTS = ((0.40, -0.05), (0.40, 0.05), (0.52, -0.05), (0.52, 0.05))
@@ -93,7 +92,7 @@ def check_layout(layout: str) -> str:
 def sample_task(rng: np.random.Generator, layout: str = DEFAULT_LAYOUT) -> Task:
     """Shapes at their jittered slots (``layout`` "shuffled": at shuffled slots) with shuffled
     colours, plate left and bowl right (jittered), a random target and receptacle. The fixed and
-    fixed-start layouts draw exactly the numbers task v3 drew, so their seeds give v3's scenes."""
+    fixed-start layouts draw the same numbers, so a seed gives the same scene in both."""
     check_layout(layout)
     names = list(OBJECTS)
     colors = dict(zip(names, rng.permutation(list(COLORS))))

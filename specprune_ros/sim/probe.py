@@ -9,10 +9,10 @@ episode this compares the chunk's summed xy motion on the observation as it is w
 * every other probed episode's camera images, with this episode's instruction and proprio (the
   expert's motion would change by how far the named object lies from where it lies here).
 
-Session 7 measured v9 (trained on the ``fixed`` layout) with it: < 1 mm of change for a 5 cm
-proprio shift - the model played one first chunk per instruction, whatever the start - which is
-why its success fell from 72 % (home start) to 48 % (jittered start). Unpruned, always: the question
-is what the model uses, not what pruning leaves it.
+A model trained on the ``fixed`` layout showed < 1 mm of change for a 5 cm proprio shift - it
+played one first chunk per instruction, whatever the start - which is why its success fell from
+72 % (home start) to 48 % (jittered start). Unpruned, always: the question is what the model
+uses, not what pruning leaves it.
 """
 from __future__ import annotations
 

@@ -214,8 +214,8 @@ class Trainer:
         """(N, objects + receptacles, 2): every sample's privileged xy, scaled to about -1..1."""
         missing = [e["file"] for e in self.episodes if e["privileged"] is None]
         if missing:
-            raise DemoError(f"{missing[0]} (and {len(missing) - 1} more): no privileged state (demonstrations "
-                            f"made before task v4); train with --aux-weight 0 or collect them again")
+            raise DemoError(f"{missing[0]} (and {len(missing) - 1} more): no privileged state (an older "
+                            f"demonstration format); train with --aux-weight 0 or collect them again")
         xy = np.concatenate([e["privileged"] for e in self.episodes]).reshape(len(self.sample_episode), -1, 2)
         return torch.as_tensor((xy - AUX_CENTER) / AUX_SCALE, dtype=torch.float32, device=self.device)
 
@@ -237,7 +237,7 @@ class Trainer:
 
     def aux_loss(self, step: int, samples: np.ndarray, index: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
         """Where is the object an instruction names? Why: a model trained from scratch on the action
-        loss alone (session 6, task v4) went where the instruction's words pointed on average, the
+        loss alone (shuffled layout) went where the instruction's words pointed on average, the
         same chunk whatever layout its images showed; with this loss on the demonstrations' own
         instructions it learned to place the receptacle to the millimetre but not the named object
         (the loss had easier parts: the receptacle, the held object under the gripper). The

@@ -349,10 +349,8 @@ def parameter_table() -> str:
     for name, spec in iter_specs():
         default = defaults[name]
         default = list(default) if isinstance(default, tuple) else default
-        allowed = spec.allowed() if spec.choices is not None or spec.low is not None or spec.high is not None else ""
-        allowed = allowed.removeprefix("one of ").replace("range ", "") if allowed else ""
-        if spec.choices is not None:
-            allowed = "one of " + allowed
+        bounded = spec.choices is not None or spec.low is not None or spec.high is not None
+        allowed = spec.allowed().removeprefix("range ") if bounded else ""
         lines.append(f"| `{name}` | {default!r} | {allowed} | {'read-only' if spec.read_only else 'live'} | "
                      f"{spec.description} |")
     return "\n".join(lines) + "\n"

@@ -95,9 +95,8 @@ def evaluate(config: Config, methods: list[Method], seeds: list[int], out: str |
                 if progress:
                     progress(done, total)
             episodes[method.label] = results
-            summary[method.label] = _summarize(method, results, wilson_interval, fastv_tokens)
-            if method.name != "none":
-                summary[method.label]["alpha"] = cfg.pruning.alpha      # the configured one if none was given
+            alpha = None if method.name == "none" else cfg.pruning.alpha   # the configured one if none given
+            summary[method.label] = _summarize(method, results, wilson_interval, fastv_tokens, alpha)
     reference = summary.get("none", {}).get("latency_ms_mean")
     for s in summary.values():
         s["speedup"] = reference / s["latency_ms_mean"] if reference else math.nan
@@ -208,14 +207,15 @@ def _device_name(config: Config) -> str:
     return cpu_name()
 
 
-def _summarize(method: Method, results: list[dict[str, Any]], wilson, fastv_tokens: int | None) -> dict[str, Any]:
+def _summarize(method: Method, results: list[dict[str, Any]], wilson, fastv_tokens: int | None,
+               alpha: float | None) -> dict[str, Any]:
     wins = sum(r["success"] for r in results)
     latency = np.concatenate([r["latency_ms"] for r in results])
     recall = np.concatenate([r["recall"] for r in results])
     recall = recall[np.isfinite(recall)]
     low, high = wilson(wins, len(results))
     return {
-        "method": method.name, "alpha": method.alpha, "knobs": method.overrides, "fastv_tokens": fastv_tokens,
+        "method": method.name, "alpha": alpha, "knobs": method.overrides, "fastv_tokens": fastv_tokens,
         "episodes": len(results), "successes": wins, "success_rate": wins / len(results), "success_ci95": [low, high],
         "latency_ms_mean": float(latency.mean()), "latency_ms_p95": float(np.percentile(latency, 95)),
         "flops_ratio_mean": float(np.mean(np.concatenate([r["flops_ratio"] for r in results]))),

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 
 def exact_mcnemar(a_only: int, b_only: int) -> float:
     """Two-sided exact McNemar p-value: the discordant pairs against Binomial(n, 1/2).
@@ -22,7 +24,4 @@ def interpolate_curve(xs: list[float], ys: list[float], x: float) -> float | Non
     """Linear interpolation of a curve (xs ascending) at x; None outside [xs[0], xs[-1]]."""
     if not xs or x < xs[0] or x > xs[-1]:
         return None
-    for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
-        if x0 <= x <= x1:
-            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
-    return ys[-1]
+    return float(np.interp(x, xs, ys))

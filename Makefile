@@ -46,7 +46,7 @@ $(VENV)/.package: $(VENV)/.torch setup.py setup.cfg requirements/python-constrai
 	$(PIP) install $(PY_PINS) -e ".[test]"
 	@touch $@
 
-specprune_ros/msg/__init__.py: $(VENV)/.ros msg/ActionChunk.msg msg/PruningStats.msg CMakeLists.txt package.xml tools/build_messages.sh
+specprune_ros/msg/__init__.py: $(VENV)/.ros $(wildcard msg/*.msg scripts/*) CMakeLists.txt package.xml tools/build_messages.sh
 	tools/build_messages.sh $(VENV)
 
 test: setup

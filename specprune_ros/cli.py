@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
-from .config import Config, ConfigError
+from .config import Config, ConfigError, model_params_file
 from .model.config import PRESETS
 from .tools.jsonout import finite
 
@@ -74,9 +74,7 @@ def cmd_make_bag(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     from .tools.replay import replay
 
-    cfg = _config(args)
-    if args.model:
-        cfg = cfg.replace(model_path=args.model)
+    cfg = _config(args, args.model)
     for mapping in args.remap or ():
         name, sep, topic = mapping.partition(":=")
         if not sep or not name or not topic:
@@ -133,11 +131,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _config(args: argparse.Namespace) -> Config:
-    """``--params YAML`` then every ``-p name:=value`` (YAML values, as ``--ros-args -p`` reads them)."""
+def _config(args: argparse.Namespace, model: str | None = None) -> Config:
+    """The model directory's own ``specprune.yaml``, then ``--params YAML`` (in order), then every
+    ``-p name:=value`` (YAML values, as ``--ros-args -p`` reads them), then ``model`` - the layers
+    the node applies."""
     params = getattr(args, "params", None) or []
     params = [params] if isinstance(params, str) else params       # `specprune params FILE` takes one
-    cfg = Config.from_yaml_files(params) if params else Config()
     overrides = {}
     for item in getattr(args, "param", None) or ():
         name, sep, text = item.partition(":=")
@@ -147,7 +146,13 @@ def _config(args: argparse.Namespace) -> Config:
             overrides[name] = yaml.safe_load(text) if text else ""
         except yaml.YAMLError:
             overrides[name] = text
-    return cfg.replace(**overrides) if overrides else cfg
+    if model is not None:
+        overrides["model_path"] = model
+    given = (Config.from_yaml_files(params) if params else Config()).replace(**overrides)
+    own = model_params_file(given.node.model_path)
+    if own is None:
+        return given
+    return Config.from_yaml_files([own, *params]).replace(**overrides)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -355,7 +360,7 @@ def cmd_sim_eval(args: argparse.Namespace) -> int:
     from .tools.methods import parse_budgets, parse_methods, parse_seeds
     from .tools.progress import progress_bar
 
-    cfg = _config(args).replace(model_path=args.model)
+    cfg = _config(args, args.model)
     methods = parse_methods(args.methods, parse_budgets(args.budgets) if args.budgets else None)
     seeds = parse_seeds(args.seeds) if args.seeds else list(seed_range(args.split))[:args.episodes]
     show = progress_bar("eval", "episodes") if not args.json and sys.stderr.isatty() else None
@@ -376,7 +381,7 @@ def cmd_sim_probe(args: argparse.Namespace) -> int:
     from .sim.probe import first_chunk_sensitivity
     from .tools.progress import progress_bar
 
-    cfg = _config(args).replace(model_path=args.model)
+    cfg = _config(args, args.model)
     seeds = list(seed_range(args.split))[:args.episodes]
     show = progress_bar("probe", "episodes") if not args.json and sys.stderr.isatty() else None
     r = first_chunk_sensitivity(cfg, seeds, args.layout, args.shift / 1000, show)
@@ -395,7 +400,7 @@ def cmd_sim_record(args: argparse.Namespace) -> int:
     from .sim.record import record
     from .tools.progress import progress_bar
 
-    cfg = _config(args).replace(model_path=args.model)
+    cfg = _config(args, args.model)
     show = progress_bar("record") if not args.json and sys.stderr.isatty() else None
     r = record(args.bag, cfg, args.episodes, args.split, show, args.layout)
     if show:
@@ -429,7 +434,7 @@ def _recorded_model(args: argparse.Namespace) -> tuple[Config, Any, list, bool]:
     from .model.checkpoint import load_checkpoint
     from .tools.progress import progress_bar
 
-    cfg = _config(args).replace(model_path=args.model) if args.model else _config(args)
+    cfg = _config(args, args.model)
     node = cfg.node
     loaded = load_checkpoint(node.model_path, node.device, node.dtype, node.unnorm_key)
     interactive = not args.json and sys.stderr.isatty()

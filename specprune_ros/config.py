@@ -18,6 +18,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import yaml
 
 NODE_NAME = "action_node"
+MODEL_PARAMS_FILE = "specprune.yaml"      # a checkpoint directory's own knobs (e.g. its layer choices)
 
 
 class ConfigError(ValueError):
@@ -231,6 +232,47 @@ class NodeConfig:
                               f"1/control_rate_hz = {1.0 / self.control_rate_hz:g} s (else every step is a gap)")
 
 
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """The chunk executor: ActionChunks -> one command per action period, on the robot side.
+
+    Actions are end-effector deltas in OpenVLA-OFT's order (dx dy dz droll dpitch dyaw gripper),
+    per action period ``action_dt``; action k of a chunk is meant for its observation stamp + k * action_dt.
+    """
+
+    handover: str = knob("replace", "Between overlapping chunks: replace (the newest chunk's action for the "
+                         "period) or ensemble (the average of every live chunk's action for the period, weighted "
+                         "exp(-ensemble_decay * i), i = 0 for the oldest: ACT's temporal ensembling).",
+                         choices=("replace", "ensemble"))
+    ensemble_decay: float = knob(0.1, "handover ensemble: m of the weights exp(-m * i), i = 0 for the oldest "
+                                 "chunk's action for the period (m > 0 favours older chunks, as ACT's m = 0.01 does; "
+                                 "0: plain average).", low=0.0, high=10.0)
+    max_chunk_age_s: float = knob(1.5, "A chunk whose observation is older than this is never executed: with no "
+                                  "fresher one the executor holds (one hold command) and says why.",
+                                  low=0.01, high=60.0)
+    max_translation: float = knob(0.05, "Largest translation of one command (m per action period); longer ones are "
+                                  "scaled down.", low=0.0001, high=1.0)
+    max_rotation: float = knob(0.3, "Largest rotation of one command (rad per action period, the norm of "
+                               "droll dpitch dyaw).", low=0.0001, high=3.2)
+    workspace_min: tuple[float, ...] = knob((), "Workspace box, lower corner (x y z, m, the eef pose's frame); with "
+                                            "workspace_max a command never moves the target outside it ([]: no "
+                                            "box; fixed at start).", low=-100.0, high=100.0, max_len=3,
+                                            read_only=True)
+    workspace_max: tuple[float, ...] = knob((), "Workspace box, upper corner (x y z, m).", low=-100.0, high=100.0,
+                                            max_len=3, read_only=True)
+    gripper_threshold: float = knob(0.0, "The gripper action at or above this closes the gripper (OFT: +1 close, "
+                                    "-1 open).", low=-10.0, high=10.0)
+
+    def __post_init__(self) -> None:
+        _validate_section(self, "executor")
+        if len(self.workspace_min) != len(self.workspace_max) or len(self.workspace_min) not in (0, 3):
+            raise ConfigError(f"executor.workspace_min = {list(self.workspace_min)}, executor.workspace_max = "
+                              f"{list(self.workspace_max)}: give both as [x, y, z], or neither")
+        if any(lo >= hi for lo, hi in zip(self.workspace_min, self.workspace_max)):
+            raise ConfigError(f"executor.workspace_min = {list(self.workspace_min)} must be below "
+                              f"executor.workspace_max = {list(self.workspace_max)} on every axis")
+
+
 def _topic(default: str, what: str) -> Any:
     return knob(default, f"Topic of {what} (relative names resolve in the node's namespace; replay reads "
                 f"'/' + a relative name).", read_only=True)
@@ -253,6 +295,14 @@ class TopicsConfig:
     pruning_stats: str = _topic("pruning_stats", "the published pruning statistics")
     joint_trajectory: str = _topic("joint_trajectory", "the published joint trajectory (publish_trajectory)")
     kept_tokens_image: str = _topic("kept_tokens_image", "the kept-patch overlay (debug_image)")
+    command: str = _topic("command", "the chunk executor's commands (ActionCommand, one per action period)")
+    target_pose: str = _topic("target_pose", "the chunk executor's end-effector targets (geometry_msgs/PoseStamped, "
+                              "Cartesian impedance controllers)")
+    target_twist: str = _topic("target_twist", "the chunk executor's end-effector velocities "
+                               "(geometry_msgs/TwistStamped, MoveIt Servo)")
+    eef_pose: str = _topic("eef_pose", "the robot's end-effector pose (geometry_msgs/PoseStamped) the executor's "
+                           "targets and workspace box start from")
+    estop: str = _topic("estop", "the e-stop (std_msgs/Bool, latched): true stops the executor until false")
 
     def __post_init__(self) -> None:
         _validate_section(self, "topics")
@@ -266,7 +316,7 @@ class TopicsConfig:
 
 
 SECTIONS: dict[str, type] = {"": NodeConfig, "pruning": PruningConfig, "controller": ControllerConfig,
-                             "topics": TopicsConfig}
+                             "executor": ExecutorConfig, "topics": TopicsConfig}
 
 
 @dataclass(frozen=True)
@@ -276,6 +326,7 @@ class Config:
     node: NodeConfig = field(default_factory=NodeConfig)
     pruning: PruningConfig = field(default_factory=PruningConfig)
     controller: ControllerConfig = field(default_factory=ControllerConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     topics: TopicsConfig = field(default_factory=TopicsConfig)
 
     # ---- construction -------------------------------------------------------------------
@@ -311,7 +362,7 @@ class Config:
             updates.setdefault(section, {})[key] = coerce(name, value, spec, SECTIONS[section])
         kwargs = {}
         for section, attr in (("", "node"), ("pruning", "pruning"), ("controller", "controller"),
-                              ("topics", "topics")):
+                              ("executor", "executor"), ("topics", "topics")):
             current = getattr(self, attr)
             kwargs[attr] = dataclasses.replace(current, **updates[section]) if section in updates else current
         return Config(**kwargs)
@@ -330,10 +381,18 @@ class Config:
         return yaml.safe_dump({node_name: {"ros__parameters": self.flat()}}, sort_keys=False)
 
     def _section(self, section: str) -> Any:
-        return {"": self.node, "pruning": self.pruning, "controller": self.controller, "topics": self.topics}[section]
+        return {"": self.node, "pruning": self.pruning, "controller": self.controller, "executor": self.executor,
+                "topics": self.topics}[section]
 
 
 # ---- helpers ----------------------------------------------------------------------------------
+
+def model_params_file(model_path: str) -> Path | None:
+    """The knobs a checkpoint directory ships (``specprune.yaml``), if it does. They apply under the
+    user's parameter files and ``-p`` overrides, wherever a model is loaded from its directory."""
+    path = Path(model_path) / MODEL_PARAMS_FILE if model_path else None
+    return path if path is not None and path.is_file() else None
+
 
 def iter_specs() -> Iterator[tuple[str, Spec]]:
     """(dotted name, Spec) of every knob, in declaration order."""
@@ -356,11 +415,17 @@ def parameter_table() -> str:
     return "\n".join(lines) + "\n"
 
 
+def field_type(name: str) -> str:
+    """The knob's Python type as written in its dataclass ("float", "tuple[int, ...]", ...)."""
+    section, key = split_name(name)
+    return str({f.name: f.type for f in dataclasses.fields(SECTIONS[section])}[key])
+
+
 def split_name(name: str) -> tuple[str, str]:
     section, _, key = name.rpartition(".")
     if section not in SECTIONS:
-        raise ConfigError(f"unknown parameter '{name}' (known sections: pruning.*, controller.*, topics.*, and node "
-                          f"parameters such as model_path)")
+        raise ConfigError(f"unknown parameter '{name}' (known sections: pruning.*, controller.*, executor.*, "
+                          f"topics.*, and node parameters such as model_path)")
     return section, key
 
 
@@ -438,6 +503,16 @@ def coerce(name: str, value: Any, spec: Spec, section_cls: type) -> Any:
             out = tuple(value)
             if len(set(out)) != len(out) or len(out) > spec.max_len:
                 raise ConfigError(f"{name} = {list(out)}: needs up to {spec.max_len} distinct names")
+            return out
+        elif ftype.startswith("tuple[float"):
+            if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__") or any(
+                    isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in value):
+                raise TypeError("expected a list of finite numbers")
+            out = tuple(float(v) for v in value)
+            if not spec.min_len <= len(out) <= spec.max_len:
+                raise ConfigError(f"{name} = {list(out)}: needs {spec.min_len} to {spec.max_len} entries")
+            for v in out:
+                _check_range(name, v, spec)
             return out
         elif ftype.startswith("tuple"):
             if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):

@@ -15,7 +15,7 @@ trap 'rm -rf "$build"' EXIT
 stage="$build/install"
 mkdir -p "$root/build"
 log="$root/build/messages.log"
-cp -r "$root/CMakeLists.txt" "$root/package.xml" "$root/msg" "$root/launch" "$root/config" "$build/"
+cp -r "$root/CMakeLists.txt" "$root/package.xml" "$root/msg" "$root/launch" "$root/config" "$root/scripts" "$build/"
 py="$venv/bin/python"
 pyver=$("$py" -c 'import sys; print(f"python{sys.version_info[0]}.{sys.version_info[1]}")')
 
@@ -33,4 +33,12 @@ cp -r "$generated/msg" "$root/specprune_ros/msg"
 cp "$generated"/*.so "$root/specprune_ros/"
 cp "$stage"/lib/libspecprune_ros__*.so "$venv/lib/"
 cp -r "$stage/share/." "$venv/share/"
+# The executables `ros2 run specprune_ros ...` finds in the prefix the ament index registers
+# ($venv), each run by the venv's interpreter.
+mkdir -p "$venv/lib/specprune_ros"
+for exe in "$stage"/lib/specprune_ros/*; do
+  target="$venv/lib/specprune_ros/$(basename "$exe")"
+  { echo "#!$venv/bin/python"; tail -n +2 "$exe"; } >"$target"
+  chmod +x "$target"
+done
 echo "messages built: $(ls "$root/specprune_ros/msg" | grep -c '^_[a-z].*\.py$') modules"

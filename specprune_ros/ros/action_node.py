@@ -3,7 +3,7 @@
 Threads: the executor thread only stores incoming messages and answers parameter requests;
 a worker thread runs the control loop at ``control_rate_hz`` (assemble the freshest complete
 observation, run the policy, publish). Spin the node with one executor thread, as main() does
-(``make_executor``): rclpy's MultiThreadedExecutor busy-loops in Python and starves the
+(``spin.make_executor``): rclpy's MultiThreadedExecutor busy-loops in Python and starves the
 inference thread of the GIL (measured here: occasional 1-7 s steps, all then dropped as stale). Nothing is queued
 beyond small bounded buffers, and nothing is published from a malformed, stale or incomplete
 observation: the reason is logged (throttled) and counted in /diagnostics.
@@ -13,7 +13,6 @@ observation: the reason is logged (throttled) and counted in /diagnostics.
 """
 from __future__ import annotations
 
-import signal
 import sys
 import threading
 import time
@@ -25,8 +24,8 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.subscription import Subscription
 from rclpy.time import Time
@@ -34,18 +33,17 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from ..config import NODE_NAME, Config, ConfigError
+from ..config import NODE_NAME, ConfigError
 from ..control import ControlTick
 from ..model.checkpoint import CheckpointError, LoadedPolicyModel, load_checkpoint
 from ..msg import ActionChunk, PruningStats
 from ..policy import PolicyOutput, SpecPrunePolicy
 from ..sensing.assembly import ObservationAssembler, stamp_nanoseconds
 from ..sensing.transport import LOSS_WARN, TransportMonitor
-from .parameters import declare_all, from_ros
+from .parameters import KNOWN, declare_all, from_ros, model_defaults, unmatched_params_files
+from .spin import StartupError, spin
 
-
-class StartupError(RuntimeError):
-    """The node could not configure at start (autostart); the reason was logged once."""
+LOCKSTEP_WAIT_S = 2.0       # simulated clock: the longest wall-clock wait for a tick's inputs
 
 
 class ActionNode(LifecycleNode):
@@ -57,7 +55,8 @@ class ActionNode(LifecycleNode):
     def __init__(self, loaded: LoadedPolicyModel | None = None, **node_kwargs) -> None:
         """``loaded``: an already loaded model (tests); by default ``model_path`` is loaded at configure."""
         super().__init__(NODE_NAME, **node_kwargs)
-        self.config = declare_all(self, Config())
+        # The model directory's own knobs (its specprune.yaml) under --params-file and -p.
+        self.config = declare_all(self, model_defaults(getattr(self, "_parameter_overrides", {})))
         self._preloaded = loaded
         self._lock = threading.Lock()            # guards self.config between callback and worker
         self.policy: SpecPrunePolicy | None = None
@@ -70,6 +69,7 @@ class ActionNode(LifecycleNode):
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
         self._acting = False                     # the last tick published an action
+        self._last_sim_tick: int | None = None
         self._publishing = threading.Lock()      # an action and the "stop" trajectory never interleave
         self._latencies: deque[float] = deque(maxlen=100)
         self._end_to_end: deque[float] = deque(maxlen=100)
@@ -80,10 +80,12 @@ class ActionNode(LifecycleNode):
         self.transport = TransportMonitor()
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.create_timer(1.0, self._publish_diagnostics)
+        self._starting = self.config.node.autostart
         if self.config.node.autostart:
             if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
                 raise StartupError(self._startup_error)
             self.trigger_activate()
+        self._starting = False
 
     # ---- lifecycle ----------------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -99,13 +101,9 @@ class ActionNode(LifecycleNode):
                                  f"first action dimensions must be joint targets); got {list(node.trajectory_joints)}")
             policy = SpecPrunePolicy(loaded, self.config)
         except (CheckpointError, ConfigError, ValueError, OSError) as exc:
-            self._startup_error = str(exc)
-            self.get_logger().fatal(f"cannot configure: {exc}")
-            return TransitionCallbackReturn.FAILURE
+            return self._configure_failed(str(exc))
         except Exception as exc:   # rclpy's lifecycle code would swallow it silently
-            self._startup_error = f"{type(exc).__name__}: {exc}"
-            self.get_logger().fatal(f"cannot configure: {self._startup_error}")
-            return TransitionCallbackReturn.FAILURE
+            return self._configure_failed(f"{type(exc).__name__}: {exc}")
         with self._lock:
             self.policy = policy
             self.assembler = ObservationAssembler.for_node(self.config, policy.model.proprio_projector is not None)
@@ -119,6 +117,13 @@ class ActionNode(LifecycleNode):
         self.get_logger().info(f"action_node configured: model {node.model_path}, {node.num_images} camera(s), "
                                f"{node.control_rate_hz:g} Hz, pruning {'on' if self.config.pruning.enabled else 'off'}")
         return TransitionCallbackReturn.SUCCESS
+
+    def _configure_failed(self, reason: str) -> TransitionCallbackReturn:
+        """FATAL when the process is about to exit for it (autostart), else ERROR: the node stays
+        unconfigured and a later ``configure`` may succeed."""
+        self._startup_error = reason
+        (self.get_logger().fatal if self._starting else self.get_logger().error)(f"cannot configure: {reason}")
+        return TransitionCallbackReturn.FAILURE
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._active.set()
@@ -205,13 +210,20 @@ class ActionNode(LifecycleNode):
         self.assembler.add_joint_state(stamp, list(msg.name), list(msg.position))
 
     def _on_instruction(self, msg: String) -> None:
-        if msg.data.strip() != self.assembler.instruction:
-            self.get_logger().info(f"instruction: {msg.data.strip()!r}")
+        """The topic's instruction is acted on, and becomes the ``instruction`` parameter too, so
+        ``ros2 param get`` shows what the node acts on."""
+        text = msg.data.strip()
+        if text != self.assembler.instruction:
+            self.get_logger().info(f"instruction: {text!r}")
         self.assembler.set_instruction(msg.data)
+        if text and text != self.config.node.instruction:
+            self.set_parameters([Parameter("instruction", Parameter.Type.STRING, text)])
 
     # ---- live parameters -------------------------------------------------------------------------------
     def _on_set_parameters(self, params) -> SetParametersResult:
-        """Validate through the configuration object; apply atomically from the next step."""
+        """Validate through the configuration object; apply atomically from the next step.
+        rclpy's own parameters (use_sim_time, ...) pass through to rclpy."""
+        params = [p for p in params if p.name in KNOWN]
         with self._lock:
             try:
                 new = self.config.replace(**{p.name: from_ros(p) for p in params})
@@ -231,31 +243,59 @@ class ActionNode(LifecycleNode):
         _name_os_thread("sp-inference")
         next_tick = time.monotonic()
         while not self._stop.is_set():
+            if self.get_clock().ros_time_is_active:   # use_sim_time with a /clock
+                self._guarded(self._sim_clock_tick)
+                next_tick = time.monotonic()
+                continue
             with self._lock:
                 period = 1.0 / self.config.node.control_rate_hz
             next_tick += period
-            try:
-                if self._active.is_set():
-                    self._tick()
-            except Exception as exc:  # never let one bad step kill the robot's node
-                if self._stop.is_set():
-                    break             # shutting down: whatever failed no longer matters
-                self._errors += 1
-                self.get_logger().error(f"inference step failed: {type(exc).__name__}: {exc}",
-                                        throttle_duration_sec=5.0)
-                self._last_reason = f"step failed: {type(exc).__name__}"
-                self._send_stop()
+            if self._active.is_set():
+                self._guarded(self._tick)
             delay = next_tick - time.monotonic()
             if delay < 0:                        # overrun: skip ticks instead of bursting
                 next_tick = time.monotonic()
                 delay = 0.0
             self._stop.wait(delay)
 
+    def _guarded(self, step) -> None:
+        try:
+            step()
+        except Exception as exc:  # never let one bad step kill the robot's node
+            if self._stop.is_set():
+                return            # shutting down: whatever failed no longer matters
+            self._errors += 1
+            self.get_logger().error(f"inference step failed: {type(exc).__name__}: {exc}",
+                                    throttle_duration_sec=5.0)
+            self._last_reason = f"step failed: {type(exc).__name__}"
+            self._send_stop()
+
+    def _sim_clock_tick(self) -> None:
+        """With a simulated clock the ticks are the clock's multiples of the control period, and
+        each waits (up to LOCKSTEP_WAIT_S of wall time) for the inputs stamped at it: a simulator
+        that holds its clock while the policy runs (lockstep) gets exactly one step per tick, on
+        that tick's observation, whatever the wall-clock speed of either side."""
+        with self._lock:
+            period = round(1e9 / self.config.node.control_rate_hz)
+        tick = -(-self._now() // period) * period
+        if self._last_sim_tick is not None and tick <= self._last_sim_tick:
+            tick = self._last_sim_tick + period
+        while self._now() < tick:
+            if self._stop.wait(0.001):
+                return
+        self._last_sim_tick = tick
+        deadline = time.monotonic() + LOCKSTEP_WAIT_S
+        while not self.assembler.has_inputs_at(tick) and time.monotonic() < deadline:
+            if self._stop.wait(0.001):
+                return
+        if self._active.is_set():
+            self._tick(tick)
+
     def _now(self) -> int:
         return self.get_clock().now().nanoseconds
 
-    def _tick(self) -> None:
-        result = self._control.run(self._now(), lambda out: self._now())
+    def _tick(self, now_ns: int | None = None) -> None:
+        result = self._control.run(self._now() if now_ns is None else now_ns, lambda out: self._now())
         if result.output is None:
             if result.dropped:
                 self._note_drop(result.reason)
@@ -425,58 +465,18 @@ def overlay_message(out: PolicyOutput, header_stamp) -> Image:
     return msg
 
 
-def make_executor():
-    """rclpy's EventsExecutor where it exists (Jazzy: an event queue in C++), else the
-    SingleThreadedExecutor (Humble). Each spin of the SingleThreadedExecutor rebuilds its wait
-    set in Python while holding the GIL - with two 30 Hz cameras and 100 Hz joint states that is
-    a quarter of the executor thread's time, taken from the inference thread. Measured with
-    `specprune node-soak --minutes 1` on this project's 2-core CPU machine: 9.1 vs 8.2 chunks/s,
-    policy step p50 108 vs 118 ms."""
-    try:
-        from rclpy.experimental import EventsExecutor
-    except ImportError:
-        return SingleThreadedExecutor()
-    return EventsExecutor()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """``ros2 run specprune_ros action_node``: SIGINT / SIGTERM stop the worker, then ROS.
-
-    rclpy's own signal handler would shut the context down first, while the worker may be in
-    the middle of a step that then fails to publish ("publisher's context is invalid"): here
-    the signal only asks the spin loop to end; the worker is stopped and joined, the node
-    destroyed, and only then the context shut down. Exit code 0.
-    """
-    from rclpy.signals import SignalHandlerOptions
-
+    """``ros2 run specprune_ros action_node``: SIGINT / SIGTERM stop the worker, then ROS; exit
+    code 1 when the node cannot configure at start (autostart)."""
     args = list(sys.argv if argv is None else argv)
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    node = None
-    try:
-        try:
-            node = ActionNode()
-        except StartupError:
-            return 1                              # on_configure logged why
-        except (CheckpointError, ConfigError, ValueError, OSError) as exc:
-            rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
-            return 1
-        executor = make_executor()
-        executor.add_node(node)
-        while not stop.is_set() and rclpy.ok():
-            executor.spin_once(timeout_sec=0.1)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.shutdown()
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    return 0
+
+    def make() -> ActionNode:
+        node = ActionNode()
+        for warning in unmatched_params_files(args, node.get_fully_qualified_name()):
+            node.get_logger().warning(warning)
+        return node
+
+    return spin(make, NODE_NAME, args, (CheckpointError, ConfigError, ValueError, OSError))
 
 
 if __name__ == "__main__":

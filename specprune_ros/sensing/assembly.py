@@ -114,6 +114,13 @@ class ObservationAssembler:
             while len(self.joints) > 1 and self.joints[0].stamp < horizon:
                 self.joints.popleft()
 
+    def has_inputs_at(self, stamp: int) -> bool:
+        """Every camera and (if needed) the joint states delivered something stamped at or after
+        ``stamp``: a lockstep simulator's inputs for that tick are all in."""
+        with self._lock:
+            streams = [*self.images] + ([self.joints] if self.needs_joint_states else [])
+            return all(q and q[-1].stamp >= stamp for q in streams)
+
     def set_instruction(self, text: str) -> None:
         self.instruction = text.strip()
 

@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from ..config import MODEL_PARAMS_FILE
 from ..model.checkpoint import random_model, write_checkpoint
 from ..model.config import ModelConfig, preset
 from ..model.processing import ImageProcessor, NormStats
@@ -35,7 +36,7 @@ STATE_FILE = "train_state.pt"
 STATS_FILE = "dataset_statistics.json"   # the run's statistics, written when it starts
 AUX_DIMS = 4                              # the named object's xy, the named receptacle's xy
 AUX_CENTER, AUX_SCALE = np.array([0.46, 0.0]), 0.2   # metres: the workspace's middle and half-width
-PARAMS_FILE = "specprune.yaml"          # the node parameters this model needs, next to its weights
+PARAMS_FILE = MODEL_PARAMS_FILE         # the node parameters this model needs, next to its weights
 RELEASED_LLM_LAYERS = 32
 
 
@@ -100,8 +101,9 @@ def write_params(directory: Path, layers: int) -> Path:
 
     knobs = layer_knobs(layers)
     lines = [f"# The layer knobs of this {layers}-layer model (the paper's 32-layer choices mapped in proportion).",
-             "# Use: specprune sim eval --params <this file>; ros2 run ... --ros-args --params-file <this file>",
-             "action_node:", "  ros__parameters:"]
+             "# Applied wherever the model is loaded from this directory (the node, sim eval, replay), under",
+             "# the user's parameter files and -p overrides.",
+             "/**:", "  ros__parameters:"]
     lines += [f"    {name}: {json.dumps(value)}" for name, value in knobs.items()]
     path = directory / PARAMS_FILE
     path.write_text("\n".join(lines) + "\n")

@@ -275,6 +275,18 @@ def cmd_node(args: argparse.Namespace) -> int:
     return node_main(["specprune-node", *args.ros_args])
 
 
+def cmd_executor(args: argparse.Namespace) -> int:
+    from .ros.chunk_executor import main as executor_main
+
+    return executor_main(["specprune-executor", *args.ros_args])
+
+
+def cmd_sim_robot(args: argparse.Namespace) -> int:
+    from .ros.sim_robot import main as robot_main
+
+    return robot_main(args.robot_args)
+
+
 def cmd_params(args: argparse.Namespace) -> int:
     """Validate a parameter file (or the defaults) and print the resolved parameters."""
     cfg = _config(args)
@@ -364,7 +376,16 @@ def cmd_sim_eval(args: argparse.Namespace) -> int:
     methods = parse_methods(args.methods, parse_budgets(args.budgets) if args.budgets else None)
     seeds = parse_seeds(args.seeds) if args.seeds else list(seed_range(args.split))[:args.episodes]
     show = progress_bar("eval", "episodes") if not args.json and sys.stderr.isatty() else None
-    result = evaluate(cfg, methods, seeds, args.out, args.workers, show, layout=args.layout)
+    runner = None
+    if args.through_ros:
+        from .ros.sim_stack import ThroughRos
+        from .sim.rollout import CHUNK_EXECUTED
+
+        if not any(item.startswith("control_rate_hz:=") for item in args.param or ()):
+            # the in-process episodes query once per executed chunk: the same here, unless told otherwise
+            cfg = cfg.replace(control_rate_hz=1.0 / (CHUNK_EXECUTED * cfg.node.action_dt))
+        runner = ThroughRos(args.out, args.workers, args.clock, layout=args.layout)
+    result = evaluate(cfg, methods, seeds, args.out, args.workers, show, layout=args.layout, runner=runner)
     if show:
         print(file=sys.stderr)
     rows = [TABLE_HEADER] + table_rows(result["methods"])
@@ -598,6 +619,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ros_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_node, json=False)
 
+    p = sub.add_parser("executor", help="start the chunk executor (as `ros2 run specprune_ros chunk_executor`)",
+                       description="start the chunk executor; arguments after `executor` go to ROS (--ros-args ...)")
+    p.add_argument("ros_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_executor, json=False)
+
     p = add("bench", cmd_bench, "latency of pruned vs unpruned in one run on the same observations")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--model-config", choices=sorted(PRESETS), default=None,
@@ -698,6 +724,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--split", choices=("train", "validation", "test"), default="test")
     layout_arg(q)
     config_args(q)
+    q = sim_sub.add_parser("robot", help="the task as a robot on ROS 2 (cameras, joint states, /clock; moves by "
+                                         "the chunk executor's commands)",
+                           description="the task as a robot on ROS 2; see `specprune sim robot --seeds 0:1 --help`")
+    q.add_argument("robot_args", nargs=argparse.REMAINDER, help="--seeds A:B [--clock lockstep|realtime] "
+                                                                "[--log FILE] [--ros-args ...]")
+    q.set_defaults(func=cmd_sim_robot, json=False)
     q = add_sim("eval", cmd_sim_eval, "closed-loop success of a model on the task's seeds, pruned and unpruned")
     q.add_argument("--model", required=True, help="checkpoint directory (released layout), e.g. sim train's model/")
     q.add_argument("--episodes", type=positive_int, default=50)
@@ -709,7 +741,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "which must be listed too), or a variant of specprune: " + ", ".join(VARIANTS))
     q.add_argument("--budgets", metavar="A1,A2,...", help="budget sweep: every method listed without @alpha runs at "
                                                          "each of these alphas, on the same seeds")
-    q.add_argument("--workers", type=positive_int, default=1, help="episodes in parallel processes")
+    q.add_argument("--workers", type=positive_int, default=1, help="episodes in parallel processes (--through-ros: "
+                                                                    "robots side by side, /robot1, /robot2, ...)")
+    q.add_argument("--through-ros", action="store_true",
+                   help="run every episode through the ROS 2 stack: the sim robot, the action node and the chunk "
+                        "executor in their own processes over DDS (queries once per executed chunk unless "
+                        "-p control_rate_hz:=... says otherwise)")
+    q.add_argument("--clock", choices=("lockstep", "realtime"), default="lockstep",
+                   help="--through-ros: lockstep (sim time held until each period's command: deterministic) or "
+                        "realtime (the robot steps every action_dt of wall time)")
     layout_arg(q)
     q.add_argument("--out", default="sim_eval", help="output directory: results.json, episodes.csv, plots, "
                                                      "report.html")
@@ -745,9 +785,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["node"] and "--help" not in argv[1:2] and "-h" not in argv[1:2]:
-        # ROS owns everything after `node` (--ros-args ...), which argparse would reject.
-        return cmd_node(argparse.Namespace(ros_args=argv[1:]))
+    # The ROS processes own their arguments (--ros-args ...), which argparse would reject.
+    passthrough = {("node",): lambda rest: cmd_node(argparse.Namespace(ros_args=rest)),
+                   ("executor",): lambda rest: cmd_executor(argparse.Namespace(ros_args=rest)),
+                   ("sim", "robot"): lambda rest: cmd_sim_robot(argparse.Namespace(robot_args=rest))}
+    for prefix, command in passthrough.items():
+        rest = argv[len(prefix):]
+        if tuple(argv[:len(prefix)]) == prefix and "--help" not in rest[:1] and "-h" not in rest[:1]:
+            try:
+                return command(rest)
+            except KeyboardInterrupt:          # Ctrl-C while torch imports: a clean exit
+                return 0
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -34,7 +34,7 @@ from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from ..config import NODE_NAME, ConfigError
-from ..control import ControlTick
+from ..control import ControlTick, TickResult
 from ..model.checkpoint import CheckpointError, LoadedPolicyModel, load_checkpoint
 from ..msg import ActionChunk, PruningStats
 from ..policy import PolicyOutput, SpecPrunePolicy
@@ -277,37 +277,47 @@ class ActionNode(LifecycleNode):
         that tick's observation, whatever the wall-clock speed of either side."""
         with self._lock:
             period = round(1e9 / self.config.node.control_rate_hz)
+        if self._now() == 0:                     # no /clock message yet: no time to act at
+            self._stop.wait(0.01)
+            return
         tick = -(-self._now() // period) * period
         if self._last_sim_tick is not None and tick <= self._last_sim_tick:
             tick = self._last_sim_tick + period
         while self._now() < tick:
             if self._stop.wait(0.001):
                 return
+        tick = max(tick, self._now() // period * period)   # the clock jumped past ticks: the latest one
         self._last_sim_tick = tick
+        # The tick's inputs, then its step; an observation still waiting for a partner is tried
+        # again (the simulator holds its clock until this tick's chunk: a later tick never comes).
         deadline = time.monotonic() + LOCKSTEP_WAIT_S
-        while not self.assembler.has_inputs_at(tick) and time.monotonic() < deadline:
-            if self._stop.wait(0.001):
+        while self._active.is_set():
+            late = time.monotonic() >= deadline
+            if self.assembler.has_inputs_at(tick) or late:
+                result = self._tick(tick)
+                if result.output is not None or result.dropped or late:
+                    return
+            if self._stop.wait(0.002):
                 return
-        if self._active.is_set():
-            self._tick(tick)
 
     def _now(self) -> int:
         return self.get_clock().now().nanoseconds
 
-    def _tick(self, now_ns: int | None = None) -> None:
+    def _tick(self, now_ns: int | None = None) -> TickResult:
         result = self._control.run(self._now() if now_ns is None else now_ns, lambda out: self._now())
         if result.output is None:
             if result.dropped:
                 self._note_drop(result.reason)
-            return
+            return result
         with self._publishing:
             if self._stop.is_set() or not self._active.is_set():
-                return                            # stopping or deactivated meanwhile: publish nothing
+                return result                     # stopping or deactivated meanwhile: publish nothing
             self._publish(result.output, result.observation.stamp_ns)
             self._acting = True
         self._latencies.append(result.output.stats.latency_ms)
         self._end_to_end.append(result.age_s * 1e3)
         self._published.append(time.monotonic())
+        return result
 
     def _note_drop(self, reason: str) -> None:
         self._last_reason = reason
@@ -332,7 +342,8 @@ class ActionNode(LifecycleNode):
         now = time.monotonic()
         recent = [t for t in list(self._published) if now - t <= 5.0]      # copies: the worker appends
         rate = len(recent) / 5.0
-        status = DiagnosticStatus(name=f"{self.get_name()}: inference", hardware_id=self.config.node.model_path)
+        status = DiagnosticStatus(name=f"{self.get_fully_qualified_name()}: inference",
+                                  hardware_id=self.config.node.model_path)
         if self.lifecycle_state != "active":
             status.level = DiagnosticStatus.OK
             status.message = f"{self.lifecycle_state}: not acting"

@@ -30,6 +30,7 @@ from lifecycle_msgs.msg import TransitionEvent
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
+from rosgraph_msgs.msg import Clock
 from std_msgs.msg import Bool
 
 from ..config import NODE_NAME, Config, iter_specs
@@ -60,7 +61,14 @@ class ChunkExecutorNode(Node):
         self.create_subscription(PoseStamped, topics.eef_pose, self._on_pose, 10)
         self.create_subscription(Bool, topics.estop, self._on_estop, LATCHED)
         self.create_subscription(TransitionEvent, f"{NODE_NAME}/transition_event", self._on_transition, 10)
-        self.create_timer(self.config.node.action_dt, self._on_period)
+        # Periods: a wall-clock timer, or with use_sim_time every /clock message that starts a new
+        # period (a timer on sim time was seen to miss a period now and then, which stalls a
+        # lockstep simulator waiting for that period's command).
+        self._dt_ns = round(self.config.node.action_dt * 1e9)
+        self._last_period: int | None = None
+        self._clock_ns = 0                        # the newest /clock (the node's clock may lag it)
+        self.create_timer(self.config.node.action_dt, self._on_timer)
+        self.create_subscription(Clock, "/clock", self._on_clock, 10)
         self.create_timer(1.0, self._publish_diagnostics)
 
     def _now_s(self) -> float:
@@ -102,8 +110,21 @@ class ChunkExecutorNode(Node):
             self._on_period()
 
     # ---- the period --------------------------------------------------------------------------------
-    def _on_period(self) -> None:
-        now_ns = self.get_clock().now().nanoseconds
+    def _on_timer(self) -> None:
+        if not self.get_clock().ros_time_is_active:
+            self._on_period()
+
+    def _on_clock(self, msg: Clock) -> None:
+        now_ns = self._clock_ns = max(self._clock_ns, msg.clock.sec * 10**9 + msg.clock.nanosec)
+        if self.get_clock().ros_time_is_active and now_ns // self._dt_ns != self._last_period:
+            self._last_period = now_ns // self._dt_ns
+            self._on_period(now_ns)
+
+    def _on_period(self, now_ns: int | None = None) -> None:
+        if now_ns is None:
+            now_ns = self.get_clock().now().nanoseconds
+            if self.get_clock().ros_time_is_active:
+                now_ns = max(now_ns, self._clock_ns)
         position = None if self.pose is None else _position(self.pose)
         command = self.core.command(now_ns * 1e-9, position)
         if command is None:

@@ -1,6 +1,7 @@
 """Running one node in its own process: signals, executor, clean shutdown, exit code."""
 from __future__ import annotations
 
+import faulthandler
 import signal
 import sys
 import threading
@@ -36,12 +37,13 @@ def spin(make_node: Callable[[], Node], name: str, argv: Sequence[str] | None = 
 
     rclpy's own signal handler would shut the context down first, while a worker thread may be in
     the middle of a step that then fails to publish ("publisher's context is invalid"). Exit code
-    0 on a signal, 1 when the node cannot start (``StartupError`` or one of ``startup_errors``:
-    one FATAL line, no traceback).
+    0 on a signal (SIGUSR1 prints every thread's stack to stderr and goes on), 1 when the node
+    cannot start (``StartupError`` or one of ``startup_errors``: one FATAL line, no traceback).
     """
     from rclpy.signals import SignalHandlerOptions
 
     args = list(sys.argv if argv is None else argv)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)   # `kill -USR1 <pid>`: every thread's stack
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -56,7 +58,8 @@ def spin(make_node: Callable[[], Node], name: str, argv: Sequence[str] | None = 
             return 1
         executor = make_executor()
         executor.add_node(node)
-        while not stop.is_set() and rclpy.ok():
+        finished = getattr(node, "finished", None)      # a node that ends by itself (the sim robot)
+        while not stop.is_set() and rclpy.ok() and not (finished is not None and finished.is_set()):
             executor.spin_once(timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass

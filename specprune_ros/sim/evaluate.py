@@ -68,35 +68,66 @@ def _run_episode(task: tuple[str, Config, int, bool, int, str]) -> dict[str, Any
             "flops_ratio": r.flops_ratio, "recall": r.recall, "fine_mode": r.fine_mode, "snapshot": r.snapshot}
 
 
+class InProcess:
+    """Episodes in ``workers`` processes, each calling the policy directly (the default runner)."""
+
+    name = "in-process"
+
+    def __init__(self, workers: int = 1, max_steps: int = MAX_STEPS, layout: str = DEFAULT_LAYOUT) -> None:
+        self.workers, self.max_steps, self.layout = workers, max_steps, layout
+        self.threads = max(1, (os.cpu_count() or 1) // workers)
+
+    def __enter__(self) -> "InProcess":
+        self.pool = ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"), initializer=_worker_init,
+                                        initargs=(self.threads,))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.pool.shutdown()
+
+    def run(self, label: str, config: Config, seeds: list[int], done: Callable[[], None]) -> list[dict[str, Any]]:
+        tasks = [(label, config, seed, i == 0, self.max_steps, self.layout) for i, seed in enumerate(seeds)]
+        results = []
+        for r in self.pool.map(_run_episode, tasks):
+            results.append(r)
+            done()
+        return results
+
+    def summary(self, results: list[dict[str, Any]]) -> dict[str, Any]:
+        return {}
+
+
 # ---- the evaluation --------------------------------------------------------------------------------------
 def evaluate(config: Config, methods: list[Method], seeds: list[int], out: str | Path, workers: int = 1,
              progress: Callable[[int, int], None] | None = None, max_steps: int = MAX_STEPS,
-             layout: str = DEFAULT_LAYOUT) -> dict[str, Any]:
+             layout: str = DEFAULT_LAYOUT, runner: Any = None) -> dict[str, Any]:
+    """``runner`` runs one method's episodes (``InProcess`` by default; the ROS stack's runner
+    runs them through DDS) and may add its own figures to each method's summary."""
     from .rollout import wilson_interval
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    total, done = len(methods) * len(seeds), 0
+    total, done = len(methods) * len(seeds), [0]
     episodes: dict[str, list[dict[str, Any]]] = {}
     summary: dict[str, dict[str, Any]] = {}
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init,
-                             initargs=(threads,)) as pool:
+    runner = runner or InProcess(workers, max_steps, layout)
+
+    def one_done() -> None:
+        done[0] += 1
+        if progress:
+            progress(done[0], total)
+
+    with runner:
         for method in methods:
             fastv_tokens = None
             if method.matched_to:
                 fastv_tokens = max(1, round(summary[method.matched_to]["kept_tokens_mean"]))
             cfg = method.config(config, fastv_tokens)
-            tasks = [(method.label, cfg, seed, i == 0, max_steps, layout) for i, seed in enumerate(seeds)]
-            results = []
-            for r in pool.map(_run_episode, tasks):
-                results.append(r)
-                done += 1
-                if progress:
-                    progress(done, total)
+            results = runner.run(method.label, cfg, seeds, one_done)
             episodes[method.label] = results
             alpha = None if method.name == "none" else cfg.pruning.alpha   # the configured one if none given
             summary[method.label] = _summarize(method, results, wilson_interval, fastv_tokens, alpha)
+            summary[method.label].update(runner.summary(results))
     reference = summary.get("none", {}).get("latency_ms_mean")
     for s in summary.values():
         s["speedup"] = reference / s["latency_ms_mean"] if reference else math.nan
@@ -106,8 +137,8 @@ def evaluate(config: Config, methods: list[Method], seeds: list[int], out: str |
             summary[comparison["a"]]["vs_none"] = {k: comparison[k] for k in ("difference", "p_value")}
     result = {"model": config.node.model_path, "episodes_per_method": len(seeds), "seeds": [seeds[0], seeds[-1]],
               "split": seed_split(seeds), "max_steps": max_steps, "layout": layout, "device": _device_name(config),
-              "workers": workers, "torch_threads_per_worker": threads, "methods": summary,
-              "paired": paired, "curves": budget_curves(summary)}
+              "runner": runner.name, "workers": runner.workers, "torch_threads_per_worker": runner.threads,
+              "methods": summary, "paired": paired, "curves": budget_curves(summary)}
     (out / "results.json").write_text(json.dumps(finite(result), indent=2, allow_nan=False))
     _write_csv(out / "episodes.csv", episodes)
     _plots(out, summary, episodes)
@@ -210,21 +241,28 @@ def _device_name(config: Config) -> str:
 def _summarize(method: Method, results: list[dict[str, Any]], wilson, fastv_tokens: int | None,
                alpha: float | None) -> dict[str, Any]:
     wins = sum(r["success"] for r in results)
-    latency = np.concatenate([r["latency_ms"] for r in results])
-    recall = np.concatenate([r["recall"] for r in results])
+
+    def every(key: str) -> np.ndarray:
+        return np.concatenate([np.asarray(r[key], np.float64) for r in results])
+
+    latency, recall = every("latency_ms"), every("recall")
     recall = recall[np.isfinite(recall)]
     low, high = wilson(wins, len(results))
     return {
         "method": method.name, "alpha": alpha, "knobs": method.overrides, "fastv_tokens": fastv_tokens,
         "episodes": len(results), "successes": wins, "success_rate": wins / len(results), "success_ci95": [low, high],
-        "latency_ms_mean": float(latency.mean()), "latency_ms_p95": float(np.percentile(latency, 95)),
-        "flops_ratio_mean": float(np.mean(np.concatenate([r["flops_ratio"] for r in results]))),
-        "kept_tokens_mean": float(np.mean(np.concatenate([r["kept_tokens"] for r in results]))),
-        "global_recall_mean": float(recall.mean()) if recall.size else math.nan,
-        "fine_mode_share": float(np.mean(np.concatenate([r["fine_mode"] for r in results]))),
+        "latency_ms_mean": _mean(latency), "latency_ms_p95": float(np.percentile(latency, 95)) if latency.size
+        else math.nan,
+        "flops_ratio_mean": _mean(every("flops_ratio")), "kept_tokens_mean": _mean(every("kept_tokens")),
+        "global_recall_mean": _mean(recall), "fine_mode_share": _mean(every("fine_mode")),
         "episode_steps_mean": float(np.mean([r["steps"] for r in results])),
         "failures": {f: sum(r["failure"] == f for r in results) for f in FAILURES},
     }
+
+
+def _mean(values: np.ndarray) -> float:
+    """The mean, NaN for no values (a method whose steps all dropped)."""
+    return float(values.mean()) if values.size else math.nan
 
 
 def _write_csv(path: Path, episodes: dict[str, list[dict[str, Any]]]) -> None:
@@ -235,8 +273,9 @@ def _write_csv(path: Path, episodes: dict[str, list[dict[str, Any]]]) -> None:
         for label, results in episodes.items():
             for r in results:
                 writer.writerow([label, r["seed"], r["instruction"], int(r["success"]), r["failure"], r["steps"],
-                                 len(r["latency_ms"]), f"{np.mean(r['latency_ms']):.2f}",
-                                 f"{np.mean(r['kept_tokens']):.1f}", f"{np.mean(r['flops_ratio']):.4f}"])
+                                 len(r["latency_ms"]), f"{_mean(np.asarray(r['latency_ms'])):.2f}",
+                                 f"{_mean(np.asarray(r['kept_tokens'])):.1f}",
+                                 f"{_mean(np.asarray(r['flops_ratio'])):.4f}"])
 
 
 def _plots(out: Path, summary: dict[str, dict[str, Any]], episodes: dict[str, list[dict[str, Any]]]) -> None:
@@ -270,7 +309,7 @@ def _plots(out: Path, summary: dict[str, dict[str, Any]], episodes: dict[str, li
     fig.savefig(out / "kept_tokens.png", dpi=100)
     plt.close(fig)
 
-    snaps = [(m, r[0]["snapshot"]) for m, r in episodes.items() if r[0]["snapshot"] is not None]
+    snaps = [(m, r[0]["snapshot"]) for m, r in episodes.items() if r[0].get("snapshot") is not None]
     if snaps:
         fig, axes = plt.subplots(len(snaps), 1, figsize=(6, 3.1 * len(snaps)), squeeze=False)
         for ax, (method, image) in zip(axes[:, 0], snaps):
@@ -319,5 +358,6 @@ def _report(out: Path, result: dict[str, Any]) -> None:
     (out / "report.html").write_text(
         f"<!doctype html><html><head><meta charset='utf-8'><title>specprune sim eval</title></head><body>"
         f"<h1>Closed-loop evaluation</h1><p>model {result['model']}, {result['episodes_per_method']} episodes per "
-        f"method (seeds {result['seeds'][0]}-{result['seeds'][1]}), {result['workers']} worker(s)</p>"
+        f"method (seeds {result['seeds'][0]}-{result['seeds'][1]}), {result['runner']}, {result['workers']} "
+        f"worker(s)</p>"
         f"<table border='1' cellpadding='4'><tr>{head}</tr>{body}</table>{images}</body></html>")

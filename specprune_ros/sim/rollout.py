@@ -18,6 +18,7 @@ from .env import ACTION_DT, TabletopEnv
 from .scene import OBJECTS
 
 LIFTED_M = 0.03                          # an object this far above its resting height was picked up
+CHUNK_EXECUTED = 8                       # actions of each chunk executed before the next query (OFT on LIBERO)
 
 
 @dataclass
@@ -46,7 +47,12 @@ class EpisodeResult:
         return "not placed" if self.lifted.get(self.target, 0.0) > LIFTED_M else "missed grasp"
 
 
-def run_policy_episode(env: TabletopEnv, policy: SpecPrunePolicy, seed: int, execute: int = 8,
+def object_heights(env: TabletopEnv) -> dict[str, float]:
+    """Every graspable object's height (m): against its height at reset, what was picked up."""
+    return {name: float(env.object_position(name)[2]) for name in OBJECTS}
+
+
+def run_policy_episode(env: TabletopEnv, policy: SpecPrunePolicy, seed: int, execute: int = CHUNK_EXECUTED,
                        on_step: Callable[[float, dict, np.ndarray, str], None] | None = None,
                        snapshot_query: int | None = None) -> EpisodeResult:
     """``on_step(stamp, observation, action, instruction)`` sees every executed action (recording);
@@ -54,7 +60,7 @@ def run_policy_episode(env: TabletopEnv, policy: SpecPrunePolicy, seed: int, exe
     obs, info = env.reset(seed=seed)
     policy.reset()
     result = EpisodeResult(seed, info["instruction"], False, 0, target=env.task.target)
-    rest = {name: env.object_position(name)[2] for name in OBJECTS}
+    rest = object_heights(env)
     history: list[HistoryFrame] = []
     while True:
         out = policy.step(Observation([obs["primary"], obs["wrist"]], obs["proprio"], info["instruction"],
@@ -72,8 +78,8 @@ def run_policy_episode(env: TabletopEnv, policy: SpecPrunePolicy, seed: int, exe
             if on_step is not None:
                 on_step(env.steps * ACTION_DT, obs, action, info["instruction"])
             obs, _, success, truncated, info = env.step(action)
-            for name in OBJECTS:
-                result.lifted[name] = max(result.lifted.get(name, 0.0), env.object_position(name)[2] - rest[name])
+            for name, height in object_heights(env).items():
+                result.lifted[name] = max(result.lifted.get(name, 0.0), height - rest[name])
             if success or truncated:
                 result.success, result.steps = bool(success), env.steps
                 return result

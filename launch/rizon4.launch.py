@@ -3,16 +3,23 @@
     ros2 launch specprune_ros rizon4.launch.py model_path:=/models/openvla-oft-rizon4 \
         unnorm_key:=rizon4_pick_place instruction:="put the cup on the plate"
 
-Parameters come from config/rizon4.yaml; the launch arguments override the model, the
-statistics key and the instruction. The topics are that file's `topics.*` parameters (node input
+Parameters: the model directory's own specprune.yaml (if it has one), then config/rizon4.yaml
+(or params_file), then extra_params_file (e.g. config/pruning-paper.yaml), then the launch
+arguments (model, statistics key, instruction, use_sim_time). ``namespace:=/robot1`` runs the node
+as /robot1/action_node (the parameter files are keyed /** so they still apply). A node that
+cannot configure exits 1 and takes the launch down with a non-zero exit code.
+
+The topics are that file's `topics.*` parameters (node input
 -> Rizon4 topic): the node subscribes and publishes on them, and `specprune replay --params`
 reads recordings by the same names, so the mapping lives in one place.
 
 The node process gets the Fast DDS profile for camera traffic (config/fastdds_large_data.xml: a
 32 MiB shared-memory segment; the default 512 KiB one is smaller than one 640x480 frame and loses
-frames); the camera drivers need the same profile (README, "DDS for camera traffic").
+frames); the camera drivers need the same profile (docs/node.md, "DDS for camera traffic").
 """
-from launch.actions import DeclareLaunchArgument
+from launch.actions import DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler
+from launch.event_handlers import OnProcessExit
+from launch.events import Shutdown
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
@@ -31,25 +38,40 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("instruction", default_value="", description="task instruction"),
         DeclareLaunchArgument("params_file", default_value=params_file,
                               description="ROS parameter file (same file specprune replay --params reads)"),
+        DeclareLaunchArgument("extra_params_file", default_value="",
+                              description="a second parameter file layered on params_file"),
+        DeclareLaunchArgument("namespace", default_value="", description="the node's namespace (e.g. /robot1)"),
+        DeclareLaunchArgument("use_sim_time", default_value="false", description="run on /clock"),
         DeclareLaunchArgument("dds_profile", default_value=dds_profile,
                               description="Fast DDS XML profile of the node process (large camera frames)"),
     ]
-    profile = LaunchConfiguration("dds_profile")
+    return LaunchDescription([*arguments, OpaqueFunction(function=_node)])
+
+
+def _node(context):
+    value = {name: LaunchConfiguration(name).perform(context)
+             for name in ("model_path", "unnorm_key", "instruction", "params_file", "extra_params_file", "namespace",
+                          "use_sim_time", "dds_profile")}
+    files = [value["params_file"]] + ([value["extra_params_file"]] if value["extra_params_file"] else [])
     node = Node(
         package="specprune_ros",
         executable="action_node",
         name="action_node",
+        namespace=value["namespace"],
         output="screen",
         emulate_tty=True,
         # Fast DDS 3 (Jazzy) reads the first, Fast DDS 2 (Humble) the second.
-        additional_env={"FASTDDS_DEFAULT_PROFILES_FILE": profile, "FASTRTPS_DEFAULT_PROFILES_FILE": profile},
-        parameters=[
-            LaunchConfiguration("params_file"),
-            {
-                "model_path": LaunchConfiguration("model_path"),
-                "unnorm_key": LaunchConfiguration("unnorm_key"),
-                "instruction": LaunchConfiguration("instruction"),
-            },
-        ],
+        additional_env={"FASTDDS_DEFAULT_PROFILES_FILE": value["dds_profile"],
+                        "FASTRTPS_DEFAULT_PROFILES_FILE": value["dds_profile"]},
+        parameters=[*files, {"model_path": value["model_path"], "unnorm_key": value["unnorm_key"],
+                             "instruction": value["instruction"],
+                             "use_sim_time": value["use_sim_time"].lower() in ("true", "1")}],
     )
-    return LaunchDescription([*arguments, node])
+    # The node's exit ends the launch; a non-zero exit (it could not configure) fails it.
+    return [node, RegisterEventHandler(OnProcessExit(target_action=node, on_exit=_on_node_exit))]
+
+
+def _on_node_exit(event, context):
+    if event.returncode:
+        raise RuntimeError(f"action_node exited with code {event.returncode}")   # ros2 launch exits 1
+    return [EmitEvent(event=Shutdown(reason="action_node exited"))]

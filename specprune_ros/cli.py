@@ -108,7 +108,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     model = Path(SHIPPED_MODELS[DEMO_MODEL])
     if not (model / PARAMS_FILE).is_file():
         raise ConfigError(f"{model}: the shipped {DEMO_MODEL} model is not in this checkout (train one with "
-                          f"`specprune sim train`, see README)")
+                          f"`specprune sim train`, see docs/sim.md)")
     cfg = Config.from_yaml(model / PARAMS_FILE).replace(model_path=DEMO_MODEL, device="cpu")
     seeds = list(seed_range("test"))[:args.episodes]
     show = progress_bar("closed loop", "episodes") if interactive else None
@@ -452,12 +452,11 @@ def proxy_episodes(args: argparse.Namespace, cfg: Config, loaded, show) -> list:
 def _recorded_model(args: argparse.Namespace) -> tuple[Config, Any, list, bool]:
     """proxy / calibrate: the configuration, the loaded model, the observation sequences, and
     whether progress bars are shown."""
-    from .model.checkpoint import load_checkpoint
+    from .policy import load_model
     from .tools.progress import progress_bar
 
     cfg = _config(args, args.model)
-    node = cfg.node
-    loaded = load_checkpoint(node.model_path, node.device, node.dtype, node.unnorm_key)
+    loaded = load_model(cfg)
     interactive = not args.json and sys.stderr.isatty()
     episodes = proxy_episodes(args, cfg, loaded, progress_bar("recording", "episodes") if interactive else None)
     if interactive:

@@ -10,172 +10,20 @@ Names are dotted as the node's ROS parameters are (``pruning.alpha``); nested di
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import yaml
 
+from .knobs import ConfigError, Spec, coerce, knob, validate_section
+from .pruning.config import ControllerConfig, PruningConfig, PruningSettings
+
+__all__ = ["Config", "ConfigError", "ControllerConfig", "ExecutorConfig", "NodeConfig", "PruningConfig",
+           "PruningSettings", "Spec", "TopicsConfig", "iter_specs", "model_params_file", "parameter_table"]
+
 NODE_NAME = "action_node"
 MODEL_PARAMS_FILE = "specprune.yaml"      # a checkpoint directory's own knobs (e.g. its layer choices)
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing, of the wrong type or outside its allowed range."""
-
-
-@dataclass(frozen=True)
-class Spec:
-    """What a knob means and which values it accepts."""
-
-    description: str
-    low: float | None = None
-    high: float | None = None
-    choices: tuple[Any, ...] | None = None
-    read_only: bool = False
-    # For list-valued knobs: allowed range of every element and of the length.
-    min_len: int = 0
-    max_len: int = 64
-
-    def allowed(self) -> str:
-        if self.choices is not None:
-            return "one of " + ", ".join(repr(c) for c in self.choices)
-        lo = "-inf" if self.low is None else f"{self.low:g}"
-        hi = "inf" if self.high is None else f"{self.high:g}"
-        return f"range [{lo}, {hi}]"
-
-
-def knob(default: Any, description: str, **spec: Any) -> Any:
-    """A dataclass field with its Spec in the metadata."""
-    if isinstance(default, (list, tuple)):
-        return field(default_factory=lambda: tuple(default), metadata={"spec": Spec(description, **spec)})
-    return field(default=default, metadata={"spec": Spec(description, **spec)})
-
-
-@dataclass(frozen=True)
-class PruningConfig:
-    """SpecPrune-VLA knobs: the paper's (and the authors' code's) values, plus the coverage floor and
-    alpha the sim testbed's validation sweep chose (docs/pruning-results.md)."""
-
-    enabled: bool = knob(True, "Prune vision tokens with pruning.method; false runs the plain OpenVLA-OFT forward.")
-    method: str = knob("specprune", "Pruning rule: specprune (this method); random (SpecPrune's per-camera, "
-                       "per-layer token counts, tokens chosen at random: a matched-budget baseline); fastv "
-                       "(FastV: after layer fastv_layer keep the fastv_tokens vision tokens the instruction "
-                       "attends to most).", choices=("specprune", "random", "fastv"))
-    fastv_layer: int = knob(2, "FastV's K: the 1-based LLM layer after which it prunes (FastV: 2).",
-                            low=1, high=1024)
-    fastv_tokens: int = knob(160, "FastV's R: vision tokens kept over all cameras (sim eval matches it to "
-                             "SpecPrune's mean kept count).", low=1, high=8192)
-    alpha: float = knob(1.6, "Global pruning strength: every K is scaled by alpha (paper main table: 0.8; 1.6 with "
-                        "the coverage floor is the lowest budget within 3 points of unpruned on the sim testbed's "
-                        "validation sweep).", low=0.05, high=4.0)
-    k_global: int = knob(30, "K_G: tokens per camera taken from the previous step's global-layer scores.",
-                         low=0, high=4096)
-    k_local: int = knob(24, "K_L: tokens per camera taken from the current step's first layers.",
-                        low=0, high=4096)
-    k_dynamic: int = knob(20, "K_D: most-changed patches per camera taken from frame differencing.",
-                          low=0, high=4096)
-    global_layers: tuple[int, ...] = knob((15, 32), "1-based LLM layers whose scores form the next step's prior "
-                                          "(paper: a middle and the last layer).", low=1, high=1024,
-                                          min_len=1, max_len=8)
-    local_layers: int = knob(2, "Leading LLM layers run on all tokens to score the local set (paper: 2).",
-                             low=1, high=16)
-    frame_similarity_threshold: float = knob(
-        0.990, "Patch cosine similarity below which a primary-camera patch counts as changed (tau).",
-        low=0.0, high=1.0)
-    frame_similarity_threshold_wrist: float = knob(
-        0.992, "Same threshold for the wrist (and further) cameras (an older note of the authors: 0.992; their "
-        "released code uses 0.986 for both cameras).", low=0.0, high=1.0)
-    history_base: float = knob(7.0, "b of the history rule T = floor(b + k*v) + offset (T in action periods, v the "
-                               "arm's translation speed over pruning.history_horizon action periods).",
-                               low=0.0, high=64.0)
-    history_slope: float = knob(-1.0, "k of the history rule; <= 0 so faster motion compares closer frames.",
-                                low=-64.0, high=0.0)
-    history_offset: int = knob(4, "Offset of the history rule (paper: 4).", low=0, high=64)
-    history_horizon: float = knob(
-        8.0, "Action periods the history rule's speed is scaled to: v = ||net translation per executed action|| x "
-        "this (8 = OFT's chunk: v is one executed chunk's translation, as in the paper), so the same arm motion "
-        "gives the same T whether the node re-plans every period or once per chunk.", low=1.0, high=1024.0)
-    scene_cut_fraction: float = knob(
-        0.6, "Share of primary-camera patches changed (below tau) since the previous step above which "
-        "the temporal prior is distrusted and the step keeps every token (1 disables).", low=0.0, high=1.0)
-    dynamic_layers: tuple[int, ...] = knob((5, 10, 15, 20), "1-based LLM layers after which the "
-                                           "lowest-importance vision tokens are dropped (empty: none).",
-                                           low=1, high=1024, min_len=0, max_len=64)
-    dynamic_drop_ratio: float = knob(0.2, "Share of the remaining vision tokens dropped at each dynamic layer "
-                                     "(paper: ~10 %; the authors' code has this stage off by default and, "
-                                     "switched on, keeps 80 % of the whole sequence).", low=0.0, high=0.9)
-    ema_beta: float = knob(0.2, "beta of the importance EMA over layers: S = (1-beta) S + beta s.",
-                           low=0.0, high=1.0)
-    rank_sharpness: float = knob(0.05, "k of the rank weight sigmoid(-k * rank) (not given in the paper).",
-                                 low=0.0, high=10.0)
-    confidence: str = knob("entropy", "Layer confidence for the EMA: 1/entropy (paper default) or mean/std.",
-                           choices=("entropy", "mean_std"))
-    score_queries: str = knob(
-        "instruction", "Whose attention scores the vision tokens, for SpecPrune and FastV alike: instruction (the "
-        "paper: the prompt's tokens), "
-        "action (the positions the action head reads, decoded in the same forward), or both.",
-        choices=("instruction", "action", "both"))
-    coverage_grid: int = knob(
-        8, "Static stage: split each camera's patch grid into coverage_grid x coverage_grid blocks and keep every "
-        "block's best-scoring patch (this step's local layers), so no region of an image is left empty (0: off, "
-        "the paper; 8: every 2 x 2 patch block of the 16 x 16 grid keeps one).", low=0, high=64)
-    coverage_pick: str = knob(
-        "best", "Which patch of each coverage block is kept: best (this step's local scores) or random (a seeded "
-        "draw at every step, so the floor re-samples each block as random pruning does).",
-        choices=("best", "random"))
-    coverage_dynamic: bool = knob(
-        False, "Keep the coverage floor through the dynamic layers too: each block's most important remaining "
-        "patch is dropped only when nothing else is left to drop.")
-    refresh_period: int = knob(
-        0, "After this many pruned steps one step runs unpruned and scores every token again, so a patch the "
-        "prior dropped can come back (0: never, the paper).", low=0, high=100000)
-    frame_rule: str = knob(
-        "changed", "How frame differencing enters the static stage: changed (the paper: add the k_dynamic most "
-        "changed patches) or drop_static (the authors' released code: start from every patch and remove only "
-        "those at least as similar as the threshold to the compared frame, at most static_max_removed per "
-        "camera; the prior and local sets are kept as well).", choices=("changed", "drop_static"))
-    static_max_removed: int = knob(200, "frame_rule drop_static: most patches removed per camera (authors' code: "
-                                   "200 of 256).", low=0, high=4096)
-
-    def __post_init__(self) -> None:
-        _validate_section(self, "pruning")
-        if self.global_layers and min(self.global_layers) <= self.local_layers:
-            raise ConfigError(
-                f"pruning.global_layers = {list(self.global_layers)}: global layers must come after the "
-                f"{self.local_layers} local layers (range [{self.local_layers + 1}, num_layers])")
-        if self.dynamic_layers and min(self.dynamic_layers) <= self.local_layers:
-            raise ConfigError(
-                f"pruning.dynamic_layers = {list(self.dynamic_layers)}: dynamic layers must come after the "
-                f"{self.local_layers} local layers (range [{self.local_layers + 1}, num_layers])")
-
-    def history_capacity(self) -> int:
-        """Action periods the frame history must hold: the longest look-back T (v = 0) plus one."""
-        return max(int(math.floor(self.history_base)) + self.history_offset, 1) + 1
-
-
-@dataclass(frozen=True)
-class ControllerConfig:
-    """Action-aware coarse/fine controller (speeds in normalized action units)."""
-
-    enabled: bool = knob(True, "Scale K up in slow, descending (fine) phases; off = always coarse.")
-    translation_threshold: float = knob(0.4, "Enter fine mode only below this translation speed.",
-                                        low=0.0, high=100.0)
-    rotation_threshold: float = knob(0.2, "Enter fine mode only below this rotation speed.",
-                                     low=0.0, high=100.0)
-    exit_dz_threshold: float = knob(0.2, "Leave fine mode when dz rises above this (hysteresis).",
-                                    low=0.0, high=100.0)
-    exit_rotation_threshold: float = knob(0.3, "Leave fine mode when rotation speed rises above this.",
-                                          low=0.0, high=100.0)
-    exit_translation_threshold: float = knob(
-        0.6, "Leave fine mode when translation speed rises above this (our addition; the authors' rule "
-        "only has the dz and rotation exits).", low=0.0, high=100.0)
-    fine_k_scale: float = knob(40.0 / 24.0, "Factor on every K in fine mode (paper: 40/24).",
-                               low=1.0, high=16.0)
-
-    def __post_init__(self) -> None:
-        _validate_section(self, "controller")
 
 
 @dataclass(frozen=True)
@@ -226,7 +74,7 @@ class NodeConfig:
                            "`ros2 lifecycle set /action_node configure` / `activate`.", read_only=True)
 
     def __post_init__(self) -> None:
-        _validate_section(self, "")
+        validate_section(self, "")
         if self.episode_gap_s <= 1.0 / self.control_rate_hz:
             raise ConfigError(f"episode_gap_s = {self.episode_gap_s:g} must exceed the control period "
                               f"1/control_rate_hz = {1.0 / self.control_rate_hz:g} s (else every step is a gap)")
@@ -264,7 +112,7 @@ class ExecutorConfig:
                                     "-1 open).", low=-10.0, high=10.0)
 
     def __post_init__(self) -> None:
-        _validate_section(self, "executor")
+        validate_section(self, "executor")
         if len(self.workspace_min) != len(self.workspace_max) or len(self.workspace_min) not in (0, 3):
             raise ConfigError(f"executor.workspace_min = {list(self.workspace_min)}, executor.workspace_max = "
                               f"{list(self.workspace_max)}: give both as [x, y, z], or neither")
@@ -305,7 +153,7 @@ class TopicsConfig:
     estop: str = _topic("estop", "the e-stop (std_msgs/Bool, latched): true stops the executor until false")
 
     def __post_init__(self) -> None:
-        _validate_section(self, "topics")
+        validate_section(self, "topics")
         for f in dataclasses.fields(self):
             name = getattr(self, f.name)
             if not name or any(c.isspace() for c in name) or name.endswith("/") or "//" in name:
@@ -379,6 +227,10 @@ class Config:
 
     def to_ros_yaml(self, node_name: str = NODE_NAME) -> str:
         return yaml.safe_dump({node_name: {"ros__parameters": self.flat()}}, sort_keys=False)
+
+    def pruning_settings(self) -> PruningSettings:
+        """What the pruning engine reads (it never sees the node's other knobs)."""
+        return PruningSettings(self.pruning, self.controller, self.node.action_dt)
 
     def _section(self, section: str) -> Any:
         return {"": self.node, "pruning": self.pruning, "controller": self.controller, "executor": self.executor,
@@ -475,85 +327,3 @@ def _ros_parameters(data: dict, node_name: str) -> dict:
     return data
 
 
-def coerce(name: str, value: Any, spec: Spec, section_cls: type) -> Any:
-    """Check ``value`` against the field's type and Spec; return it in the field's type."""
-    ftype = {f.name: f.type for f in dataclasses.fields(section_cls)}[name.rpartition(".")[2]]
-    ftype = str(ftype)
-    try:
-        if ftype == "bool":
-            if not isinstance(value, bool):
-                raise TypeError("expected true or false")
-            out: Any = value
-        elif ftype == "int":
-            out = _as_int(value)
-        elif ftype == "float":
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError("expected a number")
-            out = float(value)
-            if not math.isfinite(out):
-                raise TypeError("expected a finite number")
-        elif ftype == "str":
-            if not isinstance(value, str):
-                raise TypeError("expected a string")
-            out = value
-        elif ftype.startswith("tuple[str"):
-            if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__") \
-                    or not all(isinstance(v, str) and v for v in value):
-                raise TypeError("expected a list of non-empty strings")
-            out = tuple(value)
-            if len(set(out)) != len(out) or len(out) > spec.max_len:
-                raise ConfigError(f"{name} = {list(out)}: needs up to {spec.max_len} distinct names")
-            return out
-        elif ftype.startswith("tuple[float"):
-            if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__") or any(
-                    isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in value):
-                raise TypeError("expected a list of finite numbers")
-            out = tuple(float(v) for v in value)
-            if not spec.min_len <= len(out) <= spec.max_len:
-                raise ConfigError(f"{name} = {list(out)}: needs {spec.min_len} to {spec.max_len} entries")
-            for v in out:
-                _check_range(name, v, spec)
-            return out
-        elif ftype.startswith("tuple"):
-            if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-                raise TypeError("expected a list of integers")
-            out = tuple(sorted(set(_as_int(v) for v in value)))
-            if not spec.min_len <= len(out) <= spec.max_len:
-                raise ConfigError(f"{name} = {list(out)}: needs {spec.min_len} to {spec.max_len} distinct entries")
-            for v in out:
-                _check_range(name, v, spec)
-            return out
-        else:  # pragma: no cover - a new field type must be taught here
-            raise TypeError(f"unsupported field type {ftype}")
-    except TypeError as exc:
-        bounded = spec.choices is not None or spec.low is not None or spec.high is not None
-        raise ConfigError(f"{name} = {value!r}: {exc}" + (f" ({spec.allowed()})" if bounded else "")) from None
-    _check_range(name, out, spec)
-    return out
-
-
-def _as_int(value: Any) -> int:
-    if isinstance(value, bool):
-        raise TypeError("expected an integer")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    raise TypeError("expected an integer")
-
-
-def _check_range(name: str, value: Any, spec: Spec) -> None:
-    if spec.choices is not None and value not in spec.choices:
-        raise ConfigError(f"{name} = {value!r} is not allowed ({spec.allowed()})")
-    if (spec.low is not None and value < spec.low) or (spec.high is not None and value > spec.high):
-        raise ConfigError(f"{name} = {value!r} is out of {spec.allowed()}")
-
-
-def _validate_section(obj: Any, section: str) -> None:
-    """Validate a section built directly (not through Config.replace)."""
-    for f in dataclasses.fields(obj):
-        name = f"{section}.{f.name}" if section else f.name
-        value = getattr(obj, f.name)
-        checked = coerce(name, value, f.metadata["spec"], type(obj))
-        if checked != value or type(checked) is not type(value):
-            object.__setattr__(obj, f.name, checked)

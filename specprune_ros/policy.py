@@ -1,6 +1,6 @@
 """The policy: OpenVLA-OFT + SpecPrune state across control steps.
 
-    policy = SpecPrunePolicy.from_config(Config.from_yaml("config/rizon4.yaml"))
+    policy = make_policy(Config.from_yaml("config/rizon4.yaml"))
     policy.reset()                                  # episode start
     out = policy.step(Observation(images=[primary, wrist], proprio=q, instruction="..."))
     out.actions        # (chunk_size, action_dim) un-normalized, float32
@@ -11,6 +11,7 @@ at the start of the next step, never during one. The node, replay and bench all 
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
@@ -29,7 +30,7 @@ from .observation import Observation, ObservationError
 from .pruning.frames import executed_actions
 from .pruning.layout import TokenLayout
 from .pruning.stopwatch import Stopwatch
-from .pruning.strategy import PruningStrategy, check_layers, make_strategy
+from .pruning.strategy import PruningStrategy, StepPruner, check_layers, make_strategy
 
 READ_ONLY = frozenset(name for name, spec in iter_specs() if spec.read_only)
 
@@ -103,6 +104,31 @@ class PolicyOutput:
         return np.concatenate(list(frames), axis=1)
 
 
+def load_model(config: Config) -> LoadedPolicyModel:
+    """The one place a checkpoint is loaded: ``model_path`` on ``device`` in ``dtype``, actions
+    un-normalized with ``unnorm_key``. Callers that run several policies on one model (replay's
+    pruned and unpruned, an evaluation worker's methods) load it once and share it."""
+    node = config.node
+    return load_checkpoint(node.model_path, node.device, node.dtype, node.unnorm_key)
+
+
+def make_policy(config: Config, loaded: LoadedPolicyModel | None = None) -> "SpecPrunePolicy":
+    """The policy for ``config``: its checkpoint (or ``loaded``, already loaded) with its knobs."""
+    return SpecPrunePolicy(loaded if loaded is not None else load_model(config), config)
+
+
+@dataclass(frozen=True)
+class StepInputs:
+    """One observation as the model takes it."""
+
+    prompt: EncodedPrompt
+    proprio: torch.Tensor | None
+    frames: torch.Tensor                 # (cameras, 3, H, W) uint8 at model resolution
+    pixels: torch.Tensor
+    layout: TokenLayout
+    gap: bool                            # the step follows an input gap: the episode started afresh
+
+
 class SpecPrunePolicy:
     def __init__(self, loaded: LoadedPolicyModel, config: Config) -> None:
         self.loaded = loaded
@@ -126,12 +152,6 @@ class SpecPrunePolicy:
         self._previous_action: np.ndarray | None = None
         self._previous_stamp: float | None = None
         self._step = 0
-
-    @classmethod
-    def from_config(cls, config: Config) -> "SpecPrunePolicy":
-        node = config.node
-        loaded = load_checkpoint(node.model_path, node.device, node.dtype, node.unnorm_key)
-        return cls(loaded, config)
 
     # ---- configuration and episodes ---------------------------------------------------------------
     def set_config(self, config: Config) -> None:
@@ -160,7 +180,7 @@ class SpecPrunePolicy:
                 if pending.pruning.method != self._strategy.method:
                     self._strategy = None          # another rule: built at the next pruned step, fresh
                 else:
-                    self._strategy.configure(pending)
+                    self._strategy.configure(pending.pruning_settings())
             self.config = pending
 
     def _encoded(self, instruction: str) -> EncodedPrompt:
@@ -180,14 +200,30 @@ class SpecPrunePolicy:
 
     @torch.inference_mode()
     def step(self, obs: Observation) -> PolicyOutput:
+        """preprocess -> begin the pruning step -> predict -> the step's report (one host
+        transfer) -> un-normalized actions."""
         start = time.perf_counter()
         self._apply_pending()
+        inputs = self._preprocess(obs)
+        watch = Stopwatch(self.device)
+        pruner, stats = self._begin_pruning(obs, inputs, watch)
+        actions, stats.tokens_per_layer = self.model.predict(inputs.pixels, inputs.proprio, inputs.prompt, pruner)
+        normalized, kept_mask = self._report(actions, pruner, inputs, stats)
+        stats.flops_ratio = flops_ratio(self.model.config.llm, stats.tokens_per_layer)
+        self._previous_action, self._previous_stamp = normalized, obs.stamp
+        self._step += 1
+        stats.overhead_ms = watch.total_ms()
+        stats.latency_ms = (time.perf_counter() - start) * 1e3
+        actions_out = self.loaded.stats.unnormalize_actions(normalized).astype(np.float32)
+        return PolicyOutput(actions_out, normalized, stats, inputs.frames, kept_mask)
+
+    def _preprocess(self, obs: Observation) -> StepInputs:
+        """Checks, prompt, proprio and images as the model takes them; an input gap (or a clock
+        reset) starts the episode afresh, since a prior from before it is no prior."""
         cfg = self.config
-        mcfg = self.model.config
         if len(obs.images) != cfg.node.num_images:
             raise ObservationError(f"got {len(obs.images)} images, num_images is {cfg.node.num_images}")
-        instruction = obs.instruction or cfg.node.instruction
-        prompt = self._encoded(instruction)
+        prompt = self._encoded(obs.instruction or cfg.node.instruction)
         proprio = None
         if self.model.proprio_projector is not None:
             if obs.proprio is None:
@@ -195,73 +231,57 @@ class SpecPrunePolicy:
             proprio = torch.as_tensor(self.loaded.stats.normalize_proprio(obs.proprio), dtype=torch.float32,
                                       device=self.device)
         frames = self.processor.frames(obs.images)
-        pixels = self.processor.pixels(frames)
-        layout = self.model.layout(prompt, len(obs.images))
-
         gap = self._previous_stamp is not None and not 0 <= obs.stamp - self._previous_stamp <= cfg.node.episode_gap_s
-        if gap:                    # a prior from before the gap (or a clock reset) is no prior: start afresh
+        if gap:
             self.reset()
-        watch = Stopwatch(self.device)
-        stats = StepStats(step=self._step, stamp=obs.stamp, pruning_enabled=cfg.pruning.enabled,
-                          alpha=cfg.pruning.alpha, vision_tokens_total=layout.num_vision)
-        pruner = None
-        if cfg.pruning.enabled:
-            strategy = self._strategy_for(layout)
-            self._observe_history(strategy, obs, watch)
-            pruner = strategy.begin_step(frames, self._executed_motion(obs), obs.stamp, layout, watch)
-            stats.method = strategy.method
-        elif self._strategy is not None:
-            self._strategy.reset()     # re-enabling starts from a fresh prior
-        actions, tokens_per_layer = self.model.predict(pixels, proprio, prompt, pruner)
-        selection = recall = None
-        if pruner is not None:
-            selection, recall = pruner.selection, pruner.recall
-            plan = pruner.plan
-            if plan is not None:
-                stats.fine_mode, stats.entered_fine = plan.decision.fine, plan.decision.entered_fine
-                stats.translation_speed = plan.decision.motion.translation_speed
-                stats.rotation_speed = plan.decision.motion.rotation_speed
-                stats.history_frames, stats.history_age_s = plan.history_frames, plan.history_age_s
-            stats.fallback_reason = "input gap" if gap else pruner.reason
-            if pruner.fallback:
-                stats.fallback_reason = "scene cut"
+        return StepInputs(prompt, proprio, frames, self.processor.pixels(frames),
+                          self.model.layout(prompt, len(obs.images)), gap)
 
-        # One transfer at the end of the step: actions and the small stats tensors.
-        extras = [actions.reshape(-1)]
-        if selection is not None:
-            extras += [selection.counts().float(), selection.kept.reshape(-1).float()]
-        if recall is not None:
-            extras.append(recall.float().view(1))
-        host = torch.cat([e.to(torch.float32) for e in extras]).cpu().numpy()
+    def _begin_pruning(self, obs: Observation, inputs: StepInputs,
+                       watch: Stopwatch) -> tuple[StepPruner | None, StepStats]:
+        """The configured rule's pruner for this step (None when pruning is off) and the step's stats."""
+        cfg = self.config
+        stats = StepStats(step=self._step, stamp=obs.stamp, pruning_enabled=cfg.pruning.enabled,
+                          alpha=cfg.pruning.alpha, vision_tokens_total=inputs.layout.num_vision,
+                          vision_tokens_kept=inputs.layout.num_vision)
+        if not cfg.pruning.enabled:
+            if self._strategy is not None:
+                self._strategy.reset()     # re-enabling starts from a fresh prior
+            return None, stats
+        strategy = self._strategy_for(inputs.layout)
+        self._observe_history(strategy, obs, watch)
+        stats.method = strategy.method
+        return strategy.begin_step(inputs.frames, self._executed_motion(obs), obs.stamp, inputs.layout, watch), stats
+
+    def _report(self, actions: torch.Tensor, pruner: StepPruner | None, inputs: StepInputs,
+                stats: StepStats) -> tuple[np.ndarray, np.ndarray | None]:
+        """The step's one device-to-host transfer (the actions and the pruner's small tensors),
+        unpacked into the normalized chunk, the stats and the kept-patch mask."""
+        mcfg = self.model.config
+        pieces = [actions.reshape(-1)] + (pruner.device_tensors() if pruner is not None else [])
+        host = torch.cat([p.to(torch.float32) for p in pieces]).cpu().numpy()
         n_act = mcfg.chunk_size * mcfg.action_dim
         normalized = host[:n_act].reshape(mcfg.chunk_size, mcfg.action_dim)
         if not np.all(np.isfinite(normalized)):
             # Never act on it, and never feed it to the controller: the next step starts afresh.
             self.reset()
             raise ObservationError("the model produced non-finite actions; the episode state was reset")
-        offset = n_act
-        kept_mask = None
-        if selection is not None:
-            kept, g, loc, dyn = (int(v) for v in host[offset:offset + 4])
-            offset += 4
-            stats.vision_tokens_kept, stats.global_selected = kept, g
-            stats.local_selected, stats.dynamic_selected = loc, dyn
-            kept_mask = host[offset:offset + selection.kept.numel()].reshape(selection.kept.shape) > 0.5
-            offset += selection.kept.numel()
-        else:
-            stats.vision_tokens_kept = layout.num_vision
-        if recall is not None:
-            stats.global_recall = float(host[offset])
-        stats.tokens_per_layer = tokens_per_layer
-        stats.flops_ratio = flops_ratio(self.model.config.llm, tokens_per_layer)
-        actions_out = self.loaded.stats.unnormalize_actions(normalized).astype(np.float32)
-
-        self._previous_action = normalized
-        self._previous_stamp = obs.stamp
-        self._step += 1
-        stats.overhead_ms = watch.total_ms()
-        stats.latency_ms = (time.perf_counter() - start) * 1e3
-        return PolicyOutput(actions_out, normalized, stats, frames, kept_mask)
+        if pruner is None:
+            return normalized, None
+        for name, value in dataclasses.asdict(pruner.report()).items():
+            setattr(stats, name, value)
+        if inputs.gap and not pruner.fallback:
+            stats.fallback_reason = "input gap"
+        kept_mask, rest = None, host[n_act:]
+        if pruner.selection is not None:
+            kept, stats.global_selected, stats.local_selected, stats.dynamic_selected = (int(v) for v in rest[:4])
+            stats.vision_tokens_kept = kept
+            size = pruner.selection.kept.numel()
+            kept_mask = rest[4:4 + size].reshape(pruner.selection.kept.shape) > 0.5
+            rest = rest[4 + size:]
+        if pruner.recall is not None:
+            stats.global_recall = float(rest[0])
+        return normalized, kept_mask
 
     def _observe_history(self, strategy: PruningStrategy, obs: Observation, watch: Stopwatch) -> None:
         """Frames that arrived since the previous step join the history (never acted on).
@@ -291,8 +311,8 @@ class SpecPrunePolicy:
         """The configured rule's state, made at its first pruned step (or for another camera count)."""
         if self._strategy is None or self._strategy.layout.num_cameras != layout.num_cameras:
             size = self.model.config.image_size
-            self._strategy = make_strategy(self.config, layout, self.model.config.llm.layers, (3, size, size),
-                                           self.device)
+            self._strategy = make_strategy(self.config.pruning_settings(), layout, self.model.config.llm.layers,
+                                           (3, size, size), self.device)
         return self._strategy
 
 

@@ -1,9 +1,9 @@
 """The reference's image operations, in numpy: what an OpenVLA-OFT model saw in training.
 
-The reference deploy code (OpenVLA-OFT's, README "Image preprocessing, held to the reference") prepares every camera
-frame with TensorFlow: frames that are not 224 x 224 go through a JPEG round trip (quality 95)
-and an antialiased lanczos3 resize with rounding (the RLDS dataset builder's scheme); models
-trained with image augmentation then see a 90 %-area center crop made by
+The reference deploy code (OpenVLA-OFT's; docs/model.md, "Image preprocessing, held to the
+reference") prepares every camera frame with TensorFlow: frames that are not 224 x 224 go
+through a JPEG round trip (quality 95) and an antialiased lanczos3 resize with rounding (the
+RLDS dataset builder's scheme); models trained with image augmentation then see a 90 %-area center crop made by
 ``tf.image.crop_and_resize`` and converted back to uint8 by truncation. These functions redo
 each step with the same arithmetic (float32, the same operation order, the same sampling
 geometry) so the pixels match without TensorFlow at run time; the fixtures in

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..config import ControllerConfig, PruningConfig
+from .config import ControllerConfig, PruningConfig
 
 
 @dataclass(frozen=True)

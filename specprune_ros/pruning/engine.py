@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..config import Config
+from .config import PruningSettings
 from .controller import ActionAwareController, Decision, KBudget, Motion, k_budget
 from .frames import FrameHistory, executed_translation, history_periods, patch_unit_vectors
 from .layout import TokenLayout
@@ -46,7 +46,7 @@ class StepPlan:
 class SpecPruneEngine:
     """Holds the previous step's global scores, the frame history and the controller."""
 
-    def __init__(self, config: Config, layout: TokenLayout, frame_shape: tuple[int, int, int] = (3, 224, 224),
+    def __init__(self, config: PruningSettings, layout: TokenLayout, frame_shape: tuple[int, int, int] = (3, 224, 224),
                  device: torch.device | str = "cpu") -> None:
         self.layout = layout
         self.device = torch.device(device)
@@ -65,7 +65,7 @@ class SpecPruneEngine:
         self.steps_since_dense = 0     # steps planned pruned since the last unpruned one (scene cuts count)
 
     # ---- configuration and episodes -----------------------------------------------------------
-    def configure(self, config: Config) -> None:
+    def configure(self, config: PruningSettings) -> None:
         """Take new knobs between steps (ToMe-style: plain state, read at the next step)."""
         if config.pruning.history_capacity() != self.frames.capacity:
             self.frames = self._history(config)
@@ -74,7 +74,7 @@ class SpecPruneEngine:
         self.controller.config = config.controller
         self.config = config
 
-    def _history(self, config: Config) -> FrameHistory:
+    def _history(self, config: PruningSettings) -> FrameHistory:
         """Unit patch vectors of past frames: each frame is normalized once, when it arrives."""
         _, height, width = self.frame_shape
         patches = (height // PATCH) * (width // PATCH)
@@ -120,7 +120,7 @@ class SpecPruneEngine:
         else:
             def item(make=frames) -> torch.Tensor:
                 return patch_unit_vectors(make(), PATCH)
-        self.frames.add(stamp, item, self.config.node.action_dt)
+        self.frames.add(stamp, item, self.config.action_dt)
 
     def begin_step(self, frames: torch.Tensor, motion: np.ndarray | None, stamp: float) -> StepPlan:
         """Decide the mode and the K values, compare with the history, then store this frame.
@@ -129,7 +129,7 @@ class SpecPruneEngine:
         dyaw ..., normalized units), or None at an episode start. The controller takes their
         mean; the history rule takes their translation speed over ``pruning.history_horizon``.
         """
-        p, action_dt = self.config.pruning, self.config.node.action_dt
+        p, action_dt = self.config.pruning, self.config.action_dt
         current = patch_unit_vectors(frames, PATCH)
         decision = self.controller.update(None if motion is None else Motion.from_action(motion))
         budget = k_budget(p, self.config.controller, decision.fine, self.layout.tokens_per_camera)

@@ -25,12 +25,13 @@ Rules (``pruning.method``):
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 
-from ..config import Config, PruningConfig
+from .config import METHODS, PruningConfig, PruningSettings
 from .dynamic import LayerImportance, ranks
 from .engine import SpecPruneEngine, StepPlan
 from .layout import TokenLayout
@@ -38,7 +39,6 @@ from .scores import score_layer
 from .static import StaticSelection
 from .stopwatch import Stopwatch
 
-METHODS = ("specprune", "random", "fastv")
 RANDOM_SEED = 0
 
 
@@ -106,6 +106,20 @@ class KeptSequence:
         return full.view(self.layout.num_cameras, -1)
 
 
+@dataclass
+class PrunerReport:
+    """What a step decided, on the host: the controller's mode, the motion it measured, the
+    history rule's T, and why the step ran unpruned ("" when it was pruned)."""
+
+    fine_mode: bool = False
+    entered_fine: bool = False
+    translation_speed: float = 0.0
+    rotation_speed: float = 0.0
+    history_frames: int = 0
+    history_age_s: float = 0.0
+    fallback_reason: str = ""
+
+
 class StepPruner:
     """One step of a pruning rule, asked by the model layer by layer. This base keeps everything.
 
@@ -137,6 +151,26 @@ class StepPruner:
 
     def finish(self) -> None:
         pass
+
+    def device_tensors(self) -> list[torch.Tensor]:
+        """The step's small device results for the step's one host transfer, in this order: the
+        static stage's four counts and kept mask (if it ran), the global recall (if measured)."""
+        out = []
+        if self.selection is not None:
+            out += [self.selection.counts().float(), self.selection.kept.reshape(-1).float()]
+        if self.recall is not None:
+            out.append(self.recall.float().view(1))
+        return out
+
+    def report(self) -> PrunerReport:
+        report = PrunerReport(fallback_reason="scene cut" if self.fallback else self.reason)
+        if self.plan is not None:
+            decision = self.plan.decision
+            report.fine_mode, report.entered_fine = decision.fine, decision.entered_fine
+            report.translation_speed = decision.motion.translation_speed
+            report.rotation_speed = decision.motion.rotation_speed
+            report.history_frames, report.history_age_s = self.plan.history_frames, self.plan.history_age_s
+        return report
 
 
 class SpecPrunePruner(StepPruner):
@@ -305,7 +339,7 @@ class PruningStrategy:
 
     method = "none"
 
-    def __init__(self, config: Config, layout: TokenLayout, n_layers: int, frame_shape: tuple[int, int, int],
+    def __init__(self, config: PruningSettings, layout: TokenLayout, n_layers: int, frame_shape: tuple[int, int, int],
                  device: torch.device | str) -> None:
         """``layout``: the camera and patch geometry the cross-step state is sized for (a step's
         own layout, which also depends on its prompt, comes with ``begin_step``)."""
@@ -313,7 +347,7 @@ class PruningStrategy:
         self.frame_shape, self.device = frame_shape, torch.device(device)
         self._text_index: tuple[tuple[TokenLayout, str], torch.Tensor] | None = None
 
-    def configure(self, config: Config) -> None:
+    def configure(self, config: PruningSettings) -> None:
         """New knobs, read from the next step (ToMe-style plain state)."""
         self.config = config
 
@@ -344,7 +378,7 @@ class SpecPruneStrategy(PruningStrategy):
         super().__init__(*args, **kwargs)
         self.engine = SpecPruneEngine(self.config, self.layout, self.frame_shape, self.device)
 
-    def configure(self, config: Config) -> None:
+    def configure(self, config: PruningSettings) -> None:
         super().configure(config)
         self.engine.configure(config)
 
@@ -391,9 +425,11 @@ class FastVStrategy(PruningStrategy):
 
 STRATEGIES: dict[str, type[PruningStrategy]] = {s.method: s for s in (SpecPruneStrategy, RandomStrategy,
                                                                        FastVStrategy)}
+if tuple(STRATEGIES) != METHODS:     # pruning.method's choices are the rules implemented here
+    raise ImportError(f"pruning.config.METHODS {METHODS} and the strategies {tuple(STRATEGIES)} differ")
 
 
-def make_strategy(config: Config, layout: TokenLayout, n_layers: int, frame_shape: tuple[int, int, int],
+def make_strategy(config: PruningSettings, layout: TokenLayout, n_layers: int, frame_shape: tuple[int, int, int],
                   device: torch.device | str) -> PruningStrategy:
     """The strategy ``config.pruning.method`` names."""
     return STRATEGIES[config.pruning.method](config, layout, n_layers, frame_shape, device)

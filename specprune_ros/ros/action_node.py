@@ -35,9 +35,9 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from ..config import NODE_NAME, ConfigError
 from ..control import ControlTick, TickResult
-from ..model.checkpoint import CheckpointError, LoadedPolicyModel, load_checkpoint
+from ..model.checkpoint import CheckpointError, LoadedPolicyModel
 from ..msg import ActionChunk, PruningStats
-from ..policy import PolicyOutput, SpecPrunePolicy
+from ..policy import PolicyOutput, SpecPrunePolicy, load_model, make_policy
 from ..sensing.assembly import ObservationAssembler, stamp_nanoseconds
 from ..sensing.transport import LOSS_WARN, TransportMonitor
 from .parameters import KNOWN, declare_all, from_ros, model_defaults, unmatched_params_files
@@ -94,12 +94,12 @@ class ActionNode(LifecycleNode):
             loaded = self._preloaded
             if loaded is None:
                 self.get_logger().info(f"loading {node.model_path} on {node.device} ...")
-                loaded = load_checkpoint(node.model_path, node.device, node.dtype, node.unnorm_key)
+                loaded = load_model(self.config)
             action_dim = loaded.model.config.action_dim
             if node.publish_trajectory and not 0 < len(node.trajectory_joints) <= action_dim:
                 raise ValueError(f"publish_trajectory needs trajectory_joints with 1 to {action_dim} joints (the "
                                  f"first action dimensions must be joint targets); got {list(node.trajectory_joints)}")
-            policy = SpecPrunePolicy(loaded, self.config)
+            policy = make_policy(self.config, loaded)
         except (CheckpointError, ConfigError, ValueError, OSError) as exc:
             return self._configure_failed(str(exc))
         except Exception as exc:   # rclpy's lifecycle code would swallow it silently
@@ -377,8 +377,8 @@ class ActionNode(LifecycleNode):
             if health.lossy:
                 status.level = DiagnosticStatus.WARN
                 status.message = (f"~{loss} of messages lost in transport (> {100 * LOSS_WARN:.0f} %): large images "
-                                  f"need the Fast DDS profile config/fastdds_large_data.xml on both sides (README, "
-                                  f"'DDS for camera traffic')")
+                                  f"need the Fast DDS profile config/fastdds_large_data.xml on both sides "
+                                  f"(docs/node.md, 'DDS for camera traffic')")
             else:
                 status.level = DiagnosticStatus.OK
                 status.message = f"{health.rate_hz:.1f} Hz, est. loss {loss}"

@@ -165,8 +165,9 @@ class SimRobotNode(Node):
     def _run(self) -> None:
         from ..sim.env import TabletopEnv  # MuJoCo's GL context belongs to the thread that makes it
 
-        env = TabletopEnv(max_steps=self.max_steps, layout=self.layout)
+        env = None
         try:
+            env = TabletopEnv(max_steps=self.max_steps, layout=self.layout)
             self._wait_for_stack()
             start = FIRST_EPISODE_S * 10**9
             for seed in self.seeds:
@@ -179,7 +180,8 @@ class SimRobotNode(Node):
         except Exception as exc:   # a dead worker would leave the evaluation waiting: say why, then end
             self.get_logger().error(f"sim robot failed: {type(exc).__name__}: {exc}")
         finally:
-            env.close()
+            if env is not None:
+                env.close()
             self.finished.set()
 
     def _wait_for_stack(self) -> None:

@@ -93,14 +93,12 @@ def collect(out: str | Path, episodes: int, split: str = "train", start: int = 0
 def _labeled_runner(model: str) -> Callable[[TabletopEnv, int], dict[str, Any]]:
     """Episodes driven by ``model`` (unpruned, CPU or GPU as the config resolves) and labeled by the expert."""
     from ..config import Config
-    from ..model.checkpoint import load_checkpoint
-    from ..policy import SpecPrunePolicy
+    from ..policy import load_model, make_policy
     from .rollout import run_labeled_episode
 
     config = Config().replace(**{"model_path": model, "pruning.enabled": False})
-    node = config.node
-    loaded = load_checkpoint(node.model_path, node.device, node.dtype, node.unnorm_key)
-    return lambda env, seed: run_labeled_episode(env, SpecPrunePolicy(loaded, config), seed)
+    loaded = load_model(config)
+    return lambda env, seed: run_labeled_episode(env, make_policy(config, loaded), seed)
 
 
 def read_index(directory: str | Path) -> dict[str, Any]:

@@ -46,8 +46,7 @@ def _worker_init(threads: int) -> None:
 
 def _run_episode(task: tuple[str, Config, int, bool, int, str]) -> dict[str, Any]:
     """One episode in a worker process (the model and the environment are made once per process)."""
-    from ..model.checkpoint import load_checkpoint
-    from ..policy import SpecPrunePolicy
+    from ..policy import load_model, make_policy
     from .env import TabletopEnv
     from .rollout import run_policy_episode
 
@@ -56,12 +55,12 @@ def _run_episode(task: tuple[str, Config, int, bool, int, str]) -> dict[str, Any
     key = (node.model_path, node.device, node.dtype, node.unnorm_key)
     if _WORKER.get("key") != key:
         _WORKER["key"] = key
-        _WORKER["loaded"] = load_checkpoint(*key)
+        _WORKER["loaded"] = load_model(config)
     if _WORKER.get("env_key") != (max_steps, layout):
         if "env" in _WORKER:
             _WORKER["env"].close()
         _WORKER["env"], _WORKER["env_key"] = TabletopEnv(max_steps=max_steps, layout=layout), (max_steps, layout)
-    policy = SpecPrunePolicy(_WORKER["loaded"], config)
+    policy = make_policy(config, _WORKER["loaded"])
     r = run_policy_episode(_WORKER["env"], policy, seed, snapshot_query=SNAPSHOT_QUERY if snapshot else None)
     return {"method": label, "seed": seed, "instruction": r.instruction, "success": r.success, "steps": r.steps,
             "failure": r.failure, "latency_ms": r.latency_ms, "kept_tokens": r.kept_tokens,

@@ -34,14 +34,12 @@ def first_chunk_sensitivity(config: Config, seeds: Sequence[int], layout: str = 
     """Mean changes (mm) of the first chunk's xy motion under moved proprio and swapped images,
     next to what the expert's motion would change by. Needs two seeds or more (images are swapped
     between them)."""
-    from ..model.checkpoint import load_checkpoint
-    from ..policy import SpecPrunePolicy
+    from ..policy import SpecPrunePolicy, load_model
 
     if len(seeds) < 2:
         raise ValueError(f"the probe swaps images between episodes: it needs at least 2 seeds, got {len(seeds)}")
     config = config.replace(**{"pruning.enabled": False})
-    node = config.node
-    loaded = load_checkpoint(node.model_path, node.device, node.dtype, node.unnorm_key)
+    loaded = load_model(config)
     env = TabletopEnv(layout=layout)
     try:
         scenes = []
@@ -73,7 +71,7 @@ def first_chunk_sensitivity(config: Config, seeds: Sequence[int], layout: str = 
                 target_change.append(np.linalg.norm(other_where[target] - where[target]))
         if progress:
             progress(i + 1, len(scenes))
-    return {"model": node.model_path, "layout": layout, "seeds": list(seeds), "shift_mm": 1000 * shift,
+    return {"model": config.node.model_path, "layout": layout, "seeds": list(seeds), "shift_mm": 1000 * shift,
             "proprio_change_mm": 1000 * float(np.mean(proprio_change)),
             "image_change_mm": 1000 * float(np.mean(image_change)),
             "target_change_mm": 1000 * float(np.mean(target_change))}

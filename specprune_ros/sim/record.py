@@ -14,8 +14,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..config import Config
-from ..model.checkpoint import load_checkpoint
-from ..policy import SpecPrunePolicy
+from ..policy import make_policy
 from ..tools.bags import (
     TOPIC_EXPERT,
     TOPIC_INSTRUCTION,
@@ -44,8 +43,7 @@ def record(bag: str | Path, config: Config, episodes: int, split: str = "test",
     bag = Path(bag)
     if bag.exists():
         raise BagError(f"{bag}: already exists (choose a new path)")
-    node = config.node
-    policy = SpecPrunePolicy(load_checkpoint(node.model_path, node.device, node.dtype, node.unnorm_key), config)
+    policy = make_policy(config)
     store = typestore()
     T = store.types
     recording = Recording(topics=config.topics)

@@ -20,7 +20,6 @@ import torch
 from ..config import Config
 from ..model.checkpoint import (
     LoadedPolicyModel,
-    load_checkpoint,
     random_model,
     resolve_device,
     resolve_dtype,
@@ -31,7 +30,7 @@ from ..model.config import preset
 from ..model.flops import llm_flops
 from ..model.processing import ImageProcessor, NormStats
 from ..model.prompt import build_tiny_tokenizer
-from ..policy import Observation, SpecPrunePolicy, StepStats
+from ..policy import Observation, SpecPrunePolicy, StepStats, load_model
 from ..synthetic import INSTRUCTION, episode
 
 
@@ -93,7 +92,7 @@ def run_bench(config: Config, model_config: str | None, model_path: str | None, 
               warmup: int) -> dict[str, Any]:
     dtype = config.node.dtype
     if model_path:
-        loaded = load_checkpoint(model_path, device, dtype, config.node.unnorm_key)
+        loaded = load_model(config.replace(model_path=model_path, device=device))
         label = model_path
     else:
         loaded = random_policy_model(model_config or "scaled", device, dtype)

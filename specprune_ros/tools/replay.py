@@ -19,10 +19,9 @@ import numpy as np
 
 from ..config import Config
 from ..control import ControlTick
-from ..model.checkpoint import load_checkpoint
 from ..model.config import dimension_names
 from ..observation import Observation
-from ..policy import PolicyOutput, SpecPrunePolicy
+from ..policy import PolicyOutput, SpecPrunePolicy, load_model
 from ..sensing.assembly import ObservationAssembler, stamp_nanoseconds
 from .bags import IMAGE_TYPES, TOPIC_EXPERT, BagError, BagMessage, BagReader, bag_name
 from .progress import progress_bar
@@ -230,7 +229,7 @@ def run_replay(bag: Path, config: Config, compare: bool = True,
         total = sum(c.msgcount for c in reader.reader.connections if c.topic == topics.cameras[0])
         if max_steps is not None:
             total = min(total, max_steps)
-        loaded = load_checkpoint(node.model_path, node.device, node.dtype, node.unnorm_key)
+        loaded = load_model(config)
         uses_proprio = loaded.model.proprio_projector is not None
         if uses_proprio and topics.joints is None:
             _require(reader, "joint_states", bag_name(config.topics.joint_states), ("sensor_msgs/msg/JointState",),

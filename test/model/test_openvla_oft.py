@@ -45,7 +45,7 @@ def run(model, inputs, config=None, steps=2):
     if config is None:
         return (*model.predict(pixels, proprio, prompt), None)
     layout = model.layout(prompt, 2)
-    strategy = make_strategy(config, layout, len(model.llm.layers), (3, 224, 224), "cpu")
+    strategy = make_strategy(config.pruning_settings(), layout, len(model.llm.layers), (3, 224, 224), "cpu")
     for step in range(steps):
         pruner = strategy.begin_step(frames, None, 0.1 * step, layout, Stopwatch(torch.device("cpu")))
         actions, tokens_per_layer = model.predict(pixels, proprio, prompt, pruner)

@@ -28,13 +28,13 @@ class Clocked(SpecPruneEngine):
 
     def step(self, frames, motion):
         plan = self.begin_step(frames, motion, self.now)
-        self.now += self.config.node.action_dt
+        self.now += self.config.action_dt
         return plan
 
 
 def engine(**knobs):
     """The paper's rule (these tests are about its mechanics), with ``knobs`` on top."""
-    return Clocked(paper_config().replace(**knobs), layout(), frame_shape=(3, 56, 56))
+    return Clocked(paper_config().replace(**knobs).pruning_settings(), layout(), frame_shape=(3, 56, 56))
 
 
 def test_first_step_runs_unpruned_and_records_the_prior():
@@ -104,7 +104,7 @@ def test_controller_mode_changes_k_and_history():
 def test_history_compares_the_frame_closest_to_t_minus_T_action_periods():
     """Frames arrive every period (observe); steps come once per 8-action chunk."""
     eng = engine()
-    dt = eng.config.node.action_dt
+    dt = eng.config.action_dt
     eng.begin_step(frames(0), None, 0.0)
     for i in range(1, 16):
         eng.observe(i * dt, frames(10 * i))
@@ -131,7 +131,7 @@ def test_disabled_pruning_never_prunes_and_reset_forgets_the_prior():
     eng = engine(**{"pruning.enabled": False})
     eng.end_step(eng.step(frames(), None), torch.rand(2, 2, N))
     assert eng.step(frames(), None).reason == "disabled"
-    eng.configure(paper_config())
+    eng.configure(paper_config().pruning_settings())
     assert eng.step(frames(), None).prune
     eng.reset()
     plan = eng.step(frames(), None)
@@ -141,7 +141,7 @@ def test_disabled_pruning_never_prunes_and_reset_forgets_the_prior():
 def test_configure_resizes_the_history_for_a_longer_window():
     eng = engine()
     assert eng.frames.capacity == 12
-    eng.configure(Config.from_dict({"pruning.history_base": 20.0}))
+    eng.configure(Config.from_dict({"pruning.history_base": 20.0}).pruning_settings())
     assert eng.frames.capacity == 25
 
 

@@ -102,7 +102,7 @@ def test_fastv_keeps_the_top_r_tokens_of_layer_k(loaded, queries):
     # the action positions are exactly the hidden states the action head reads
     marked = torch.arange(layout.seq_len, dtype=torch.float32).view(1, -1, 1)
     assert model.action_head_input(marked).flatten().tolist() == list(layout.action_positions)
-    strategy = make_strategy(config, layout, 32, (3, 224, 224), "cpu")
+    strategy = make_strategy(config.pruning_settings(), layout, 32, (3, 224, 224), "cpu")
     pruner = strategy.begin_step(frames, None, 0.0, layout, Stopwatch(torch.device("cpu")))
     _, tokens_per_layer = model.predict(pixels, proprio, prompt, pruner)
     n = tokens_per_layer[0]

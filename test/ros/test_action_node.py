@@ -386,8 +386,18 @@ def test_launch_description():
     spec = importlib.util.spec_from_file_location("rizon4_launch", ROOT / "launch" / "rizon4.launch.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    from launch.actions import DeclareLaunchArgument, OpaqueFunction
+
+    from launch import LaunchContext
     description = module.generate_launch_description()
-    nodes = [e for e in description.entities if isinstance(e, launch_ros.actions.Node)]
+    context = LaunchContext()
+    for entity in description.entities:
+        if isinstance(entity, DeclareLaunchArgument):
+            context.launch_configurations[entity.name] = "" if entity.name != "use_sim_time" else "true"
+    context.launch_configurations.update(namespace="/robot1", params_file="config/rizon4.yaml")
+    made = [e for entity in description.entities if isinstance(entity, OpaqueFunction)
+            for e in entity.execute(context)]
+    nodes = [e for e in made if isinstance(e, launch_ros.actions.Node)]
     assert len(nodes) == 1 and nodes[0].node_executable == "action_node"
 
 

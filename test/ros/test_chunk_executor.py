@@ -121,8 +121,10 @@ def test_the_action_nodes_deactivate_stops_motion(ros, loaded_tiny):
     assert wait_for(lambda: executor.count_publishers("action_node/transition_event") > 0)
     robot.send_chunk(executor.get_clock().now().nanoseconds, step=1, size=50)
     assert wait_for(lambda: acting(robot.commands))
+    asked = time.monotonic()
     node.trigger_deactivate()
     assert wait_for(lambda: robot.commands[-1].hold, timeout=2.0)
+    assert time.monotonic() - asked < DT + 0.1            # within one period (plus DDS delivery)
     assert "deactivating" in robot.commands[-1].reason          # from the transition's start
     node.trigger_activate()
     assert wait_for(lambda: not executor.core.stopped)

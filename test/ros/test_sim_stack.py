@@ -1,0 +1,104 @@
+"""The sim task through the ROS 2 stack: the launch file and the evaluation start the same three
+processes, and a lockstep episode through DDS runs like the in-process one."""
+import ast
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("rclpy")
+pytest.importorskip("specprune_ros.sim.env")      # sets MUJOCO_GL before MuJoCo loads
+
+from specprune_ros.ros.sim_stack import stack_processes  # noqa: E402
+from specprune_ros.tools.methods import parse_methods  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = ROOT / "models" / "sim-tabletop"
+
+
+def test_the_launch_file_starts_what_the_evaluation_starts():
+    commands = stack_processes("/robot1", "p.yaml", "1:3", "lockstep", "log.jsonl", "fixed-start")
+    tree = ast.parse((ROOT / "launch" / "sim.launch.py").read_text())
+    launched = {kw.value.value for node in ast.walk(tree) if isinstance(node, ast.Call)
+                for kw in node.keywords if kw.arg == "executable"}
+    assert launched == set(commands)
+    text = (ROOT / "launch" / "sim.launch.py").read_text()
+    robot = commands["sim_robot"]
+    robot_options = [a for a in robot[:robot.index("--ros-args")] if a.startswith("--")]
+    assert robot_options == ["--seeds", "--clock", "--log", "--layout"]
+    assert all(f'"{option}"' in text for option in robot_options), robot_options
+    for name in ("action_node", "chunk_executor"):       # both on the robot's clock
+        assert "use_sim_time:=true" in commands[name] and "/clock:=/robot1/clock" in commands[name]
+    assert '"use_sim_time": lockstep' in text and '("/clock", f"{value[\'namespace\'].rstrip(\'/\')}/clock")' in text
+    realtime = stack_processes("/robot1", "p.yaml", "1:3", "realtime", "log.jsonl", "fixed-start")
+    assert not any("use_sim_time" in arg for cmd in realtime.values() for arg in cmd)
+
+
+@pytest.mark.skipif(not MODEL.is_dir(), reason="the shipped sim model is not in this checkout")
+def test_a_lockstep_episode_through_ros_is_the_in_process_episode(tmp_path, monkeypatch):
+    """Two namespaced robots side by side, each with its own node and executor: every query sees
+    the frame of its own period, so the pruned episodes match the in-process ones step for step."""
+    from specprune_ros.config import Config, model_params_file
+    from specprune_ros.ros.sim_stack import ThroughRos
+    from specprune_ros.sim.evaluate import evaluate
+    from specprune_ros.sim.rollout import CHUNK_EXECUTED
+
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(150 + os.getpid() % 50))
+    config = Config.from_yaml(model_params_file(str(MODEL))).replace(model_path=str(MODEL), device="cpu")
+    config = config.replace(control_rate_hz=1.0 / (CHUNK_EXECUTED * config.node.action_dt))
+    methods = parse_methods("specprune")
+    seeds = [101000, 101001]
+    ros = evaluate(config, methods, seeds, tmp_path / "ros", max_steps=24,
+                   runner=ThroughRos(tmp_path / "ros", workers=2, max_steps=24))
+    local = evaluate(config, methods, seeds, tmp_path / "local", max_steps=24)
+    logs = [json.loads(line) for log in sorted((tmp_path / "ros" / "through_ros" / "specprune").glob("robot*.jsonl"))
+            for line in log.read_text().splitlines()]
+    assert sorted(e["seed"] for e in logs) == seeds                       # one seed per robot
+    for episode in logs:
+        assert episode["steps"] == 24 and episode["timeouts"] == 0 and episode["skipped"] == 0
+        assert len(episode["kept_tokens"]) == 24 // CHUNK_EXECUTED
+        assert max(episode["chunk_age_s"]) == pytest.approx((CHUNK_EXECUTED - 1) * config.node.action_dt)
+    ros_summary, local_summary = ros["methods"]["specprune"], local["methods"]["specprune"]
+    assert ros_summary["kept_tokens_mean"] == pytest.approx(local_summary["kept_tokens_mean"])
+    assert ros_summary["flops_ratio_mean"] == pytest.approx(local_summary["flops_ratio_mean"])
+    assert ros["runner"] == "through-ros" and ros_summary["lockstep_timeouts"] == 0
+
+
+def test_the_sim_robot_resets_on_the_service_and_reports_the_episode(tmp_path):
+    """Real time, no policy: the robot holds every period; sim/reset ends the episode, whose
+    outcome arrives on sim/episode and in the log."""
+    import rclpy
+    from rclpy.node import Node
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import String
+    from std_srvs.srv import Trigger
+
+    from specprune_ros.msg import ActionCommand
+    from specprune_ros.ros.sim_robot import LATCHED, SimRobotNode
+
+    from .conftest import Spinner, wait_for
+
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=150 + os.getpid() % 50)
+    spinner = Spinner(context)
+    try:
+        stand_in = spinner.add(Node("stack_stand_in", context=context))   # what the robot waits for
+        frames, outcomes = [], []
+        stand_in.create_subscription(Image, "image_primary", frames.append, 5)
+        stand_in.create_publisher(ActionCommand, "command", 10)
+        stand_in.create_subscription(String, "sim/episode", outcomes.append, LATCHED)
+        log = tmp_path / "episodes.jsonl"
+        robot = spinner.add(SimRobotNode([101000], clock="realtime", log=log, context=context))
+        assert wait_for(lambda: len(frames) >= 5, 60)
+        client = stand_in.create_client(Trigger, "sim/reset")
+        assert client.wait_for_service(timeout_sec=10)
+        assert client.call_async(Trigger.Request()) is not None
+        assert wait_for(robot.finished.is_set, 30)
+        episode = json.loads(log.read_text())
+        assert episode["seed"] == 101000 and episode["failure"] == "reset" and 0 < episode["steps"] < 160
+        assert episode["holds"] == episode["steps"]                  # no command ever came: every period held
+        assert wait_for(lambda: outcomes, 10) and json.loads(outcomes[0].data)["seed"] == 101000
+    finally:
+        spinner.shutdown()
+        rclpy.shutdown(context=context)

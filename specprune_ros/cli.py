@@ -14,9 +14,9 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
+from .common.jsonout import finite
 from .config import Config, ConfigError, model_params_file
 from .model.config import PRESETS
-from .tools.jsonout import finite
 
 DEMO_MODEL = "sim-tabletop"
 # Unpruned, the default rule, the paper's literal rule and random tokens at the default's counts.
@@ -59,7 +59,7 @@ def _table(summary: dict) -> str:
 
 
 def cmd_make_bag(args: argparse.Namespace) -> int:
-    from .tools.bags import Recording, write_synthetic_bag
+    from .common.bags import Recording, write_synthetic_bag
 
     recording = Recording(storage=args.storage, topics=_config(args).topics if args.params or args.param else None,
                           header_clock_s=args.header_clock, compression=args.compression, split=args.split,
@@ -72,7 +72,7 @@ def cmd_make_bag(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from .tools.replay import replay
+    from .evaluation.replay import replay
 
     cfg = _config(args, args.model)
     for mapping in args.remap or ():
@@ -94,14 +94,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     tokens, then a recorded episode replayed pruned (the default) vs unpruned."""
     import shutil
 
+    from .common.methods import parse_methods
+    from .common.progress import progress_bar
+    from .evaluation.replay import replay
     from .model.checkpoint import SHIPPED_MODELS
     from .sim.env import seed_range
     from .sim.evaluate import TABLE_HEADER, evaluate, table_rows
     from .sim.record import record
     from .sim.train import PARAMS_FILE
-    from .tools.methods import parse_methods
-    from .tools.progress import progress_bar
-    from .tools.replay import replay
 
     out = Path(args.out)
     interactive = not args.json and sys.stderr.isatty()
@@ -156,7 +156,7 @@ def _config(args: argparse.Namespace, model: str | None = None) -> Config:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .tools.bench import run_bench
+    from .evaluation.bench import run_bench
 
     cfg = _config(args)
     if args.device:
@@ -178,7 +178,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_flops(args: argparse.Namespace) -> int:
-    from .tools.bench import run_flops
+    from .evaluation.bench import run_flops
 
     result = run_flops(_config(args), args.model_config, args.steps)
     text = (f"{result['model_config']}: LLM FLOPs ratio {result['flops_ratio']:.3f} (mean over {result['steps']} "
@@ -191,7 +191,7 @@ def cmd_flops(args: argparse.Namespace) -> int:
 
 
 def cmd_transport_check(args: argparse.Namespace) -> int:
-    from .tools.transport_check import measure
+    from .ros.transport_check import measure
 
     width, height = _size(args.size)
     segments = tuple(s.strip() for s in args.segment_mib.split(","))
@@ -219,8 +219,8 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def cmd_node_soak(args: argparse.Namespace) -> int:
-    from .tools.node_soak import soak
-    from .tools.transport_check import PROFILE
+    from .ros.node_soak import soak
+    from .ros.transport_check import PROFILE
 
     r = soak(args.minutes, args.camera_hz, _size(args.size), args.encoding, args.control_hz, args.model,
              None if args.no_profile else str(PROFILE), args.plot, args.scene)
@@ -246,7 +246,7 @@ def cmd_node_soak(args: argparse.Namespace) -> int:
 
 
 def cmd_node_latency(args: argparse.Namespace) -> int:
-    from .tools.node_latency import measure
+    from .ros.node_latency import measure
 
     r = measure(args.chunks, args.camera_hz, args.control_hz, args.model, args.device)
     _emit(args, r, f"action node over DDS, {r['model']} on {r['device']}, {r['chunks']} chunks, camera "
@@ -307,8 +307,8 @@ def cmd_sim_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_sim_collect(args: argparse.Namespace) -> int:
+    from .common.progress import progress_bar
     from .sim.collect import collect
-    from .tools.progress import progress_bar
 
     show = progress_bar("collect") if not args.json and sys.stderr.isatty() else None
     index = collect(args.out, args.episodes, args.split, args.start, progress=show, policy=args.policy,
@@ -328,8 +328,8 @@ def cmd_sim_collect(args: argparse.Namespace) -> int:
 
 
 def cmd_sim_train(args: argparse.Namespace) -> int:
+    from .common.progress import progress_bar
     from .sim.train import TrainConfig, Trainer
-    from .tools.progress import progress_bar
 
     interactive = not args.json and sys.stderr.isatty()
 
@@ -367,10 +367,10 @@ def cmd_sim_export(args: argparse.Namespace) -> int:
 
 
 def cmd_sim_eval(args: argparse.Namespace) -> int:
+    from .common.methods import parse_budgets, parse_methods, parse_seeds
+    from .common.progress import progress_bar
     from .sim.env import seed_range
     from .sim.evaluate import TABLE_HEADER, evaluate, table_rows
-    from .tools.methods import parse_budgets, parse_methods, parse_seeds
-    from .tools.progress import progress_bar
 
     cfg = _config(args, args.model)
     methods = parse_methods(args.methods, parse_budgets(args.budgets) if args.budgets else None)
@@ -398,9 +398,9 @@ def cmd_sim_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_sim_probe(args: argparse.Namespace) -> int:
+    from .common.progress import progress_bar
     from .sim.env import seed_range
     from .sim.probe import first_chunk_sensitivity
-    from .tools.progress import progress_bar
 
     cfg = _config(args, args.model)
     seeds = list(seed_range(args.split))[:args.episodes]
@@ -418,8 +418,8 @@ def cmd_sim_probe(args: argparse.Namespace) -> int:
 
 
 def cmd_sim_record(args: argparse.Namespace) -> int:
+    from .common.progress import progress_bar
     from .sim.record import record
-    from .tools.progress import progress_bar
 
     cfg = _config(args, args.model)
     show = progress_bar("record") if not args.json and sys.stderr.isatty() else None
@@ -432,9 +432,9 @@ def cmd_sim_record(args: argparse.Namespace) -> int:
 
 def proxy_episodes(args: argparse.Namespace, cfg: Config, loaded, show) -> list:
     """The proxy's and calibration's observation sequences: a bag's, or unpruned sim episodes'."""
+    from .common.methods import parse_seeds
+    from .evaluation.proxy import observations_from_bag
     from .policy import SpecPrunePolicy
-    from .tools.methods import parse_seeds
-    from .tools.proxy import observations_from_bag
 
     if args.bag:
         return observations_from_bag(args.bag, cfg, loaded.model.proprio_projector is not None)
@@ -452,8 +452,8 @@ def proxy_episodes(args: argparse.Namespace, cfg: Config, loaded, show) -> list:
 def _recorded_model(args: argparse.Namespace) -> tuple[Config, Any, list, bool]:
     """proxy / calibrate: the configuration, the loaded model, the observation sequences, and
     whether progress bars are shown."""
+    from .common.progress import progress_bar
     from .policy import load_model
-    from .tools.progress import progress_bar
 
     cfg = _config(args, args.model)
     loaded = load_model(cfg)
@@ -465,10 +465,10 @@ def _recorded_model(args: argparse.Namespace) -> tuple[Config, Any, list, bool]:
 
 
 def cmd_proxy(args: argparse.Namespace) -> int:
-    from .tools.jsonout import finite
-    from .tools.methods import parse_budgets, parse_methods
-    from .tools.progress import progress_bar
-    from .tools.proxy import action_gap, occlusion_importance, rank_agreement
+    from .common.jsonout import finite
+    from .common.methods import parse_budgets, parse_methods
+    from .common.progress import progress_bar
+    from .evaluation.proxy import action_gap, occlusion_importance, rank_agreement
 
     methods = [m for m in parse_methods(args.methods, parse_budgets(args.budgets) if args.budgets else None)
                if m.name != "none"]
@@ -506,8 +506,8 @@ def cmd_proxy(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from .tools.calibrate import calibrate, params_yaml
-    from .tools.progress import progress_bar
+    from .common.progress import progress_bar
+    from .evaluation.calibrate import calibrate, params_yaml
 
     if not 0.05 <= args.target_flops <= 1.0:          # before minutes of recording
         raise ConfigError(f"--target-flops {args.target_flops:g}: must lie in [0.05, 1] (a share of the unpruned "
@@ -565,7 +565,7 @@ def _adder(subparsers) -> Callable[[str, Callable[[argparse.Namespace], int], st
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .tools.methods import VARIANTS
+    from .common.methods import VARIANTS
 
     parser = argparse.ArgumentParser(prog="specprune", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")

@@ -154,13 +154,18 @@ class SpecPrunePolicy:
         self._step = 0
 
     # ---- configuration and episodes ---------------------------------------------------------------
-    def set_config(self, config: Config) -> None:
-        """Queue a new configuration for the next step (thread-safe). Read-only knobs must not change."""
+    def check_config(self, config: Config) -> None:
+        """Refuse what this running policy cannot take: a changed read-only knob, layer knobs
+        beyond the model's depth (refused now, not at every step)."""
         old, new = self.config.flat(), config.flat()
         changed = sorted(n for n in READ_ONLY if old[n] != new[n])
         if changed:
             raise ConfigError(f"{', '.join(changed)} cannot change while running (read-only)")
-        check_layers(config.pruning, self.model.config.llm.layers)   # reject now, not at every step
+        check_layers(config.pruning, self.model.config.llm.layers)
+
+    def set_config(self, config: Config) -> None:
+        """Queue a new configuration for the next step (thread-safe), once it passed ``check_config``."""
+        self.check_config(config)
         with self._lock:
             self._pending = config
 

@@ -153,7 +153,7 @@ def test_parameter_files_layer_knob_by_knob(tmp_path):
 
 
 def test_the_paper_file_is_the_paper_variant():
-    from specprune_ros.tools.methods import PAPER
+    from specprune_ros.common.methods import PAPER
     paper = Config.from_yaml(ROOT / "config" / "pruning-paper.yaml").flat()
     assert all(paper[name] == value for name, value in PAPER.items())
     assert (paper["pruning.alpha"], paper["pruning.k_global"], paper["pruning.k_local"], paper["pruning.k_dynamic"]) \

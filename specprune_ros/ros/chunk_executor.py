@@ -102,11 +102,13 @@ class ChunkExecutorNode(Node):
             self.get_logger().info("e-stop released")
 
     def _on_transition(self, msg: TransitionEvent) -> None:
-        state = msg.goal_state.label
-        if state == "active":
+        """Stop when the action node leaves ``active`` (from the transition's first event); act
+        again once it is active. Transitions that never touch ``active`` (configure, cleanup)
+        change nothing: an executor that joins late may have missed their events."""
+        if msg.goal_state.label == "active":
             self.core.release("action_node")
-        else:
-            self.core.stop("action_node", f"the action node is {state}")
+        elif msg.start_state.label == "active":
+            self.core.stop("action_node", f"the action node is {msg.goal_state.label}")
             self._on_period()
 
     # ---- the period --------------------------------------------------------------------------------

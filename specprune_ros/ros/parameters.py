@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import yaml
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType, SetParametersResult
 from rclpy.parameter import Parameter
 
-from ..config import Config, Spec, field_type, iter_specs, model_params_file
+from ..config import Config, ConfigError, Spec, field_type, iter_specs, model_params_file
 
 _TYPES = {"bool": Parameter.Type.BOOL, "int": Parameter.Type.INTEGER, "float": Parameter.Type.DOUBLE,
           "str": Parameter.Type.STRING, "tuple[str, ...]": Parameter.Type.STRING_ARRAY,
@@ -151,3 +151,38 @@ def unmatched_params_files(args: Sequence[str], fully_qualified_name: str) -> li
                             f"({fully_qualified_name}); its parameters were ignored (key it '/**:' or "
                             f"'{fully_qualified_name}:')")
     return warnings
+
+
+class ParameterBridge:
+    """``ros2 param set`` -> the one configuration. A change is validated in the on-set callback
+    (a refused value never reaches the node: ``successful=False`` with the knob's name and range)
+    and applied in the post-set callback, once rclpy has stored it (Iron and later; on Humble,
+    which has no post-set callback, it is applied in the on-set callback once valid). rclpy's own
+    parameters (``use_sim_time``, ...) pass through to rclpy."""
+
+    def __init__(self, node, current: Callable[[], Config], validate: Callable[[Config], None],
+                 apply: Callable[[Config, list[str]], None]) -> None:
+        self.current, self.validate, self.apply = current, validate, apply
+        self._post = hasattr(node, "add_post_set_parameters_callback")
+        node.add_on_set_parameters_callback(self._on_set)
+        if self._post:
+            node.add_post_set_parameters_callback(self._after_set)
+
+    def _changed(self, params) -> tuple[Config, list[str]]:
+        ours = [p for p in params if p.name in KNOWN]
+        return self.current().replace(**{p.name: from_ros(p) for p in ours}), [p.name for p in ours]
+
+    def _on_set(self, params) -> SetParametersResult:
+        try:
+            new, names = self._changed(params)
+            self.validate(new)
+        except (ConfigError, ValueError) as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        if not self._post:
+            self.apply(new, names)
+        return SetParametersResult(successful=True)
+
+    def _after_set(self, params) -> None:
+        new, names = self._changed(params)
+        if names:
+            self.apply(new, names)

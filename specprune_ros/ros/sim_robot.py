@@ -346,8 +346,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``specprune sim robot --seeds A:B [--clock lockstep|realtime] [--log FILE] [--ros-args ...]``."""
     import argparse
 
+    from ..common.methods import parse_seeds
     from ..sim import DEFAULT_LAYOUT, LAYOUTS
-    from ..tools.methods import parse_seeds
 
     args = list(sys.argv[1:] if argv is None else argv)
     ros_args = args[args.index("--ros-args"):] if "--ros-args" in args else []

@@ -2,7 +2,7 @@
 
 Every method runs the same seeds with the same model (paired: a seed draws the same scene for
 each); the unpruned run (``none``) is the speed reference measured in the same run. Methods are
-``name[@alpha]`` (tools/methods.py); with budgets, each rule runs at several alphas and the
+``name[@alpha]`` (common/methods.py); with budgets, each rule runs at several alphas and the
 curves of success against LLM FLOPs are compared at equal FLOPs.
 
 Outputs in ``--out``: ``results.json`` (per method: success with a 95 % Wilson interval, step
@@ -25,10 +25,10 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..common.jsonout import finite
+from ..common.methods import Method, family
+from ..common.stats import exact_mcnemar, interpolate_curve
 from ..config import Config
-from ..tools.jsonout import finite
-from ..tools.methods import Method, family
-from ..tools.stats import exact_mcnemar, interpolate_curve
 from .env import DEFAULT_LAYOUT, MAX_STEPS, SEED_SPLITS
 
 SNAPSHOT_QUERY = 3                    # the query whose kept patches the frame strip shows
@@ -231,7 +231,7 @@ def plot_curves(path: Path, curves: dict[str, Any], summary: dict[str, dict[str,
 def _device_name(config: Config) -> str:
     import torch
 
-    from ..tools.bench import cpu_name
+    from ..common.device import cpu_name
     if config.node.device != "cpu" and torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
     return cpu_name()

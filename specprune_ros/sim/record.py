@@ -13,9 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..config import Config
-from ..policy import make_policy
-from ..tools.bags import (
+from ..common.bags import (
     TOPIC_EXPERT,
     TOPIC_INSTRUCTION,
     TOPIC_JOINTS,
@@ -30,6 +28,8 @@ from ..tools.bags import (
     typestore,
     write_records,
 )
+from ..config import Config
+from ..policy import make_policy
 from .env import DEFAULT_LAYOUT, TabletopEnv, seed_range
 from .rollout import run_policy_episode
 

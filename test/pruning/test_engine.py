@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
+from specprune_ros.common.methods import paper_config
 from specprune_ros.config import Config
 from specprune_ros.pruning import SpecPruneEngine, TokenLayout
-from specprune_ros.tools.methods import paper_config
 
 GRID = (4, 4)
 N = 16

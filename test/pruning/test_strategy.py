@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from specprune_ros.common.methods import paper_config
 from specprune_ros.config import Config
 from specprune_ros.model.checkpoint import load_tiny_random
 from specprune_ros.policy import SpecPrunePolicy
@@ -17,7 +18,6 @@ from specprune_ros.pruning.scores import score_layer
 from specprune_ros.pruning.stopwatch import Stopwatch
 from specprune_ros.pruning.strategy import make_strategy
 from specprune_ros.synthetic import INSTRUCTION, episode
-from specprune_ros.tools.methods import paper_config
 
 FIXTURES = Path(__file__).with_name("fixtures")
 _spec = importlib.util.spec_from_file_location("make_specprune_selections", FIXTURES / "make_specprune_selections.py")

@@ -420,7 +420,7 @@ def test_parameter_descriptors_carry_ranges_and_read_only(ros, loaded_tiny):
 
 
 def test_node_latency_tool_reports_a_consistent_breakdown():
-    from specprune_ros.tools.node_latency import measure
+    from specprune_ros.ros.node_latency import measure
     r = measure(chunks=4, camera_hz=20.0, control_hz=5.0, warmup=1)
     assert r["chunks"] >= 4
     parts = r["observation_age_at_step_ms"]["p50"] + r["policy_step_ms"]["p50"] + r["node_overhead_ms"]["p50"]

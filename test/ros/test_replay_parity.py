@@ -12,14 +12,14 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E
 from sensor_msgs.msg import Image, JointState  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
+from specprune_ros.common.bags import TOPIC_JOINTS, TOPIC_PRIMARY, TOPIC_WRIST, BagReader, write_synthetic_bag  # noqa: E402
 from specprune_ros.config import Config  # noqa: E402
+from specprune_ros.evaluation.replay import bag_ticks, open_episode  # noqa: E402
 from specprune_ros.ros.action_node import ActionNode  # noqa: E402
 from specprune_ros.sensing.assembly import (
     ObservationAssembler,  # noqa: E402
     stamp_nanoseconds,  # noqa: E402
 )
-from specprune_ros.tools.bags import TOPIC_JOINTS, TOPIC_PRIMARY, TOPIC_WRIST, BagReader, write_synthetic_bag  # noqa: E402
-from specprune_ros.tools.replay import bag_ticks, open_episode  # noqa: E402
 
 STEPS = 6
 

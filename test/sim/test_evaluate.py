@@ -7,11 +7,11 @@ import pytest
 
 pytest.importorskip("specprune_ros.sim.env", reason="mujoco and gymnasium are installed by make setup")
 
+from specprune_ros.common.methods import parse_methods  # noqa: E402
 from specprune_ros.config import Config  # noqa: E402
 from specprune_ros.sim.env import seed_range  # noqa: E402
 from specprune_ros.sim.evaluate import budget_curves, evaluate, paired_comparisons  # noqa: E402
 from specprune_ros.sim.rollout import EpisodeResult, wilson_interval  # noqa: E402
-from specprune_ros.tools.methods import parse_methods  # noqa: E402
 
 
 def test_paired_comparisons_count_discordant_seeds():

@@ -40,9 +40,9 @@ def test_wilson_interval():
 
 
 def test_recorded_closed_loop_episodes_replay(tmp_path):
+    from specprune_ros.common.bags import BagReader
+    from specprune_ros.evaluation.replay import run_replay
     from specprune_ros.sim.record import record
-    from specprune_ros.tools.bags import BagReader
-    from specprune_ros.tools.replay import run_replay
 
     config = Config.from_dict({"device": "cpu"})
     result = record(tmp_path / "sim", config, episodes=1)

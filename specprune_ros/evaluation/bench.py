@@ -8,8 +8,6 @@ layers), costed at the chosen model geometry.
 """
 from __future__ import annotations
 
-import os
-import platform
 import time
 from dataclasses import replace
 from typing import Any
@@ -17,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..common.device import cpu_name
 from ..config import Config
 from ..model.checkpoint import (
     LoadedPolicyModel,
@@ -32,16 +31,6 @@ from ..model.processing import ImageProcessor, NormStats
 from ..model.prompt import build_tiny_tokenizer
 from ..policy import Observation, SpecPrunePolicy, StepStats, load_model
 from ..synthetic import INSTRUCTION, episode
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -26,8 +26,8 @@ def measure(chunks: int = 40, camera_hz: float = 20.0, control_hz: float = 5.0, 
     from std_msgs.msg import String
 
     from ..msg import ActionChunk
-    from ..ros.action_node import ActionNode
     from ..synthetic import INSTRUCTION, JOINT_NAMES, episode
+    from .action_node import ActionNode
 
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     frames = episode(60)
@@ -82,7 +82,7 @@ def measure(chunks: int = 40, camera_hz: float = 20.0, control_hz: float = 5.0, 
         node.shutdown()
         executor.shutdown(timeout_sec=2.0)
         spinner.join(5.0)
-        stats = list(node._latencies)
+        stats = list(node.worker.latencies)
         node.destroy_node()
         robot.destroy_node()
         rclpy.shutdown(context=context)

@@ -5,7 +5,7 @@ import pytest
 
 pytest.importorskip("rclpy")
 
-from specprune_ros.tools.transport_check import PROFILE, measure, profile_with_segment  # noqa: E402
+from specprune_ros.ros.transport_check import PROFILE, measure, profile_with_segment  # noqa: E402
 
 NS = {"dds": "http://www.eprosima.com"}
 

@@ -1,4 +1,4 @@
-"""The offline proxy (tools/proxy.py): chunks of every rule against the unpruned chunks, on the
+"""The offline proxy (evaluation/proxy.py): chunks of every rule against the unpruned chunks, on the
 observations of a real rosbag2 file, through the real tiny model."""
 import json
 import subprocess
@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from specprune_ros.common.bags import write_synthetic_bag
+from specprune_ros.common.methods import parse_methods
 from specprune_ros.config import Config
+from specprune_ros.evaluation.proxy import action_gap, observations_from_bag, rank_agreement, spearman
 from specprune_ros.model.checkpoint import load_tiny_random
-from specprune_ros.tools.bags import write_synthetic_bag
-from specprune_ros.tools.methods import parse_methods
-from specprune_ros.tools.proxy import action_gap, observations_from_bag, rank_agreement, spearman
 
 REAL_BAGS = Path(__file__).resolve().parents[2].parent / "shared" / "real-bags"
 
@@ -68,7 +68,7 @@ def test_a_recording_without_cameras_is_one_clear_error(tmp_path):
 
 
 def test_kept_patterns_measure_runs_rows_cameras_and_turnover():
-    from specprune_ros.tools.proxy import kept_pattern
+    from specprune_ros.evaluation.proxy import kept_pattern
     stripes = np.zeros((2, 16), bool)
     stripes[0, :4] = True                                   # primary: the first row of its 4 x 4 grid
     moved = np.zeros((2, 16), bool)
@@ -82,7 +82,7 @@ def test_kept_patterns_measure_runs_rows_cameras_and_turnover():
 
 
 def test_the_oracle_ratio_rewards_keeping_what_the_action_depends_on():
-    from specprune_ros.tools.proxy import oracle_ratio
+    from specprune_ros.evaluation.proxy import oracle_ratio
     importance = np.zeros((1, 4))
     importance[0, 0] = 1.0                                   # only the top-left quarter matters
     top_left = np.zeros((1, 16), bool)
@@ -95,7 +95,7 @@ def test_the_oracle_ratio_rewards_keeping_what_the_action_depends_on():
 
 
 def test_the_occlusion_oracle_runs_on_the_real_model(bag):
-    from specprune_ros.tools.proxy import occlusion_importance
+    from specprune_ros.evaluation.proxy import occlusion_importance
     loaded = load_tiny_random("cpu")
     config = Config().replace(**{"control_rate_hz": 2.5})
     episodes = [observations_from_bag(bag, config, uses_proprio=True)[0][:2]]
@@ -106,6 +106,6 @@ def test_the_occlusion_oracle_runs_on_the_real_model(bag):
 
 def test_oracle_blocks_must_divide_the_patch_grid():
     from specprune_ros.config import ConfigError
-    from specprune_ros.tools.proxy import occlusion_importance
+    from specprune_ros.evaluation.proxy import occlusion_importance
     with pytest.raises(ConfigError, match="--oracle-blocks 3: must divide the model's 16 x 16 patch grid"):
         occlusion_importance(load_tiny_random("cpu"), Config(), [[]], blocks=3)

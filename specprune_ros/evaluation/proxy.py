@@ -22,11 +22,11 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..common.methods import Method
 from ..config import Config, ConfigError
 from ..model.checkpoint import LoadedPolicyModel
 from ..observation import Observation
 from ..policy import SpecPrunePolicy
-from .methods import Method
 
 Episode = list[Observation]
 
@@ -48,7 +48,7 @@ def observations_from_bag(bag: str | Path, config: Config, uses_proprio: bool) -
                 obs.history = [type(h)(h.stamp, list(h.load())) for h in obs.history]   # decoded once, reused
                 observations.append(obs)
     if not observations:
-        from .bags import BagError
+        from ..common.bags import BagError
         raise BagError(f"{bag}: no complete observation at the node's control ticks (cameras and joint states "
                        f"within match_tolerance_s of each other?)")
     return [observations]

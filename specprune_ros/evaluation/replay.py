@@ -17,14 +17,14 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from ..common.bags import IMAGE_TYPES, TOPIC_EXPERT, BagError, BagMessage, BagReader, bag_name
+from ..common.progress import progress_bar
 from ..config import Config
 from ..control import ControlTick
 from ..model.config import dimension_names
 from ..observation import Observation
 from ..policy import PolicyOutput, SpecPrunePolicy, load_model
 from ..sensing.assembly import ObservationAssembler, stamp_nanoseconds
-from .bags import IMAGE_TYPES, TOPIC_EXPERT, BagError, BagMessage, BagReader, bag_name
-from .progress import progress_bar
 
 EXPERT_TYPES = ("std_msgs/msg/Float64MultiArray", "std_msgs/msg/Float32MultiArray")
 
@@ -406,7 +406,7 @@ def write_output_bag(run: ReplayRun, path: Path, dt: float) -> Path:
     """The predicted ActionChunk and PruningStats (pruned policy) as a rosbag2 (MCAP)."""
     from rosbags.rosbag2 import StoragePlugin, Writer
 
-    from .bags import typestore
+    from ..common.bags import typestore
 
     if path.exists():
         raise BagError(f"{path}: already exists (choose a new path for --output-bag)")

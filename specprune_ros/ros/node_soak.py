@@ -148,7 +148,7 @@ def soak(minutes: float = 10.0, camera_hz: float = 30.0, size: tuple[int, int] =
     node = subprocess.Popen([sys.executable, "-m", "specprune_ros", "node", "--ros-args",
                              "-p", f"model_path:={model_path}", "-p", "device:=cpu",
                              "-p", f"control_rate_hz:={control_hz}"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    robot = subprocess.Popen([sys.executable, "-m", "specprune_ros.tools.node_soak", f"{size[0]}x{size[1]}",
+    robot = subprocess.Popen([sys.executable, "-m", "specprune_ros.ros.node_soak", f"{size[0]}x{size[1]}",
                               str(camera_hz), encoding, str(seconds + 30), scene], env=env, stdout=subprocess.DEVNULL)
     context = rclpy.Context()
     rclpy.init(context=context)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from specprune_ros.cli import main
+from specprune_ros.common.bags import BagError, BagReader, write_synthetic_bag
 from specprune_ros.config import Config
-from specprune_ros.tools.bags import BagError, BagReader, write_synthetic_bag
-from specprune_ros.tools.replay import replay
+from specprune_ros.evaluation.replay import replay
 
 STEPS = 12
 
@@ -138,7 +138,7 @@ def test_missing_topics(tmp_path):
 def test_wrong_encoding_means_no_complete_observation(tmp_path):
     from rosbags.rosbag2 import Reader, Writer
 
-    from specprune_ros.tools.bags import typestore
+    from specprune_ros.common.bags import typestore
 
     src = write_synthetic_bag(tmp_path / "src", 4, "mcap")
     store = typestore()
@@ -159,7 +159,7 @@ def test_wrong_encoding_means_no_complete_observation(tmp_path):
 def test_empty_bag(tmp_path):
     from rosbags.rosbag2 import Writer
 
-    from specprune_ros.tools.bags import typestore
+    from specprune_ros.common.bags import typestore
     with Writer(tmp_path / "empty", version=9) as writer:
         writer.add_connection("/image_primary", "sensor_msgs/msg/Image", typestore=typestore())
     assert_one_line_error(run_cli("replay", str(tmp_path / "empty"), "--out", str(tmp_path / "o")),
@@ -194,9 +194,9 @@ def test_history_adapts_to_the_executed_motion_at_any_control_rate(tmp_path, con
     action period (10 Hz): either way the frames in between reach the history, v is the arm's
     speed over a chunk horizon, and T moves with the motion: fast transport compares a recent
     frame, a slow grasp or release an older one."""
+    from specprune_ros.common.bags import STEP_NS
+    from specprune_ros.evaluation.replay import run_replay
     from specprune_ros.synthetic import episode
-    from specprune_ros.tools.bags import STEP_NS
-    from specprune_ros.tools.replay import run_replay
 
     steps, start_ns = 160, 1_700_000_000_000_000_000
     bag = write_synthetic_bag(tmp_path / "episode", steps, "mcap", start_ns=start_ns)
@@ -254,7 +254,7 @@ def test_a_rizon4_recording_replays_on_its_header_clock(rizon4_bag, tmp_path, ma
 
 
 def test_zero_header_stamps_fall_back_to_the_recording_time(tmp_path):
-    from specprune_ros.tools.replay import run_replay
+    from specprune_ros.evaluation.replay import run_replay
 
     bag = write_synthetic_bag(tmp_path / "zero", 5, "mcap", zero_stamps=True)
     run = run_replay(bag, Config.from_dict({"max_observation_age_s": 5.0}), compare=False)
@@ -262,7 +262,7 @@ def test_zero_header_stamps_fall_back_to_the_recording_time(tmp_path):
 
 
 def test_start_duration_and_max_steps_choose_a_window(tmp_path):
-    from specprune_ros.tools.replay import run_replay
+    from specprune_ros.evaluation.replay import run_replay
 
     bag = write_synthetic_bag(tmp_path / "long", 12, "mcap")
     config = Config.from_dict({"max_observation_age_s": 5.0})
@@ -328,8 +328,8 @@ def test_real_recordings_written_by_ros_tools(directory, tmp_path):
 ], ids=lambda r: "-".join(f"{k}={v}" for k, v in r.items()))
 def test_what_real_recorders_write_replays(tmp_path, recording):
     """zstd (file and message mode), split files, JPEG, mono and bgr8 cameras, a device clock."""
-    from specprune_ros.tools.bags import Recording
-    from specprune_ros.tools.replay import run_replay
+    from specprune_ros.common.bags import Recording
+    from specprune_ros.evaluation.replay import run_replay
 
     bag = write_synthetic_bag(tmp_path / "bag", 6, recording=Recording(**recording))
     if recording.get("split"):
@@ -353,9 +353,9 @@ def test_make_bag_cli_writes_a_rizon4_style_recording(tmp_path):
 def test_a_model_without_proprio_needs_no_joint_states(tmp_path):
     from rosbags.rosbag2 import Reader, Writer
 
+    from specprune_ros.common.bags import typestore
+    from specprune_ros.evaluation.replay import run_replay
     from specprune_ros.model.checkpoint import write_tiny_checkpoint
-    from specprune_ros.tools.bags import typestore
-    from specprune_ros.tools.replay import run_replay
 
     src = write_synthetic_bag(tmp_path / "src", 4, "mcap")
     cameras_only = tmp_path / "cameras_only"                         # the same recording, no /joint_states

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from specprune_ros.tools.stats import exact_mcnemar, interpolate_curve
+from specprune_ros.common.stats import exact_mcnemar, interpolate_curve
 
 
 def test_exact_mcnemar_is_the_two_sided_binomial_sign_test():

@@ -49,7 +49,7 @@ def measure(size: tuple[int, int] = (640, 480), hz: float = 30.0, seconds: float
                 path = profile_with_segment(float(segment), Path(tmp))
                 env.update({k: str(path) for k in PROFILE_VARIABLES})
             common = [f"--size={size[0]}x{size[1]}", f"--hz={hz}", f"--seconds={seconds}", f"--cameras={cameras}"]
-            module = [sys.executable, "-m", "specprune_ros.tools.transport_check"]
+            module = [sys.executable, "-m", "specprune_ros.ros.transport_check"]
             subscriber = subprocess.Popen([*module, "subscribe", *common], env=env, stdout=subprocess.PIPE, text=True)
             time.sleep(0.5)
             publisher = subprocess.run([*module, "publish", *common], env=env, stdout=subprocess.PIPE, text=True,

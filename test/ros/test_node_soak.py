@@ -5,7 +5,7 @@ pytest.importorskip("rclpy")
 
 import numpy as np  # noqa: E402
 
-from specprune_ros.tools.node_soak import camera_frames, soak  # noqa: E402
+from specprune_ros.ros.node_soak import camera_frames, soak  # noqa: E402
 
 
 def test_a_short_soak_reports_rate_memory_drops_and_a_clean_exit(tmp_path):

@@ -2,7 +2,7 @@
 
 The paper's layer choices were made for one 32-layer model on LIBERO; a fine-tune of another
 depth, or on another robot, attends to its task elsewhere. Calibration runs the offline proxy
-(tools/proxy.py) on the user's observations and picks, one knob group at a time, the candidate
+(evaluation/proxy.py) on the user's observations and picks, one knob group at a time, the candidate
 whose action chunks stay closest to the unpruned ones at a target LLM FLOPs ratio:
 
 1. the layers whose scores form the next step's prior (``pruning.global_layers``);
@@ -23,12 +23,12 @@ from typing import Any, Callable
 import numpy as np
 import yaml
 
+from ..common.methods import Method
+from ..common.stats import interpolate_curve
 from ..config import Config, ConfigError
 from ..model.checkpoint import LoadedPolicyModel
 from ..pruning.strategy import check_layers
-from .methods import Method
 from .proxy import Episode, action_gap, unpruned_chunks
-from .stats import interpolate_curve
 
 ALPHAS = (0.6, 1.5, 3.0)               # where each candidate's curve is sampled
 # What the written file holds: the chosen knobs and the model's other layer knobs, so the file

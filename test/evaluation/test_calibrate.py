@@ -1,4 +1,4 @@
-"""`specprune calibrate` (tools/calibrate.py): knobs for a checkpoint from its own recording, end
+"""`specprune calibrate` (evaluation/calibrate.py): knobs for a checkpoint from its own recording, end
 to end on a real rosbag2 file and the real tiny model; bad inputs are one clear error."""
 import subprocess
 import sys
@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from specprune_ros.common.bags import write_synthetic_bag
 from specprune_ros.config import Config
-from specprune_ros.tools.bags import write_synthetic_bag
-from specprune_ros.tools.calibrate import alpha_for, gap_at, layer_candidates
+from specprune_ros.evaluation.calibrate import alpha_for, gap_at, layer_candidates
 
 REAL_BAGS = Path(__file__).resolve().parents[2].parent / "shared" / "real-bags"
 

@@ -1,8 +1,8 @@
-"""The rules an evaluation compares, parsed and checked (tools/methods.py)."""
+"""The rules an evaluation compares, parsed and checked (common/methods.py)."""
 import pytest
 
+from specprune_ros.common.methods import PAPER, VARIANTS, parse_budgets, parse_methods, parse_seeds
 from specprune_ros.config import Config, ConfigError
-from specprune_ros.tools.methods import PAPER, VARIANTS, parse_budgets, parse_methods, parse_seeds
 
 
 def test_methods_are_parsed_into_configurations():

@@ -1,0 +1,138 @@
+"""The node's inference worker: the control loop on its own thread, off the executor.
+
+It ticks at ``control_rate_hz`` of wall time, or - with a simulated clock (``use_sim_time``) - at
+the clock's multiples of the control period, each tick waiting (up to ``LOCKSTEP_WAIT_S`` of wall
+time) for the inputs stamped at it, so a simulator that holds its clock while the policy runs
+(lockstep) gets exactly one step per tick, on that tick's observation. Each tick runs the shared
+``ControlTick`` (assemble -> step -> after-step age rule) and hands an action to ``publish``;
+a drop or a failed step goes to ``stop_motion`` (the robot must not keep executing old actions).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import Callable
+
+from ..control import ControlTick, TickResult
+
+LOCKSTEP_WAIT_S = 2.0       # simulated clock: the longest wall-clock wait for a tick's inputs
+
+
+class InferenceWorker:
+    def __init__(self, control: ControlTick, clock, logger, period_s: Callable[[], float],
+                 publish: Callable[[TickResult], bool], stop_motion: Callable[[], None]) -> None:
+        """``publish(result)`` returns whether it published (False: stopping or inactive meanwhile)."""
+        self.control, self.clock, self.logger = control, clock, logger
+        self.period_s, self.publish, self.stop_motion = period_s, publish, stop_motion
+        self.active = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_sim_tick: int | None = None
+        self.latencies: deque[float] = deque(maxlen=100)       # policy step, ms
+        self.end_to_end: deque[float] = deque(maxlen=100)      # observation stamp -> action, ms
+        self.published: deque[float] = deque(maxlen=100)       # monotonic times of published actions
+        self.last_reason = ""
+        self.errors = 0
+
+    # ---- thread -----------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="specprune-inference", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop acting and end the loop, waiting for the step in flight."""
+        self.active.clear()
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _now(self) -> int:
+        return self.clock.now().nanoseconds
+
+    def _loop(self) -> None:
+        _name_os_thread("sp-inference")
+        next_tick = time.monotonic()
+        while not self._stop.is_set():
+            if self.clock.ros_time_is_active:     # use_sim_time with a /clock
+                self._guarded(self._sim_clock_tick)
+                next_tick = time.monotonic()
+                continue
+            next_tick += self.period_s()
+            if self.active.is_set():
+                self._guarded(self._tick)
+            delay = next_tick - time.monotonic()
+            if delay < 0:                        # overrun: skip ticks instead of bursting
+                next_tick = time.monotonic()
+                delay = 0.0
+            self._stop.wait(delay)
+
+    def _guarded(self, step) -> None:
+        try:
+            step()
+        except Exception as exc:  # never let one bad step kill the robot's node
+            if self._stop.is_set():
+                return            # shutting down: whatever failed no longer matters
+            self.errors += 1
+            self.logger.error(f"inference step failed: {type(exc).__name__}: {exc}", throttle_duration_sec=5.0)
+            self.last_reason = f"step failed: {type(exc).__name__}"
+            self.stop_motion()
+
+    def _sim_clock_tick(self) -> None:
+        period = round(1e9 * self.period_s())
+        if self._now() == 0:                     # no /clock message yet: no time to act at
+            self._stop.wait(0.01)
+            return
+        tick = -(-self._now() // period) * period
+        if self._last_sim_tick is not None and tick <= self._last_sim_tick:
+            tick = self._last_sim_tick + period
+        while self._now() < tick:
+            if self._stop.wait(0.001):
+                return
+        tick = max(tick, self._now() // period * period)   # the clock jumped past ticks: the latest one
+        self._last_sim_tick = tick
+        # The tick's inputs, then its step; an observation still waiting for a partner is tried
+        # again (the simulator holds its clock until this tick's chunk: a later tick never comes).
+        deadline = time.monotonic() + LOCKSTEP_WAIT_S
+        while self.active.is_set():
+            late = time.monotonic() >= deadline
+            if self.control.assembler.has_inputs_at(tick) or late:
+                result = self._tick(tick)
+                if result.output is not None or result.dropped or late:
+                    return
+            if self._stop.wait(0.002):
+                return
+
+    def _tick(self, now_ns: int | None = None) -> TickResult:
+        result = self.control.run(self._now() if now_ns is None else now_ns, lambda out: self._now())
+        if result.output is None:
+            if result.dropped:
+                self.last_reason = result.reason
+                self.logger.warning(f"no action: {result.reason}", throttle_duration_sec=2.0)
+                self.stop_motion()
+            return result
+        if self.publish(result):
+            self.latencies.append(result.output.stats.latency_ms)
+            self.end_to_end.append(result.age_s * 1e3)
+            self.published.append(time.monotonic())
+        return result
+
+
+def _name_os_thread(name: str) -> None:
+    """Give the calling thread an OS-level name (Linux), so `top -H` and soak reports tell the
+    inference thread from the executor and torch's pool. A no-op where prctl is unavailable."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)     # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass

@@ -1,1 +1,0 @@
-"""Offline tools: benchmarks, replay, synthetic bags (they use the policy; no ROS node)."""

@@ -172,8 +172,8 @@ class NormStats:
     def constant_action_dims(self) -> np.ndarray:
         """Normalized dims the dataset never moves (q01 == q99): un-normalizing maps any prediction
         there to the constant, so the model's raw value is meaningless. The reference trains them
-        towards 0 (its data pipeline zeroes dims with min == max), a model trained towards -1 (our
-        sim models up to v3) reads there as a full-scale motion. Computed once (per step use)."""
+        towards 0 (its data pipeline zeroes dims with min == max), a model trained towards -1 (one
+        trained without that zeroing) reads there as a full-scale motion. Computed once (per step use)."""
         return self.action_mask & (self.action_high - self.action_low <= 0)
 
     def motion_units(self, normalized: np.ndarray) -> np.ndarray:

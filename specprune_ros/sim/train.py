@@ -130,7 +130,7 @@ def statistics(episodes: list[dict[str, Any]]) -> dict[str, Any]:
 def normalize_actions(actions: np.ndarray, stats: NormStats, unused: np.ndarray | None = None) -> np.ndarray:
     """BOUNDS_Q99: the inverse of ``NormStats.unnormalize_actions`` where the mask is set, clipped;
     ``unused`` dims (the statistics' min == max) are 0, as the reference's data pipeline maps them
-    (without it they would be -1: sim models up to v3 were trained so)."""
+    (without it they would be -1, and a model trained on -1 there reads it as motion)."""
     a = np.asarray(actions, dtype=np.float64)
     scaled = np.clip(2 * (a - stats.action_low) / (stats.action_high - stats.action_low + 1e-8) - 1, -1, 1)
     normalized = np.where(stats.action_mask, scaled, a)

@@ -1,7 +1,8 @@
 """The chunk executor's rules, without ROS: action chunks in, one command per action period out.
 
-A chunk predicted from an observation stamped ``s`` holds actions meant for ``s``, ``s + dt``,
-``s + 2 dt``, ...: action ``k`` belongs to the period ``[s + k dt, s + (k + 1) dt)``. The executor
+All times are integer nanoseconds, as header stamps are (float seconds would round a period
+boundary away). A chunk predicted from an observation stamped ``s`` holds actions meant for
+``s``, ``s + dt``, ``s + 2 dt``, ...: action ``k`` belongs to the period ``[s + k dt, s + (k + 1) dt)``. The executor
 is asked for the command at time ``now`` and answers with the action of the period ``now`` falls
 in, so a chunk that arrives late (a slow step) starts where the clock is - the actions whose time
 has passed are skipped and counted, never replayed. Between overlapping chunks the newest one
@@ -17,7 +18,6 @@ Actions are OpenVLA-OFT's end-effector deltas: ``dx dy dz`` (m per period), ``dr
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,13 +26,12 @@ from .config import ExecutorConfig
 
 TRANSLATION = slice(0, 3)
 ROTATION = slice(3, 6)
-_EPS_S = 1e-6                 # stamps are integer nanoseconds; a period boundary is not rounded away
 
 
 @dataclass(frozen=True)
 class Chunk:
     actions: np.ndarray       # (chunk_size, action_dim), un-normalized
-    stamp_s: float            # the observation's stamp
+    stamp_ns: int             # the observation's stamp
     step: int                 # the action node's step counter
 
 
@@ -40,7 +39,7 @@ class Chunk:
 class Command:
     """One period's command: an action, or a hold (``action`` None) with its reason."""
 
-    time_s: float
+    time_ns: int
     action: np.ndarray | None
     reason: str = ""
     chunk: Chunk | None = None        # the (newest) chunk the action came from
@@ -65,7 +64,9 @@ class ExecutorCounters:
 
 class ChunkExecutor:
     def __init__(self, config: ExecutorConfig, action_dt: float) -> None:
-        self.config, self.action_dt = config, action_dt
+        self.config = config
+        self.dt_ns = round(action_dt * 1e9)
+        self.max_age_ns = round(config.max_chunk_age_s * 1e9)
         self.chunks: list[Chunk] = []                 # live chunks, oldest first
         self.counters = ExecutorCounters()
         self._stopped: dict[str, str] = {}            # source -> why (e-stop, action node inactive)
@@ -81,9 +82,9 @@ class ChunkExecutor:
         actions = np.asarray(chunk.actions, np.float64)
         if actions.ndim != 2 or actions.shape[0] == 0 or actions.shape[1] < 7 or not np.isfinite(actions).all():
             return self._reject(f"malformed: actions of shape {actions.shape} (need chunk_size x >= 7, finite)")
-        if self.chunks and chunk.stamp_s <= self.chunks[-1].stamp_s:
+        if self.chunks and chunk.stamp_ns <= self.chunks[-1].stamp_ns:
             return self._reject("not newer than the chunk in use")
-        self.chunks.append(Chunk(actions, chunk.stamp_s, chunk.step))
+        self.chunks.append(Chunk(actions, chunk.stamp_ns, chunk.step))
         self.counters.chunks += 1
         return True
 
@@ -108,15 +109,15 @@ class ChunkExecutor:
         return "; ".join(self._stopped.values())
 
     # ---- the command for a period -------------------------------------------------------------------
-    def command(self, now_s: float, position: np.ndarray | None = None) -> Command | None:
-        """The command for the period ``now_s`` falls in, or None while holding (the hold was sent)."""
+    def command(self, now_ns: int, position: np.ndarray | None = None) -> Command | None:
+        """The command for the period ``now_ns`` falls in, or None while holding (the hold was sent)."""
         if self.stopped:
-            return self._hold(now_s, f"stopped: {self.stopped}")
-        self.chunks = [c for c in self.chunks if now_s - c.stamp_s <= self.config.max_chunk_age_s]
-        live = [(c, self._index(c, now_s)) for c in self.chunks]
+            return self._hold(now_ns, f"stopped: {self.stopped}")
+        self.chunks = [c for c in self.chunks if now_ns - c.stamp_ns <= self.max_age_ns]
+        live = [(c, max(0, (now_ns - c.stamp_ns) // self.dt_ns)) for c in self.chunks]
         live = [(c, k) for c, k in live if k < len(c.actions)]
         if not live:
-            return self._hold(now_s, self._why_no_action(now_s))
+            return self._hold(now_ns, self._why_no_action())
         newest, index = live[-1]
         if self.config.handover == "ensemble" and len(live) > 1:
             weights = np.exp(-self.config.ensemble_decay * np.arange(len(live)))     # i = 0: the oldest
@@ -132,24 +133,21 @@ class ChunkExecutor:
         self.counters.commands += 1
         self.counters.skipped += skipped
         self.counters.clamped += int(clamped)
-        return Command(now_s, action, "", newest, index, skipped, clamped)
+        return Command(now_ns, action, "", newest, index, skipped, clamped)
 
-    def _index(self, chunk: Chunk, now_s: float) -> int:
-        return max(0, math.floor((now_s - chunk.stamp_s) / self.action_dt + _EPS_S))
-
-    def _why_no_action(self, now_s: float) -> str:
+    def _why_no_action(self) -> str:
         if self.chunks:
             return "the chunk ran out (no fresher chunk yet)"
         if self.counters.chunks == 0:
             return "no chunk yet"
         return f"no chunk newer than max_chunk_age_s {self.config.max_chunk_age_s:g} s"
 
-    def _hold(self, now_s: float, reason: str) -> Command | None:
+    def _hold(self, now_ns: int, reason: str) -> Command | None:
         if self._held:
             return None
         self._held = True
         self.counters.holds += 1
-        return Command(now_s, None, reason)
+        return Command(now_ns, None, reason)
 
     def limit(self, action: np.ndarray, position: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
         """The per-period translation / rotation limits, then the workspace box (with a position)."""

@@ -273,8 +273,9 @@ class SpecPrunePolicy:
             raise ObservationError("the model produced non-finite actions; the episode state was reset")
         if pruner is None:
             return normalized, None
-        for name, value in dataclasses.asdict(pruner.report()).items():
-            setattr(stats, name, value)
+        report = pruner.report()
+        for f in dataclasses.fields(report):
+            setattr(stats, f.name, getattr(report, f.name))
         if inputs.gap and not pruner.fallback:
             stats.fallback_reason = "input gap"
         kept_mask, rest = None, host[n_act:]

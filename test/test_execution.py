@@ -8,12 +8,17 @@ from specprune_ros.execution import Chunk, ChunkExecutor
 DT = 0.1
 
 
+def ns(seconds):
+    """Times go to the executor in integer nanoseconds, as header stamps are."""
+    return round(seconds * 1e9)
+
+
 def chunk(stamp, step, size=8, base=0.0):
     """Action k of chunk `step` moves x by 1 mm * (k + 1) + base (so every action is recognisable)."""
     actions = np.zeros((size, 7))
     actions[:, 0] = 0.001 * (np.arange(size) + 1) + base
     actions[:, 6] = 1.0
-    return Chunk(actions, stamp, step)
+    return Chunk(actions, ns(stamp), step)
 
 
 def executor(**knobs):
@@ -24,44 +29,44 @@ def executor(**knobs):
 def test_actions_follow_the_clock_and_a_late_chunk_skips_the_past():
     ex = executor()
     ex.submit(chunk(10.0, 1))
-    first = ex.command(10.0)
+    first = ex.command(ns(10.0))
     assert first.index == 0 and first.skipped == 0 and first.action[0] == pytest.approx(0.001)
-    assert ex.command(10.1).index == 1
+    assert ex.command(ns(10.1)).index == 1
     # a slow step: the next chunk (observation at 10.2) arrives at 10.55 - actions 0-2 are past
     ex.submit(chunk(10.2, 2, base=0.01))
-    late = ex.command(10.55)
+    late = ex.command(ns(10.55))
     assert late.chunk.step == 2 and late.index == 3 and late.skipped == 3
     assert late.action[0] == pytest.approx(0.01 + 0.004)
     assert ex.counters.skipped == 3
     # the next period continues from there: nothing replayed, nothing skipped
-    nxt = ex.command(10.65)
+    nxt = ex.command(ns(10.65))
     assert nxt.index == 4 and nxt.skipped == 0
 
 
 def test_period_boundaries_are_exact_on_nanosecond_stamps():
     ex = executor()
     ex.submit(chunk(1.2, 1))
-    assert [ex.command(1.2 + k * DT).index for k in range(8)] == list(range(8))
+    assert [ex.command(ns(1.2 + k * DT)).index for k in range(8)] == list(range(8))
 
 
 def test_hold_once_when_the_chunk_runs_out_then_act_again():
     ex = executor()
     ex.submit(chunk(0.0, 1, size=2))
-    assert not ex.command(0.0).hold and not ex.command(0.1).hold
-    hold = ex.command(0.2)
+    assert not ex.command(ns(0.0)).hold and not ex.command(ns(0.1)).hold
+    hold = ex.command(ns(0.2))
     assert hold.hold and "ran out" in hold.reason
-    assert ex.command(0.3) is None                       # one hold command, not one per period
+    assert ex.command(ns(0.3)) is None                       # one hold command, not one per period
     ex.submit(chunk(0.3, 2))
-    assert not ex.command(0.35).hold
+    assert not ex.command(ns(0.35)).hold
     assert ex.counters.holds == 1
 
 
 def test_no_chunk_and_old_chunks_hold_with_the_reason():
     ex = executor(max_chunk_age_s=0.5)
-    assert "no chunk yet" in ex.command(0.0).reason
+    assert "no chunk yet" in ex.command(ns(0.0)).reason
     ex.submit(chunk(1.0, 1, size=50))
-    assert not ex.command(1.4).hold
-    old = ex.command(1.6)
+    assert not ex.command(ns(1.4)).hold
+    old = ex.command(ns(1.6))
     assert old.hold and "max_chunk_age_s" in old.reason
 
 
@@ -69,10 +74,10 @@ def test_reordered_and_malformed_chunks_are_refused():
     ex = executor()
     assert ex.submit(chunk(2.0, 2))
     assert not ex.submit(chunk(1.0, 1))                  # reordered delivery: never go back in time
-    assert not ex.submit(Chunk(np.full((8, 7), np.nan), 3.0, 3))
-    assert not ex.submit(Chunk(np.zeros((8, 3)), 3.0, 3))
+    assert not ex.submit(Chunk(np.full((8, 7), np.nan), ns(3.0), 3))
+    assert not ex.submit(Chunk(np.zeros((8, 3)), ns(3.0), 3))
     assert ex.counters.rejected == {"not newer than the chunk in use": 1, "malformed": 2}
-    assert ex.command(2.0).chunk.step == 2
+    assert ex.command(ns(2.0)).chunk.step == 2
 
 
 def test_replace_takes_the_newest_and_ensemble_averages_with_acts_weights():
@@ -81,11 +86,11 @@ def test_replace_takes_the_newest_and_ensemble_averages_with_acts_weights():
     for ex in (replace, ensemble):
         ex.submit(chunk(0.0, 1, base=0.0))
         ex.submit(chunk(0.1, 2, base=0.01))
-    assert replace.command(0.15).action[0] == pytest.approx(0.01 + 0.001)
+    assert replace.command(ns(0.15)).action[0] == pytest.approx(0.01 + 0.001)
     # old chunk: action 1 (0.002), new chunk: action 0 (0.011); weights exp(-0.5 * [0, 1])
     w = np.exp(-0.5 * np.arange(2))
     expected = (w[0] * 0.002 + w[1] * 0.011) / w.sum()
-    assert ensemble.command(0.15).action[0] == pytest.approx(expected)
+    assert ensemble.command(ns(0.15)).action[0] == pytest.approx(expected)
 
 
 def test_limits_clamp_translation_rotation_and_the_workspace_box():
@@ -111,15 +116,15 @@ def test_limits_clamp_translation_rotation_and_the_workspace_box():
 def test_stop_holds_at_once_and_drops_the_chunks_in_hand():
     ex = executor()
     ex.submit(chunk(0.0, 1))
-    assert not ex.command(0.0).hold
+    assert not ex.command(ns(0.0)).hold
     ex.stop("estop", "e-stop pressed")
-    hold = ex.command(0.1)
+    hold = ex.command(ns(0.1))
     assert hold.hold and "e-stop pressed" in hold.reason
     assert not ex.submit(chunk(0.15, 2))                 # planned during the stop: never executed
     ex.release("estop")
-    assert ex.command(0.2) is None                       # still holding: the old chunk is gone
+    assert ex.command(ns(0.2)) is None                       # still holding: the old chunk is gone
     ex.submit(chunk(0.2, 2))
-    assert not ex.command(0.25).hold
+    assert not ex.command(ns(0.25)).hold
 
 
 def test_workspace_needs_both_corners():

@@ -86,6 +86,13 @@ def run_bench(config: Config, model_config: str | None, model_path: str | None, 
     else:
         loaded = random_policy_model(model_config or "scaled", device, dtype)
         label = model_config or "scaled"
+    return {**compare_policies(loaded, config, steps, warmup), "model_config": label,
+            "preprocess_ms": preprocess_timing(SpecPrunePolicy(loaded, config).processor)}
+
+
+def compare_policies(loaded: LoadedPolicyModel, config: Config, steps: int, warmup: int) -> dict[str, Any]:
+    """Pruned and unpruned policies on one model, alternating on the same synthetic observations
+    (so drift hits both), warm-up excluded: latency, speed-up, overhead, tokens, FLOPs."""
     pruned = SpecPrunePolicy(loaded, config.replace(**{"pruning.enabled": True}))
     unpruned = SpecPrunePolicy(loaded, config.replace(**{"pruning.enabled": False}))
     obs = observations(steps + warmup, config.node.num_images)
@@ -105,7 +112,6 @@ def run_bench(config: Config, model_config: str | None, model_path: str | None, 
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "model_config": label,
         "dtype": str(next(loaded.model.parameters()).dtype).removeprefix("torch."),
         "steps": len(p),
         "warmup": warmup,
@@ -118,7 +124,6 @@ def run_bench(config: Config, model_config: str | None, model_path: str | None, 
                           "kept_mean": float(np.mean([s.vision_tokens_kept for s in p]))},
         "fine_mode_fraction": float(np.mean([s.fine_mode for s in p])),
         "tokens_per_layer_mean": [float(v) for v in np.mean([s.tokens_per_layer for s in p], axis=0)],
-        "preprocess_ms": preprocess_timing(pruned.processor),
     }
 
 

@@ -30,16 +30,16 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from ..common.device import cpu_name
 from ..common.jsonout import finite
 from ..config import Config
+from ..model.prompt import encode_prompt
 from ..policy import SpecPrunePolicy
 from ..pruning.layout import TokenLayout
 from ..pruning.scores import score_layer
-from .bench import observations, random_policy_model, summarize
+from .bench import compare_policies, observations, random_policy_model, summarize
 
 SECTIONS = ("step", "syncs", "scoring", "sdpa", "compile", "cuda_graphs")
 # Rough wall-clock cost of each section at the 7B geometry on an H100 (s): a section starts only
@@ -83,7 +83,7 @@ class Check:
         self.warmup = 4 if self.device.type == "cuda" else 1
         self.obs = observations(steps + self.warmup, self.config.node.num_images)
         first = self.obs[0]
-        prompt = self.unpruned._encoded(first.instruction)
+        prompt = encode_prompt(self.loaded.tokenizer, first.instruction)
         frames = self.unpruned.processor.frames(first.images)
         self.pixels = self.unpruned.processor.pixels(frames)
         self.proprio = torch.as_tensor(self.loaded.stats.normalize_proprio(first.proprio), dtype=torch.float32,
@@ -95,25 +95,17 @@ class Check:
 
     # ---- sections ---------------------------------------------------------------------------------
     def step(self) -> dict[str, Any]:
-        latencies: dict[str, list[float]] = {"pruned": [], "unpruned": []}
-        flops = []
-        for i, obs in enumerate(self.obs):
-            order = (("pruned", self.pruned), ("unpruned", self.unpruned))
-            for name, policy in (order if i % 2 else order[::-1]):
-                stats = policy.step(obs).stats
-                if i >= self.warmup:
-                    latencies[name].append(stats.latency_ms)
-                    if name == "pruned":
-                        flops.append(stats.flops_ratio)
+        bench = compare_policies(self.loaded, self.config, self.steps, self.warmup)
         with torch.inference_mode():
             dtype = self.model.llm.embed_tokens.weight.dtype
             flat = self.pixels.reshape(-1, *self.pixels.shape[-3:]).to(dtype)
             towers = timed(lambda: self.model.projector(self.model.vision_backbone(flat)), self.device, self.steps)
             llm = timed(lambda: self.model.forward_llm(self.embedded), self.device, self.steps)
-        p, u = summarize(latencies["pruned"]), summarize(latencies["unpruned"])
-        return {"pruned_ms": p, "unpruned_ms": u, "speedup": u["median"] / p["median"],
-                "vision_towers_ms": towers, "llm_unpruned_ms": llm, "llm_flops_ratio": float(np.mean(flops)),
-                "sequence_length": self.layout.seq_len}
+        return {"pruned_ms": bench["latency_ms"]["pruned"], "unpruned_ms": bench["latency_ms"]["unpruned"],
+                "speedup": bench["speedup"], "overhead_ms": bench["overhead_ms"],
+                "overhead_fraction": bench["overhead_fraction"], "vision_towers_ms": towers,
+                "llm_unpruned_ms": llm, "llm_flops_ratio": bench["flops_ratio"],
+                "vision_tokens": bench["vision_tokens"], "sequence_length": self.layout.seq_len}
 
     def syncs(self) -> dict[str, Any]:
         """Synchronizing calls per step (CUDA's sync debug mode names each one's source line) and

@@ -25,7 +25,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.subscription import Subscription
 from rclpy.time import Time
 from sensor_msgs.msg import CompressedImage, Image, JointState
@@ -43,6 +43,7 @@ from .diagnostics import inference_status, transport_statuses
 from .inference import InferenceWorker
 from .messages import chunk_message, empty_trajectory, overlay_message, stats_message, trajectory_message
 from .parameters import ParameterBridge, declare_all, model_defaults, unmatched_params_files
+from .qos import LATCHED
 from .spin import StartupError, spin
 
 
@@ -159,9 +160,7 @@ class ActionNode(LifecycleNode):
                 for camera, topic in enumerate(topics.cameras(node.num_images))]
         subs.append(self.create_subscription(JointState, topics.joint_states, self._on_joint_state, sensor_qos,
                                              callback_group=inputs))
-        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
-                             reliability=ReliabilityPolicy.RELIABLE)
-        subs.append(self.create_subscription(String, topics.instruction, self._on_instruction, latched,
+        subs.append(self.create_subscription(String, topics.instruction, self._on_instruction, LATCHED,
                                              callback_group=inputs))
         self.chunk_pub = self.create_publisher(ActionChunk, topics.action_chunk, 10)
         self.stats_pub = self.create_publisher(PruningStats, topics.pruning_stats, 10)

@@ -28,7 +28,6 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped, TwistStamped
 from lifecycle_msgs.msg import TransitionEvent
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
 from rosgraph_msgs.msg import Clock
 from std_msgs.msg import Bool
@@ -37,12 +36,12 @@ from ..config import NODE_NAME, Config, iter_specs
 from ..execution import ROTATION, TRANSLATION, Chunk, ChunkExecutor, Command
 from ..msg import ActionChunk, ActionCommand
 from .parameters import declare_all
+from .qos import LATCHED
 from .spin import spin
 
 EXECUTOR_NODE_NAME = "chunk_executor"
 # The knobs this node reads from the shared parameter files.
 KNOBS = tuple(name for name, _ in iter_specs() if name.startswith(("executor.", "topics."))) + ("action_dt",)
-LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
 
 
 class ChunkExecutorNode(Node):
@@ -64,19 +63,15 @@ class ChunkExecutorNode(Node):
         # Periods: a wall-clock timer, or with use_sim_time every /clock message that starts a new
         # period (a timer on sim time was seen to miss a period now and then, which stalls a
         # lockstep simulator waiting for that period's command).
-        self._dt_ns = round(self.config.node.action_dt * 1e9)
         self._last_period: int | None = None
         self._clock_ns = 0                        # the newest /clock (the node's clock may lag it)
         self.create_timer(self.config.node.action_dt, self._on_timer)
         self.create_subscription(Clock, "/clock", self._on_clock, 10)
         self.create_timer(1.0, self._publish_diagnostics)
 
-    def _now_s(self) -> float:
-        return self.get_clock().now().nanoseconds * 1e-9
-
     # ---- inputs -----------------------------------------------------------------------------------
     def _on_chunk(self, msg: ActionChunk) -> None:
-        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        stamp = Time.from_msg(msg.header.stamp).nanoseconds
         actions = np.asarray(msg.actions, np.float64)
         if msg.chunk_size * msg.action_dim != actions.size or msg.chunk_size == 0:
             self.get_logger().warning(f"chunk {msg.step}: {actions.size} values for {msg.chunk_size} x "
@@ -117,9 +112,9 @@ class ChunkExecutorNode(Node):
             self._on_period()
 
     def _on_clock(self, msg: Clock) -> None:
-        now_ns = self._clock_ns = max(self._clock_ns, msg.clock.sec * 10**9 + msg.clock.nanosec)
-        if self.get_clock().ros_time_is_active and now_ns // self._dt_ns != self._last_period:
-            self._last_period = now_ns // self._dt_ns
+        now_ns = self._clock_ns = max(self._clock_ns, Time.from_msg(msg.clock).nanoseconds)
+        if self.get_clock().ros_time_is_active and now_ns // self.core.dt_ns != self._last_period:
+            self._last_period = now_ns // self.core.dt_ns
             self._on_period(now_ns)
 
     def _on_period(self, now_ns: int | None = None) -> None:
@@ -128,7 +123,7 @@ class ChunkExecutorNode(Node):
             if self.get_clock().ros_time_is_active:
                 now_ns = max(now_ns, self._clock_ns)
         position = None if self.pose is None else _position(self.pose)
-        command = self.core.command(now_ns * 1e-9, position)
+        command = self.core.command(now_ns, position)
         if command is None:
             return
         self.last_command = command
@@ -168,7 +163,7 @@ def command_message(command: Command, stamp) -> ActionCommand:
     msg = ActionCommand(hold=command.hold, reason=command.reason, skipped=command.skipped, clamped=command.clamped)
     msg.header.stamp = stamp
     if command.chunk is not None:
-        msg.chunk_stamp = Time(nanoseconds=round(command.chunk.stamp_s * 1e9)).to_msg()
+        msg.chunk_stamp = Time(nanoseconds=command.chunk.stamp_ns).to_msg()
         msg.chunk_step, msg.chunk_index = command.chunk.step, command.index
     if not command.hold:
         msg.action = [float(v) for v in command.action]

@@ -21,7 +21,6 @@ def measure(chunks: int = 40, camera_hz: float = 20.0, control_hz: float = 5.0, 
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
     from rclpy.parameter import Parameter
-    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image, JointState
     from std_msgs.msg import String
 
@@ -49,7 +48,7 @@ def measure(chunks: int = 40, camera_hz: float = 20.0, control_hz: float = 5.0, 
     pub_primary = robot.create_publisher(Image, "image_primary", 10)
     pub_wrist = robot.create_publisher(Image, "image_wrist", 10)
     pub_joints = robot.create_publisher(JointState, "joint_states", 10)
-    latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
+    from .qos import LATCHED as latched
     robot.create_publisher(String, "instruction", latched).publish(String(data=INSTRUCTION))
     received: list[tuple[int, int, float]] = []
     robot.create_subscription(ActionChunk, "action_chunk", lambda m: received.append(

@@ -71,7 +71,7 @@ def camera_frames(width: int, height: int, encoding: str, scene: str = "moving")
 
 def _robot(width: int, height: int, camera_hz: float, encoding: str, seconds: float, scene: str = "moving") -> None:
     import rclpy
-    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+    from rclpy.qos import qos_profile_sensor_data
     from rclpy.signals import SignalHandlerOptions
     from sensor_msgs.msg import Image, JointState
     from std_msgs.msg import String
@@ -86,7 +86,7 @@ def _robot(width: int, height: int, camera_hz: float, encoding: str, seconds: fl
     channels = ENCODINGS[encoding]
     cams = [node.create_publisher(Image, topic, qos_profile_sensor_data) for topic in ("image_primary", "image_wrist")]
     joints_pub = node.create_publisher(JointState, "joint_states", qos_profile_sensor_data)
-    latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
+    from .qos import LATCHED as latched
     node.create_publisher(String, "instruction", latched).publish(String(data=INSTRUCTION))
     frames = camera_frames(width, height, encoding, scene)
     hold = max(1, int(round(camera_hz / SCENE_HZ)))

@@ -164,25 +164,26 @@ class ParameterBridge:
                  apply: Callable[[Config, list[str]], None]) -> None:
         self.current, self.validate, self.apply = current, validate, apply
         self._post = hasattr(node, "add_post_set_parameters_callback")
+        self._accepted: tuple[Config, list[str]] | None = None
         node.add_on_set_parameters_callback(self._on_set)
         if self._post:
             node.add_post_set_parameters_callback(self._after_set)
 
-    def _changed(self, params) -> tuple[Config, list[str]]:
-        ours = [p for p in params if p.name in KNOWN]
-        return self.current().replace(**{p.name: from_ros(p) for p in ours}), [p.name for p in ours]
-
     def _on_set(self, params) -> SetParametersResult:
+        ours = [p for p in params if p.name in KNOWN]
         try:
-            new, names = self._changed(params)
+            new = self.current().replace(**{p.name: from_ros(p) for p in ours})
             self.validate(new)
         except (ConfigError, ValueError) as exc:
             return SetParametersResult(successful=False, reason=str(exc))
-        if not self._post:
+        names = [p.name for p in ours]
+        if self._post:
+            self._accepted = (new, names)      # applied once rclpy has stored the values
+        else:
             self.apply(new, names)
         return SetParametersResult(successful=True)
 
     def _after_set(self, params) -> None:
-        new, names = self._changed(params)
-        if names:
-            self.apply(new, names)
+        accepted, self._accepted = self._accepted, None
+        if accepted is not None and accepted[1]:
+            self.apply(*accepted)

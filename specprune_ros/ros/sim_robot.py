@@ -34,7 +34,6 @@ from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
 from rcl_interfaces.msg import ParameterEvent
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image, JointState
@@ -44,6 +43,7 @@ from std_srvs.srv import Trigger
 from ..config import NODE_NAME, Config, iter_specs
 from ..msg import ActionCommand, PruningStats
 from .parameters import declare_all
+from .qos import LATCHED
 from .spin import spin
 
 ROBOT_NODE_NAME = "sim_robot"
@@ -58,7 +58,6 @@ STACK_WAIT_S = 120.0               # for the action node and the executor to com
 CLOCK_REPEAT_S = 0.5               # lockstep: /clock again while waiting (for late subscribers)
 HOLD_GRACE_S = 0.2                 # lockstep, executor holding: how long a non-query period waits
 INSTRUCTION_WAIT_S = 2.0           # for the action node to take a new episode's instruction
-LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
 
 
 @dataclass
@@ -339,7 +338,7 @@ class SimRobotNode(Node):
 
 
 def _ns(stamp) -> int:
-    return stamp.sec * 10**9 + stamp.nanosec
+    return Time.from_msg(stamp).nanoseconds
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -24,11 +24,11 @@ from typing import Any, Callable
 import numpy as np
 
 from ..config import Config
+from .transport_check import PROFILE, PROFILE_VARIABLES
 
 ROBOT, NODE, EXECUTOR = "sim_robot", "action_node", "chunk_executor"
 START_TIMEOUT_S = 180.0          # the slowest start (a model loading) plus the first episode's first step
 EPISODE_TIMEOUT_S = 300.0        # wall clock per episode before the run is abandoned
-PROFILE_NAME = "fastdds_large_data.xml"
 
 
 def stack_processes(namespace: str, params_file: str | Path, seeds: str, clock: str, log: str | Path,
@@ -138,12 +138,7 @@ class ThroughRos:
 def dds_profile_environment() -> dict[str, str]:
     """The Fast DDS profile for camera frames, as the launch files give the node (the default
     shared-memory segment loses frames of this size)."""
-    candidates = [Path(__file__).resolve().parents[2] / "config" / PROFILE_NAME,          # a checkout
-                  Path(sys.prefix) / "share" / "specprune_ros" / "config" / PROFILE_NAME]  # an install
-    profile = next((str(p) for p in candidates if p.is_file()), None)
-    if profile is None:
-        return {}
-    return {"FASTDDS_DEFAULT_PROFILES_FILE": profile, "FASTRTPS_DEFAULT_PROFILES_FILE": profile}
+    return {name: str(PROFILE) for name in PROFILE_VARIABLES} if PROFILE.is_file() else {}
 
 
 def _safe(label: str) -> str:

@@ -85,13 +85,15 @@ def cmd_sim_train(args: argparse.Namespace) -> int:
     bar = progress.bar("train", "steps")
 
     def show(step: int, total: int, loss: float) -> None:
-        text = f"loss {loss:.4f}" + (f" aux {trainer.aux_losses[-1]:.4f}" if trainer.aux_losses else "")
+        text = f"loss {loss:.4f}" + (f" aux {trainer.aux_losses[-1]:.4f}" if trainer.aux_losses else "") \
+            + (f" grounding {trainer.grounding_losses[-1]:.4f}" if trainer.grounding_losses else "")
         if bar is not None:
             bar(step, total, text)
         elif step % 50 == 0 or step == total:          # a log file (background run): one line per 50 steps
             print(f"step {step}/{total} {text}", file=sys.stderr, flush=True)
 
-    given = {k: getattr(args, k) for k in ("steps", "batch", "lr", "seed", "checkpoint_every", "aux_weight")}
+    given = {k: getattr(args, k) for k in ("steps", "batch", "lr", "seed", "checkpoint_every", "aux_weight",
+                                       "grounding_weight")}
     config = TrainConfig(**{k: v for k, v in given.items() if v is not None})
     trainer = Trainer(args.data, args.out, config, progress=None if args.json else show, init=args.init,
                       device=args.device)
@@ -142,18 +144,28 @@ def cmd_sim_eval(args: argparse.Namespace) -> int:
 
 def cmd_sim_probe(args: argparse.Namespace) -> int:
     from ..sim.env import seed_range
-    from ..sim.probe import first_chunk_sensitivity
+    from ..sim.probe import first_chunk_sensitivity, layout_need
 
     cfg = config_from_args(args, args.model)
     seeds = list(seed_range(args.split))[:args.episodes]
     with Progress(args) as progress:
-        r = first_chunk_sensitivity(cfg, seeds, args.layout, args.shift / 1000, progress.bar("probe", "episodes"))
+        r = first_chunk_sensitivity(cfg, seeds, args.layout, args.shift / 1000, progress.bar("probe", "episodes"),
+                                    args.object_shift / 1000)
+        need = layout_need(list(seed_range(args.split))[:args.need_episodes], args.layout) \
+            if args.need_episodes else None
+    r["layout_need"] = need
     return Result(r, f"first chunk's xy motion of {args.model} on {len(seeds)} {args.split} seeds "
                    f"({args.layout} layout), unpruned:\n"
                    f"  proprio moved {r['shift_mm']:.0f} mm:   it changes by {r['proprio_change_mm']:.1f} mm "
                    f"(the target, seen from the gripper, moved {r['shift_mm']:.0f} mm)\n"
                    f"  another episode's images: it changes by {r['image_change_mm']:.1f} mm "
-                   f"(the named object lies {r['target_change_mm']:.1f} mm elsewhere there)")
+                   f"(the named object lies {r['target_change_mm']:.1f} mm elsewhere there)\n"
+                   f"  named object moved {r['object_shift_mm']:.0f} mm: it changes by {r['object_change_mm']:.1f} mm, "
+                   f"the expert by {r['expert_object_change_mm']:.1f} mm (follows {r['object_follow']:.2f} of it)"
+                   + ("" if need is None else
+                      f"\n  the expert aiming at the layout's mean place of the named object: "
+                      f"{need['layout_mean_successes']} / {need['episodes']} (at its real place "
+                      f"{need['object_successes']} / {need['episodes']})"))
 
 
 def cmd_sim_record(args: argparse.Namespace) -> int:
@@ -209,6 +221,9 @@ def register(sub, add) -> None:
     q.add_argument("--checkpoint-every", type=positive_int)
     q.add_argument("--aux-weight", type=float, help="weight of the auxiliary loss locating the named object and "
                                                     "receptacle (privileged simulator state; 0: action loss only)")
+    q.add_argument("--grounding-weight", type=float, help="weight of the per-patch grounding losses (what lies "
+                                                          "under each patch, which patches hold the named object "
+                                                          "and receptacle; needs demonstrations with patch labels)")
     q.add_argument("--init", help="another run's train_state.pt to start from (its weights; a fresh optimizer "
                                   "and schedule); ignored when --out already holds a state to resume")
     q.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
@@ -226,6 +241,10 @@ def register(sub, add) -> None:
                    help="first queries probed (at least 2: images are swapped between them)")
     q.add_argument("--split", choices=("train", "validation", "test"), default="test")
     q.add_argument("--shift", type=float, default=50.0, help="proprio shift in mm along +-x and +-y")
+    q.add_argument("--object-shift", type=float, default=15.0,
+                   help="move of the named object in mm along +-x and +-y (re-rendered; against the expert)")
+    q.add_argument("--need-episodes", type=int, default=30,
+                   help="episodes of the expert aiming at the layout's mean place of the named object (0: skip)")
     layout_arg(q)
     config_args(q)
     q = add_sim("record", cmd_sim_record, "closed-loop episodes of a model as a rosbag2 on the node's topics")

@@ -8,5 +8,5 @@ import os
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 # The task layouts (``env.py`` says what each is), here so the CLI can offer them without MuJoCo.
-LAYOUTS = ("fixed-start", "fixed", "shuffled")
+LAYOUTS = ("fixed-start", "fixed", "shuffled", "scattered")
 DEFAULT_LAYOUT = "fixed-start"

@@ -6,14 +6,15 @@ Format of a demonstration directory (``specprune sim collect OUT --episodes N``)
                                      [{"file", "seed", "instruction", "steps"}, ...], "attempted", "failed"}
     OUT/episode_<seed>.npz          primary (T,224,224,3) uint8, wrist (T,224,224,3) uint8,
                                     proprio (T,8) float64, actions (T,7) float64, instruction (str), seed,
-                                    privileged (T,12) float64, colors (4,) str (both optional
-                                    when reading)
+                                    privileged (T,12) float64, colors (4,) str, patch_labels
+                                    (T,2,256) uint8 (the last three optional when reading)
 
 Row t holds the observation the expert saw and the action it took at step t (action units as the
 environment takes them: metres / radians per step, gripper +1 close / -1 open). ``privileged`` row t
 is the simulator's xy of every object (``scene.OBJECTS`` order), the plate and the bowl at step t,
-and ``colors`` each object's colour name: never model inputs, ``sim train``'s auxiliary loss asks
-the model where a named object is (``train.Trainer.aux_loss``). Only successful
+and ``colors`` each object's colour name; ``patch_labels`` row t says what lies under each image
+patch of both cameras (``env.TabletopEnv.patch_labels``): never model inputs, training targets of
+``sim train``'s auxiliary and grounding losses (``train.Trainer``). Only successful
 episodes are kept. Collection resumes: episodes already in the index are not collected again.
 
 With ``--policy MODEL`` (DAgger), a trained model drives each episode and the expert labels every
@@ -36,8 +37,9 @@ from .expert import run_expert_episode
 from .scene import OBJECTS
 
 FORMAT = "specprune-sim-demos/1"
+PATCHES_PER_IMAGE = 256                  # 16 x 16 patches of 14 px at 224 px
 ARRAYS = ("primary", "wrist", "proprio", "actions")
-PRIVILEGED = ("privileged", "colors")    # optional: older demonstration directories lack them
+PRIVILEGED = ("privileged", "colors", "patch_labels")    # optional: older demonstration directories lack them
 
 
 class DemoError(ValueError):
@@ -76,7 +78,7 @@ def collect(out: str | Path, episodes: int, split: str = "train", start: int = 0
                 name = f"episode_{seed}.npz"
                 colors = np.array([env.task.colors[name] for name in OBJECTS])
                 np.savez_compressed(out / name, **{k: result[k] for k in ARRAYS}, privileged=result["privileged"],
-                                    colors=colors,
+                                    colors=colors, patch_labels=result["patch_labels"],
                                     instruction=np.array(result["instruction"]), seed=np.array(seed))
                 index["episodes"].append({"file": name, "seed": seed, "instruction": result["instruction"],
                                           "steps": int(result["steps"]), "success": bool(result["success"])})
@@ -130,6 +132,8 @@ def load_episode(directory: str | Path, entry: dict[str, Any]) -> dict[str, Any]
               "actions": (steps, 7)}
     if episode["privileged"] is not None:
         shapes.update(privileged=(steps, 2 * (len(OBJECTS) + len(RECEPTACLES))), colors=(len(OBJECTS),))
+    if episode["patch_labels"] is not None:
+        shapes.update(patch_labels=(steps, 2, PATCHES_PER_IMAGE))
     for key, shape in shapes.items():
         if episode[key].shape != shape:
             raise DemoError(f"{path}: {key} has shape {episode[key].shape}, expected {shape}")

@@ -35,6 +35,9 @@ IMAGE_SIZE = 224
 MAX_STEPS = 160                        # the task's step limit (16 s)
 RECEPTACLES = ("plate", "bowl")
 SEED_SPLITS = {"train": (0, 100_000), "validation": (100_000, 101_000), "test": (101_000, 102_000)}
+# What a patch label says (``TabletopEnv.patch_labels``); an object counts 5x its pixels.
+PATCH_CLASSES = ("table", *OBJECTS, *RECEPTACLES, "gripper")
+PATCH_CLASS_WEIGHT = np.array([1] + [5] * len(OBJECTS) + [2] * len(RECEPTACLES) + [1])
 WORKSPACE_LOW = np.array([0.28, -0.26, 0.02])
 WORKSPACE_HIGH = np.array([0.66, 0.26, 0.35])
 
@@ -81,6 +84,16 @@ OBJECT_JITTER = 0.015                  # m, uniform in x and y
 RECEPTACLE_JITTER = 0.015
 HOME_JITTER = 0.03                     # m, uniform in x, y and z around GRIPPER_HOME
 OBJECT_YAW = 0.2                       # rad either way; the 9 cm block then spans 6.1 cm across the fingers
+# "scattered": no slots - the four objects lie anywhere in a 26 x 26 cm area, at least
+# SCATTER_MIN_GAP apart (the fingers have room beside a neighbour) and clear of the plate and bowl
+# (moved out to make room), so the named object's place comes only from the images (found by its
+# colour or shape). A policy aiming where the layout puts it on average (the area's middle) fails
+# nearly always: the scripted expert aiming there succeeds in 1 of 40 test episodes.
+SCATTER_AREA_LOW, SCATTER_AREA_HIGH = np.array([0.33, -0.13]), np.array([0.59, 0.13])
+SCATTER_RECEPTACLE_SLOTS = {"plate": (0.47, -0.205), "bowl": (0.47, 0.205)}
+SCATTER_MIN_GAP = 0.085                # m between object centres (a 9 cm block, 1 cm fingers)
+SCATTER_RECEPTACLE_CLEARANCE = 0.03    # m between an object's centre and a receptacle's rim
+FIXED_HOME_LAYOUTS = ("fixed-start", "scattered")     # the gripper starts at its home pose
 
 
 def check_layout(layout: str) -> str:
@@ -90,25 +103,58 @@ def check_layout(layout: str) -> str:
 
 
 def sample_task(rng: np.random.Generator, layout: str = DEFAULT_LAYOUT) -> Task:
-    """Shapes at their jittered slots (``layout`` "shuffled": at shuffled slots) with shuffled
-    colours, plate left and bowl right (jittered), a random target and receptacle. The fixed and
-    fixed-start layouts draw the same numbers, so a seed gives the same scene in both."""
+    """Shapes at their jittered slots (``layout`` "shuffled": at shuffled slots; "scattered":
+    anywhere in the object area, drawn again until apart) with shuffled colours, plate left and
+    bowl right (jittered), a random target and receptacle. The fixed and fixed-start layouts draw
+    the same numbers, so a seed gives the same scene in both."""
     check_layout(layout)
     names = list(OBJECTS)
     colors = dict(zip(names, rng.permutation(list(COLORS))))
     order = rng.permutation(len(OBJECT_SLOTS)) if layout == "shuffled" else range(len(OBJECT_SLOTS))
     slots = dict(zip(names, (OBJECT_SLOTS[int(i)] for i in order)))
     positions: dict[str, tuple[float, float]] = {}
-    for name, (x, y) in RECEPTACLE_SLOTS.items():
+    for name, (x, y) in _receptacle_slots(layout).items():
         dx, dy = rng.uniform(-RECEPTACLE_JITTER, RECEPTACLE_JITTER, 2)
         positions[name] = (float(x + dx), float(y + dy))
-    for name in names:
-        dx, dy = rng.uniform(-OBJECT_JITTER, OBJECT_JITTER, 2)
-        x, y = slots[name]
-        positions[name] = (float(x + dx), float(y + dy))
+    if layout == "scattered":
+        placed = _scattered(rng, len(names), [positions[name] for name in RECEPTACLES])
+    else:
+        placed = np.array([np.asarray(slots[name]) + rng.uniform(-OBJECT_JITTER, OBJECT_JITTER, 2) for name in names])
+    positions.update({name: (float(x), float(y)) for name, (x, y) in zip(names, placed)})
     yaws = {name: float(rng.uniform(-OBJECT_YAW, OBJECT_YAW)) for name in names}
     target = names[int(rng.integers(len(names)))]
     return Task(target, colors[target], str(rng.choice(RECEPTACLES)), colors, positions, yaws)
+
+
+def _receptacle_slots(layout: str) -> dict[str, tuple[float, float]]:
+    return SCATTER_RECEPTACLE_SLOTS if layout == "scattered" else RECEPTACLE_SLOTS
+
+
+def _scattered(rng: np.random.Generator, count: int, receptacles: list[tuple[float, float]]) -> np.ndarray:
+    """(count, 2) object places anywhere in the area, apart and clear of the receptacles."""
+    rims = np.array(receptacles)
+    clearance = max(PLATE_RADIUS, BOWL_RADIUS) + SCATTER_RECEPTACLE_CLEARANCE
+    while True:
+        xy = rng.uniform(SCATTER_AREA_LOW, SCATTER_AREA_HIGH, (count, 2))
+        gaps = np.linalg.norm(xy[:, None] - xy[None], axis=-1) + np.eye(count)
+        if gaps.min() >= SCATTER_MIN_GAP and np.linalg.norm(xy[:, None] - rims[None], axis=-1).min() >= clearance:
+            return xy
+
+
+def layout_mean_positions(layout: str) -> dict[str, tuple[float, float]]:
+    """Where the layout puts each object and receptacle on average (its slot; "shuffled": the
+    middle of the slots; "scattered": the middle of the area): what a policy blind to the scene
+    can know."""
+    check_layout(layout)
+    if layout == "scattered":
+        middle = tuple(float(v) for v in (SCATTER_AREA_LOW + SCATTER_AREA_HIGH) / 2)
+        objects = {name: middle for name in OBJECTS}
+    elif layout == "shuffled":
+        middle = tuple(float(v) for v in np.mean(OBJECT_SLOTS, axis=0))
+        objects = {name: middle for name in OBJECTS}
+    else:
+        objects = {name: tuple(map(float, slot)) for name, slot in zip(OBJECTS, OBJECT_SLOTS)}
+    return {**objects, **{name: tuple(map(float, xy)) for name, xy in _receptacle_slots(layout).items()}}
 
 
 def all_instructions() -> tuple[str, ...]:
@@ -157,6 +203,12 @@ class TabletopEnv(gym.Env):
         self._fingers = [m.jnt_qposadr[mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_JOINT, f"finger_{s}_joint")]
                          for s in ("left", "right")]
         self._mocap = m.body_mocapid[self._body["target"]]
+        # geom id -> patch class, through the body each geom belongs to
+        body_class = {self._body[name]: PATCH_CLASSES.index(name) for name in (*OBJECTS, *RECEPTACLES)}
+        gripper_bodies = {self._body["gripper"], *(mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, f"finger_{s}")
+                                                  for s in ("left", "right"))}
+        self._geom_class = np.array([body_class.get(int(b), PATCH_CLASSES.index("gripper") if b in gripper_bodies
+                                                    else 0) for b in m.geom_bodyid], np.uint8)
         self.task: Task | None = None
         self.steps = 0
         self._grip = -1.0
@@ -178,7 +230,7 @@ class TabletopEnv(gym.Env):
             m.geom_rgba[self._geom[name]][:3] = COLORS[task.colors[name]]
         # drawn in every layout (fixed and fixed-start then draw alike), applied in all but fixed-start
         jitter = self.np_random.uniform(-HOME_JITTER, HOME_JITTER, 3)
-        home = np.array(GRIPPER_HOME) + (0.0 if self.layout == "fixed-start" else jitter)
+        home = np.array(GRIPPER_HOME) + (0.0 if self.layout in FIXED_HOME_LAYOUTS else jitter)
         g = self._qpos["gripper"]
         d.qpos[g:g + 3] = home
         d.qpos[g + 3:g + 7] = (1, 0, 0, 0)
@@ -242,6 +294,39 @@ class TabletopEnv(gym.Env):
         simulator state a policy never sees, recorded with demonstrations as auxiliary training
         targets (``sim train``)."""
         return np.concatenate([self.data.xpos[self._body[name]][:2] for name in (*OBJECTS, *RECEPTACLES)])
+
+    def move_object(self, name: str, offset: tuple[float, float]) -> dict:
+        """Move object ``name`` by ``offset`` (m, xy) where it rests and render again: the
+        observation a policy would have seen had the scene put it there (``sim probe``)."""
+        a = self._qpos[name]
+        self.data.qpos[a:a + 2] += offset
+        mujoco.mj_forward(self.model, self.data)
+        return self._observation()
+
+    def patch_labels(self, patch: int = 14) -> np.ndarray:
+        """(cameras, patches) uint8: what lies under each ``patch`` px patch of the primary and
+        wrist images, from MuJoCo's segmentation render - 0 table / background, 1.. the objects
+        (``OBJECTS`` order), then the plate, the bowl and the gripper (``PATCH_CLASSES``). An object
+        covering a fifth of a patch names it (objects are 1-2 patches across in the primary view).
+        Simulator truth for the grounding losses of ``sim train``, never a model input."""
+        if self._renderer is None:
+            raise RuntimeError("patch labels need a rendering environment")
+        grid = self.image_size // patch
+        size = grid * patch
+        rows, cols = np.divmod(np.arange(size * size), size)
+        cell = ((rows // patch) * grid + cols // patch) * len(PATCH_CLASSES)    # each pixel's patch
+        labels = np.zeros((2, grid * grid), np.uint8)
+        self._renderer.enable_segmentation_rendering()
+        try:
+            for camera, name in enumerate(("primary", "wrist")):
+                self._renderer.update_scene(self.data, name)
+                seg = self._renderer.render()[:size, :size, 0].reshape(-1)
+                classes = np.where(seg >= 0, self._geom_class[np.clip(seg, 0, None)], 0)
+                counts = np.bincount(cell + classes, minlength=grid * grid * len(PATCH_CLASSES))
+                labels[camera] = (counts.reshape(grid * grid, -1) * PATCH_CLASS_WEIGHT).argmax(-1)
+        finally:
+            self._renderer.disable_segmentation_rendering()
+        return labels
 
     def proprio(self) -> np.ndarray:
         d = self.data

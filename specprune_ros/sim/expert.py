@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .env import MAX_ROTATION, MAX_TRANSLATION, TabletopEnv
+from .env import MAX_ROTATION, MAX_TRANSLATION, TabletopEnv, layout_mean_positions
 from .scene import OBJECT_HALF_HEIGHT
 
 FINGERTIP_BELOW_ORIGIN = 0.03        # fingertips are 3 cm below the gripper body's origin
@@ -27,14 +27,22 @@ def _wrap(angle: float, period: float) -> float:
     return float((angle + period / 2) % period - period / 2)
 
 
+AIMS = ("object", "layout-mean")
 SYMMETRY = {"cube": np.pi / 2, "box": np.pi / 2, "block": np.pi, "cylinder": 2 * np.pi}
 
 
 class ScriptedExpert:
-    def __init__(self, env: TabletopEnv, seed: int = 0, noise: float = 1.0) -> None:
+    """``aim``: "object" (where the named object lies) or "layout-mean" (where the layout puts it
+    on average, turned as on average: what a policy blind to the images could aim at; how often
+    that still succeeds says how much the layout needs vision)."""
+
+    def __init__(self, env: TabletopEnv, seed: int = 0, noise: float = 1.0, aim: str = "object") -> None:
+        if aim not in AIMS:
+            raise ValueError(f"unknown aim {aim!r} (one of {', '.join(AIMS)})")
         self.env = env
         self.rng = np.random.default_rng(seed)
         self.noise = noise
+        self.aim = aim
         self.reset()
 
     def reset(self) -> None:
@@ -52,6 +60,8 @@ class ScriptedExpert:
     def act(self) -> np.ndarray:
         env, task = self.env, self.env.task
         obj = env.object_position(task.target)
+        if self.aim == "layout-mean" and self.phase in ("approach", "descend", "grasp"):
+            obj[:2] = layout_mean_positions(env.layout)[task.target]
         place = env.receptacle_position(task.receptacle)
         grip_pos = env.gripper_position()
         grasp_z = max(obj[2] + 0.008, FINGERTIP_BELOW_ORIGIN + 0.003)
@@ -114,12 +124,12 @@ class ScriptedExpert:
 
     def _yaw_to(self, name: str) -> float:
         env = self.env
-        object_yaw = _yaw(env.data.xquat[env._body[name]])
+        object_yaw = 0.0 if self.aim == "layout-mean" else _yaw(env.data.xquat[env._body[name]])
         gripper_yaw = _yaw(env.data.xquat[env._body["gripper"]])
         return _wrap(object_yaw - gripper_yaw, SYMMETRY[name])
 
 
-RECORDED = ("primary", "wrist", "proprio", "actions", "privileged")   # a demonstration's per-step arrays
+RECORDED = ("primary", "wrist", "proprio", "actions", "privileged", "patch_labels")   # a demonstration's per-step arrays
 
 
 def record_step(frames: dict[str, list], env: TabletopEnv, obs: dict, action: np.ndarray) -> None:
@@ -129,12 +139,14 @@ def record_step(frames: dict[str, list], env: TabletopEnv, obs: dict, action: np
         frames[key].append(obs[key])
     frames["actions"].append(action)
     frames["privileged"].append(env.privileged_state())
+    frames["patch_labels"].append(env.patch_labels())
 
 
-def run_expert_episode(env: TabletopEnv, seed: int, record: bool = False, noise: float = 1.0) -> dict:
+def run_expert_episode(env: TabletopEnv, seed: int, record: bool = False, noise: float = 1.0,
+                       aim: str = "object") -> dict:
     """One episode of the expert on ``seed``: success, steps and (``record``) the demonstration."""
     obs, info = env.reset(seed=seed)
-    expert = ScriptedExpert(env, seed=seed + EXPERT_SEED_OFFSET, noise=noise)
+    expert = ScriptedExpert(env, seed=seed + EXPERT_SEED_OFFSET, noise=noise, aim=aim)
     frames: dict[str, list] = {key: [] for key in RECORDED}
     success = False
     for _ in range(env.max_steps):

@@ -7,7 +7,14 @@ episode this compares the chunk's summed xy motion on the observation as it is w
 * the proprio moved by ``shift`` metres along +-x and +-y (the expert's motion would change by
   ``shift``: it goes to the object from wherever it starts), and
 * every other probed episode's camera images, with this episode's instruction and proprio (the
-  expert's motion would change by how far the named object lies from where it lies here).
+  expert's motion would change by how far the named object lies from where it lies here), and
+* the named object itself moved ``object_shift`` metres along +-x and +-y in the simulator and
+  rendered again, against what the noise-free scripted expert's first 8 actions change by on the
+  same moved scenes: their ratio (``object_follow``) says how much of the object's move the
+  policy follows (1: as much as the expert).
+
+``layout_need`` runs the scripted expert aiming where the layout puts the named object on average
+instead of where it lies: how often a policy blind to the target can still succeed.
 
 A model trained on the ``fixed`` layout showed < 1 mm of change for a 5 cm proprio shift - it
 played one first chunk per instruction, whatever the start - which is why its success fell from
@@ -23,14 +30,17 @@ import numpy as np
 from ..config import Config
 from ..observation import Observation
 from .env import DEFAULT_LAYOUT, TabletopEnv
+from .expert import AIMS, EXPERT_SEED_OFFSET, ScriptedExpert, run_expert_episode
+from .rollout import CHUNK_EXECUTED
 from .scene import OBJECTS
 
 SHIFT_M = 0.05
+OBJECT_SHIFT_M = 0.015
 
 
 def first_chunk_sensitivity(config: Config, seeds: Sequence[int], layout: str = DEFAULT_LAYOUT,
-                            shift: float = SHIFT_M,
-                            progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+                            shift: float = SHIFT_M, progress: Callable[[int, int], None] | None = None,
+                            object_shift: float = OBJECT_SHIFT_M) -> dict[str, Any]:
     """Mean changes (mm) of the first chunk's xy motion under moved proprio and swapped images,
     next to what the expert's motion would change by. Needs two seeds or more (images are swapped
     between them)."""
@@ -56,6 +66,33 @@ def first_chunk_sensitivity(config: Config, seeds: Sequence[int], layout: str = 
         policy.reset()                                     # every query a first one: no history, step 0
         return policy.step(Observation(images, proprio, instruction)).actions[:, :2].sum(0)
 
+    def expert_motion(env: TabletopEnv, seed: int, offset: tuple[float, float]) -> np.ndarray:
+        env.reset(seed=seed)
+        env.move_object(env.task.target, offset)
+        expert = ScriptedExpert(env, seed=seed + EXPERT_SEED_OFFSET, noise=0.0)
+        total = np.zeros(2)
+        for _ in range(CHUNK_EXECUTED):
+            action = expert.act()
+            total += action[:2]
+            env.step(action)
+        return total
+
+    offsets = ((object_shift, 0.0), (-object_shift, 0.0), (0.0, object_shift), (0.0, -object_shift))
+    object_change, expert_change = [], []
+    env = TabletopEnv(layout=layout)
+    try:
+        for seed, (obs, instruction, target, _) in zip(seeds, scenes):
+            base = motion([obs["primary"], obs["wrist"]], obs["proprio"], instruction)
+            expert_base = expert_motion(env, seed, (0.0, 0.0))
+            for offset in offsets:
+                env.reset(seed=seed)
+                moved = env.move_object(target, offset)
+                object_change.append(np.linalg.norm(motion([moved["primary"], moved["wrist"]], obs["proprio"],
+                                                           instruction) - base))
+                expert_change.append(np.linalg.norm(expert_motion(env, seed, offset) - expert_base))
+    finally:
+        env.close()
+
     proprio_change, image_change, target_change = [], [], []
     for i, (obs, instruction, target, where) in enumerate(scenes):
         images = [obs["primary"], obs["wrist"]]
@@ -74,4 +111,20 @@ def first_chunk_sensitivity(config: Config, seeds: Sequence[int], layout: str = 
     return {"model": config.node.model_path, "layout": layout, "seeds": list(seeds), "shift_mm": 1000 * shift,
             "proprio_change_mm": 1000 * float(np.mean(proprio_change)),
             "image_change_mm": 1000 * float(np.mean(image_change)),
-            "target_change_mm": 1000 * float(np.mean(target_change))}
+            "target_change_mm": 1000 * float(np.mean(target_change)),
+            "object_shift_mm": 1000 * object_shift,
+            "object_change_mm": 1000 * float(np.mean(object_change)),
+            "expert_object_change_mm": 1000 * float(np.mean(expert_change)),
+            "object_follow": float(np.mean(object_change) / max(np.mean(expert_change), 1e-9))}
+
+
+def layout_need(seeds: Sequence[int], layout: str = DEFAULT_LAYOUT) -> dict[str, Any]:
+    """The scripted expert's success aiming at the named object, and aiming where the layout puts
+    it on average (same seeds, its own noise): how much the layout needs the images."""
+    env = TabletopEnv(layout=layout, render=False)
+    try:
+        success = {aim: sum(run_expert_episode(env, seed, aim=aim)["success"] for seed in seeds) for aim in AIMS}
+    finally:
+        env.close()
+    return {"layout": layout, "seeds": list(seeds), "episodes": len(seeds),
+            **{f"{aim.replace('-', '_')}_successes": n for aim, n in success.items()}}

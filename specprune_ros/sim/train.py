@@ -28,7 +28,7 @@ from ..model.config import ModelConfig, preset
 from ..model.processing import ImageProcessor, NormStats
 from ..model.prompt import build_tiny_tokenizer, encode_prompt
 from .collect import PRIVILEGED, DemoError, load_episode, read_index
-from .env import RECEPTACLES, Task, all_instructions
+from .env import PATCH_CLASSES, RECEPTACLES, Task, all_instructions
 from .scene import OBJECTS
 
 DATASET_KEY = "sim_tabletop"
@@ -50,6 +50,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 100
     aux_weight: float = 1.0           # the privileged-state auxiliary loss (0: the plain OFT loss)
+    grounding_weight: float = 0.0     # the per-patch grounding losses (0: none; see Trainer.grounding_loss)
 
 
 # The shipped model: the released token geometry (2 cameras x 256 patches of 14 px at 224 px,
@@ -193,6 +194,7 @@ class Trainer:
         lengths = np.array([len(self.prompts[e["instruction"]].ids) for e in self.episodes])[self.sample_episode]
         self.groups = [np.flatnonzero(lengths == length) for length in np.unique(lengths)]
         self.aux_places = self._aux_places() if config.aux_weight > 0 else None
+        self.patch_labels, self.named_classes = self._grounding_targets() if config.grounding_weight > 0 else (None, None)
         self.aux_prompts = {text: encode_prompt(self.tokenizer, text) for text in all_instructions()}
         self.samples = len(self.sample_episode)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -205,11 +207,18 @@ class Trainer:
         # Training only, never exported: where the named object and receptacle are, read from the
         # action tokens' final states (see aux_loss).
         self.aux_head = torch.nn.Linear(self.cfg.llm.hidden, AUX_DIMS).to(self.device)
-        parameters = [*self.model.parameters(), *(self.aux_head.parameters() if self.aux_places is not None else ())]
+        # Training only, never exported: what lies under each patch (read from the projector's
+        # output), and whether it is the named object / the named receptacle (from the LLM's).
+        self.patch_class_head = torch.nn.Linear(self.cfg.llm.hidden, len(PATCH_CLASSES)).to(self.device)
+        self.named_head = torch.nn.Linear(self.cfg.llm.hidden, 2).to(self.device)
+        parameters = [*self.model.parameters(), *(self.aux_head.parameters() if self.aux_places is not None else ()),
+                      *(p for head in (self.patch_class_head, self.named_head) for p in head.parameters()
+                        if self.patch_labels is not None)]
         self.optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
         self.step = 0
         self.losses: list[float] = []          # the action L1 (comparable across runs with and without aux)
         self.aux_losses: list[float] = []
+        self.grounding_losses: list[float] = []
         self.seconds = 0.0
 
     def _aux_places(self) -> torch.Tensor:
@@ -220,6 +229,42 @@ class Trainer:
                             f"demonstration format); train with --aux-weight 0 or collect them again")
         xy = np.concatenate([e["privileged"] for e in self.episodes]).reshape(len(self.sample_episode), -1, 2)
         return torch.as_tensor((xy - AUX_CENTER) / AUX_SCALE, dtype=torch.float32, device=self.device)
+
+    def _grounding_targets(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every sample's patch labels (N, cameras * patches) uint8 and, per sample, the patch
+        classes of the object and the receptacle its instruction names (N, 2)."""
+        missing = [e["file"] for e in self.episodes if e["patch_labels"] is None]
+        if missing:
+            raise DemoError(f"{missing[0]} (and {len(missing) - 1} more): no patch labels (an older demonstration "
+                            f"format); train with --grounding-weight 0 or collect them again")
+        labels = np.concatenate([e["patch_labels"].reshape(len(e["actions"]), -1) for e in self.episodes])
+        named = []
+        for e in self.episodes:
+            words = e["instruction"].split()            # put the <colour> <shape> on|in the <receptacle>
+            named.append((PATCH_CLASSES.index(words[3]), PATCH_CLASSES.index(words[-1])))
+        named = np.asarray(named)[self.sample_episode]
+        return (torch.as_tensor(labels, device=self.device),
+                torch.as_tensor(named, dtype=torch.uint8, device=self.device))
+
+    def grounding_loss(self, index: torch.Tensor, embedded: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """Dense per-patch targets the simulator gives for free, as a pretrained vision-language
+        backbone brings them to the released model: (1) what lies under each patch (table, which
+        object, plate, bowl, gripper), read from the projector's output - patch tokens with local
+        semantics; (2) whether a patch holds the object and the receptacle the instruction names,
+        read from the LLM's final states at the patch positions - only reading the words against
+        the image tells. The action tokens then have marked tokens to attend to. Training only."""
+        n_vis = self.cfg.num_images * self.cfg.patches_per_image
+        labels = self.patch_labels[index].long()                                  # (B, n_vis)
+        patches = embedded[:, 1:1 + n_vis].float()
+        semantic = torch.nn.functional.cross_entropy(self.patch_class_head(patches).flatten(0, 1), labels.flatten())
+        named = self.named_classes[index].long()                                  # (B, 2)
+        wanted = (labels[:, :, None] == named[:, None, :]).float()                # (B, n_vis, 2)
+        logits = self.named_head(hidden[:, 1:1 + n_vis].float())
+        # the named object covers ~1-3 % of the patches: weighted so missing it costs as much as the rest
+        positive = wanted.mean((0, 1)).clamp_min(1e-3)
+        weight = torch.where(wanted > 0, 0.5 / positive, 0.5 / (1 - positive))
+        grounded = torch.nn.functional.binary_cross_entropy_with_logits(logits, wanted, weight=weight)
+        return semantic + grounded
 
     def aux_queries(self, step: int, samples: np.ndarray, index: torch.Tensor) -> tuple[list[str], torch.Tensor]:
         """Step ``step``'s questions (seeded by the step: the same after a resume): per sample an
@@ -266,8 +311,9 @@ class Trainer:
         state = _load_state(path, "resume from")
         try:
             self.model.load_state_dict(state["model"])
-            if "aux_head" in state:
-                self.aux_head.load_state_dict(state["aux_head"])
+            for name in ("aux_head", "patch_class_head", "named_head"):
+                if name in state:
+                    getattr(self, name).load_state_dict(state[name])
             self.optimizer.load_state_dict(state["optimizer"])
         except Exception as exc:   # torch raises many types for broken files
             raise DemoError(f"{path}: cannot resume from this training state ({type(exc).__name__}: {exc}); "
@@ -275,6 +321,7 @@ class Trainer:
         self.step = int(state["step"])
         self.losses = [float(v) for v in state["losses"]]
         self.aux_losses = [float(v) for v in state.get("aux_losses", [])]
+        self.grounding_losses = [float(v) for v in state.get("grounding_losses", [])]
         self.seconds = float(state["seconds"])
         return True
 
@@ -283,8 +330,10 @@ class Trainer:
         tmp = self.out / (STATE_FILE + ".tmp")
         torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
                     "losses": torch.tensor(self.losses, dtype=torch.float64), "seconds": self.seconds,
-                    "aux_head": self.aux_head.state_dict(),
-                    "aux_losses": torch.tensor(self.aux_losses, dtype=torch.float64)}, tmp)
+                    "aux_head": self.aux_head.state_dict(), "patch_class_head": self.patch_class_head.state_dict(),
+                    "named_head": self.named_head.state_dict(),
+                    "aux_losses": torch.tensor(self.aux_losses, dtype=torch.float64),
+                    "grounding_losses": torch.tensor(self.grounding_losses, dtype=torch.float64)}, tmp)
         tmp.replace(self.out / STATE_FILE)               # atomic: an interrupt never leaves half a file
 
     # ---- training -------------------------------------------------------------------------------------
@@ -297,15 +346,19 @@ class Trainer:
         group = self.groups[int(rng.choice(len(self.groups), p=sizes / sizes.sum()))]
         return group[rng.choice(len(group), size=c.batch, replace=len(group) < c.batch)]
 
-    def batch_loss(self, samples: np.ndarray, step: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The action L1 of the samples, and the auxiliary L1 (None without it)."""
+    def batch_loss(self, samples: np.ndarray, step: int = 0) -> tuple[torch.Tensor, torch.Tensor | None,
+                                                                       torch.Tensor | None]:
+        """The action L1 of the samples, the auxiliary L1 and the grounding loss (None without them)."""
         index = torch.as_tensor(samples, device=self.device)
         frames = self.frames[index]                                   # (B, cameras, H, W, 3) uint8
         pixels = self.processor.pixels(frames.flatten(0, 1).permute(0, 3, 1, 2)).unflatten(0, frames.shape[:2])
         prompts = [self.prompts[self.episodes[e]["instruction"]] for e in self.sample_episode[samples]]
-        hidden, _ = self.model.forward_llm(self.model.embed(pixels, self.proprio[index], prompts))
+        embedded = self.model.embed(pixels, self.proprio[index], prompts)
+        hidden, _ = self.model.forward_llm(embedded)
         loss = torch.nn.functional.l1_loss(self.model.actions(hidden), self.targets[index])
-        return loss, None if self.aux_places is None else self.aux_loss(step, samples, index, pixels)
+        aux = None if self.aux_places is None else self.aux_loss(step, samples, index, pixels)
+        grounding = None if self.patch_labels is None else self.grounding_loss(index, embedded, hidden)
+        return loss, aux, grounding
 
     def learning_rate(self, step: int) -> float:
         c = self.config
@@ -322,11 +375,16 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = self.learning_rate(self.step)
             self.optimizer.zero_grad(set_to_none=True)
-            loss, aux = self.batch_loss(self.batch(self.step), self.step)
-            (loss if aux is None else loss + c.aux_weight * aux).backward()
-            total = float(loss.detach())
+            loss, aux, grounding = self.batch_loss(self.batch(self.step), self.step)
+            objective = loss
             if aux is not None:
+                objective = objective + c.aux_weight * aux
                 self.aux_losses.append(float(aux.detach()))
+            if grounding is not None:
+                objective = objective + c.grounding_weight * grounding
+                self.grounding_losses.append(float(grounding.detach()))
+            objective.backward()
+            total = float(loss.detach())
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
             self.optimizer.step()
             self.step += 1
@@ -353,6 +411,9 @@ class Trainer:
                    "loss_last": float(np.mean(self.losses[-20:])) if self.losses else None,
                    "aux_weight": self.config.aux_weight,
                    "aux_loss_last": float(np.mean(self.aux_losses[-20:])) if self.aux_losses else None,
+                   "grounding_weight": self.config.grounding_weight,
+                   "grounding_loss_first": float(np.mean(self.grounding_losses[:20])) if self.grounding_losses else None,
+                   "grounding_loss_last": float(np.mean(self.grounding_losses[-20:])) if self.grounding_losses else None,
                    "model": str(model_dir)}
         (self.out / "train.json").write_text(json.dumps(summary, indent=2))
         _loss_plot(self.losses, self.out / "loss.png")

@@ -112,7 +112,8 @@ def layout_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layout", choices=LAYOUTS, default=DEFAULT_LAYOUT,
                    help="fixed-start: every shape at its own slot, the gripper starting at its home pose (the "
                         "default, the shipped model's); fixed: the same with the start jittered +-3 cm; shuffled: "
-                        "shapes shuffled among the slots, the target found by colour and shape in the image")
+                        "shapes shuffled among the slots, the target found by colour and shape in the image; "
+                        "scattered: objects anywhere in the area, the target's place only in the image")
 
 
 def adder(subparsers) -> Callable[[str, Callable[[argparse.Namespace], int], str], argparse.ArgumentParser]:

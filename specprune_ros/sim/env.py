@@ -209,6 +209,7 @@ class TabletopEnv(gym.Env):
                                                   for s in ("left", "right"))}
         self._geom_class = np.array([body_class.get(int(b), PATCH_CLASSES.index("gripper") if b in gripper_bodies
                                                     else 0) for b in m.geom_bodyid], np.uint8)
+        self._patch_cells: np.ndarray | None = None
         self.task: Task | None = None
         self.steps = 0
         self._grip = -1.0
@@ -313,8 +314,10 @@ class TabletopEnv(gym.Env):
             raise RuntimeError("patch labels need a rendering environment")
         grid = self.image_size // patch
         size = grid * patch
-        rows, cols = np.divmod(np.arange(size * size), size)
-        cell = ((rows // patch) * grid + cols // patch) * len(PATCH_CLASSES)    # each pixel's patch
+        if self._patch_cells is None or len(self._patch_cells) != size * size:
+            rows, cols = np.divmod(np.arange(size * size), size)
+            self._patch_cells = ((rows // patch) * grid + cols // patch) * len(PATCH_CLASSES)   # pixel -> patch
+        cell = self._patch_cells
         labels = np.zeros((2, grid * grid), np.uint8)
         self._renderer.enable_segmentation_rendering()
         try:

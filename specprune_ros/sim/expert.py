@@ -129,7 +129,8 @@ class ScriptedExpert:
         return _wrap(object_yaw - gripper_yaw, SYMMETRY[name])
 
 
-RECORDED = ("primary", "wrist", "proprio", "actions", "privileged", "patch_labels")   # a demonstration's per-step arrays
+# a demonstration's per-step arrays
+RECORDED = ("primary", "wrist", "proprio", "actions", "privileged", "patch_labels")
 
 
 def record_step(frames: dict[str, list], env: TabletopEnv, obs: dict, action: np.ndarray) -> None:

@@ -50,23 +50,14 @@ def first_chunk_sensitivity(config: Config, seeds: Sequence[int], layout: str = 
         raise ValueError(f"the probe swaps images between episodes: it needs at least 2 seeds, got {len(seeds)}")
     config = config.replace(**{"pruning.enabled": False})
     loaded = load_model(config)
-    env = TabletopEnv(layout=layout)
-    try:
-        scenes = []
-        for seed in seeds:
-            obs, info = env.reset(seed=seed)
-            where = {name: env.object_position(name)[:2] for name in OBJECTS}
-            scenes.append((obs, info["instruction"], env.task.target, where))
-    finally:
-        env.close()
-
     policy = SpecPrunePolicy(loaded, config)
 
     def motion(images: list[np.ndarray], proprio: np.ndarray, instruction: str) -> np.ndarray:
         policy.reset()                                     # every query a first one: no history, step 0
         return policy.step(Observation(images, proprio, instruction)).actions[:, :2].sum(0)
 
-    def expert_motion(env: TabletopEnv, seed: int, offset: tuple[float, float]) -> np.ndarray:
+    def expert_motion(seed: int, offset: tuple[float, float]) -> np.ndarray:
+        """The noise-free expert's first chunk (summed xy) with the named object moved by ``offset``."""
         env.reset(seed=seed)
         env.move_object(env.task.target, offset)
         expert = ScriptedExpert(env, seed=seed + EXPERT_SEED_OFFSET, noise=0.0)
@@ -77,37 +68,37 @@ def first_chunk_sensitivity(config: Config, seeds: Sequence[int], layout: str = 
             env.step(action)
         return total
 
-    offsets = ((object_shift, 0.0), (-object_shift, 0.0), (0.0, object_shift), (0.0, -object_shift))
-    object_change, expert_change = [], []
     env = TabletopEnv(layout=layout)
     try:
-        for seed, (obs, instruction, target, _) in zip(seeds, scenes):
-            base = motion([obs["primary"], obs["wrist"]], obs["proprio"], instruction)
-            expert_base = expert_motion(env, seed, (0.0, 0.0))
-            for offset in offsets:
+        scenes = []
+        for seed in seeds:
+            obs, info = env.reset(seed=seed)
+            where = {name: env.object_position(name)[:2] for name in OBJECTS}
+            scenes.append((obs, info["instruction"], env.task.target, where))
+        proprio_change, image_change, target_change, object_change, expert_change = [], [], [], [], []
+        for i, (seed, (obs, instruction, target, where)) in enumerate(zip(seeds, scenes)):
+            images = [obs["primary"], obs["wrist"]]
+            base = motion(images, obs["proprio"], instruction)
+            for offset in ((shift, 0.0), (-shift, 0.0), (0.0, shift), (0.0, -shift)):
+                moved = obs["proprio"].copy()
+                moved[:2] += offset
+                proprio_change.append(np.linalg.norm(motion(images, moved, instruction) - base))
+            for j, (other, _, _, other_where) in enumerate(scenes):
+                if j != i:
+                    swapped = motion([other["primary"], other["wrist"]], obs["proprio"], instruction)
+                    image_change.append(np.linalg.norm(swapped - base))
+                    target_change.append(np.linalg.norm(other_where[target] - where[target]))
+            expert_base = expert_motion(seed, (0.0, 0.0))
+            for offset in ((object_shift, 0.0), (-object_shift, 0.0), (0.0, object_shift), (0.0, -object_shift)):
                 env.reset(seed=seed)
-                moved = env.move_object(target, offset)
-                object_change.append(np.linalg.norm(motion([moved["primary"], moved["wrist"]], obs["proprio"],
+                seen = env.move_object(target, offset)
+                object_change.append(np.linalg.norm(motion([seen["primary"], seen["wrist"]], obs["proprio"],
                                                            instruction) - base))
-                expert_change.append(np.linalg.norm(expert_motion(env, seed, offset) - expert_base))
+                expert_change.append(np.linalg.norm(expert_motion(seed, offset) - expert_base))
+            if progress:
+                progress(i + 1, len(scenes))
     finally:
         env.close()
-
-    proprio_change, image_change, target_change = [], [], []
-    for i, (obs, instruction, target, where) in enumerate(scenes):
-        images = [obs["primary"], obs["wrist"]]
-        base = motion(images, obs["proprio"], instruction)
-        for offset in ((shift, 0.0), (-shift, 0.0), (0.0, shift), (0.0, -shift)):
-            moved = obs["proprio"].copy()
-            moved[:2] += offset
-            proprio_change.append(np.linalg.norm(motion(images, moved, instruction) - base))
-        for j, (other, _, _, other_where) in enumerate(scenes):
-            if j != i:
-                swapped = motion([other["primary"], other["wrist"]], obs["proprio"], instruction)
-                image_change.append(np.linalg.norm(swapped - base))
-                target_change.append(np.linalg.norm(other_where[target] - where[target]))
-        if progress:
-            progress(i + 1, len(scenes))
     return {"model": config.node.model_path, "layout": layout, "seeds": list(seeds), "shift_mm": 1000 * shift,
             "proprio_change_mm": 1000 * float(np.mean(proprio_change)),
             "image_change_mm": 1000 * float(np.mean(image_change)),

@@ -194,7 +194,8 @@ class Trainer:
         lengths = np.array([len(self.prompts[e["instruction"]].ids) for e in self.episodes])[self.sample_episode]
         self.groups = [np.flatnonzero(lengths == length) for length in np.unique(lengths)]
         self.aux_places = self._aux_places() if config.aux_weight > 0 else None
-        self.patch_labels, self.named_classes = self._grounding_targets() if config.grounding_weight > 0 else (None, None)
+        self.patch_labels, self.named_classes = (self._grounding_targets() if config.grounding_weight > 0
+                                                 else (None, None))
         self.aux_prompts = {text: encode_prompt(self.tokenizer, text) for text in all_instructions()}
         self.samples = len(self.sample_episode)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -412,12 +413,16 @@ class Trainer:
                    "aux_weight": self.config.aux_weight,
                    "aux_loss_last": float(np.mean(self.aux_losses[-20:])) if self.aux_losses else None,
                    "grounding_weight": self.config.grounding_weight,
-                   "grounding_loss_first": float(np.mean(self.grounding_losses[:20])) if self.grounding_losses else None,
-                   "grounding_loss_last": float(np.mean(self.grounding_losses[-20:])) if self.grounding_losses else None,
+                   "grounding_loss_first": _mean_or_none(self.grounding_losses[:20]),
+                   "grounding_loss_last": _mean_or_none(self.grounding_losses[-20:]),
                    "model": str(model_dir)}
         (self.out / "train.json").write_text(json.dumps(summary, indent=2))
         _loss_plot(self.losses, self.out / "loss.png")
         return summary
+
+
+def _mean_or_none(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
 
 
 def _load_state(path: Path, purpose: str) -> dict[str, Any]:

@@ -88,12 +88,16 @@ def first_chunk_sensitivity(config: Config, seeds: Sequence[int], layout: str = 
                     swapped = motion([other["primary"], other["wrist"]], obs["proprio"], instruction)
                     image_change.append(np.linalg.norm(swapped - base))
                     target_change.append(np.linalg.norm(other_where[target] - where[target]))
+            # against the scene re-rendered unmoved: a render after mj_forward, as every moved one
+            env.reset(seed=seed)
+            unmoved = env.move_object(target, (0.0, 0.0))
+            rendered_base = motion([unmoved["primary"], unmoved["wrist"]], obs["proprio"], instruction)
             expert_base = expert_motion(seed, (0.0, 0.0))
             for offset in ((object_shift, 0.0), (-object_shift, 0.0), (0.0, object_shift), (0.0, -object_shift)):
                 env.reset(seed=seed)
                 seen = env.move_object(target, offset)
                 object_change.append(np.linalg.norm(motion([seen["primary"], seen["wrist"]], obs["proprio"],
-                                                           instruction) - base))
+                                                           instruction) - rendered_base))
                 expert_change.append(np.linalg.norm(expert_motion(seed, offset) - expert_base))
             if progress:
                 progress(i + 1, len(scenes))

@@ -214,3 +214,61 @@ def test_collect_writes_resumable_checked_demonstrations(tmp_path):
         read_index(tmp_path / "demos")
     with pytest.raises(DemoError, match="not found"):
         read_index(tmp_path / "nothing")
+
+
+def test_the_scattered_layout_puts_objects_anywhere_apart_and_clear_of_the_receptacles():
+    from specprune_ros.sim.env import (
+        BOWL_RADIUS,
+        PLATE_RADIUS,
+        SCATTER_AREA_HIGH,
+        SCATTER_AREA_LOW,
+        SCATTER_MIN_GAP,
+        SCATTER_RECEPTACLE_CLEARANCE,
+        layout_mean_positions,
+        sample_task,
+    )
+    rng = np.random.default_rng(0)
+    tasks = [sample_task(rng, "scattered") for _ in range(200)]
+    for task in tasks:
+        xy = np.array([task.positions[name] for name in OBJECTS])
+        assert np.all(xy >= SCATTER_AREA_LOW) and np.all(xy <= SCATTER_AREA_HIGH)
+        gaps = np.linalg.norm(xy[:, None] - xy[None], axis=-1)[np.triu_indices(len(OBJECTS), 1)]
+        assert gaps.min() >= SCATTER_MIN_GAP
+        for name in ("plate", "bowl"):
+            rim = np.linalg.norm(xy - np.array(task.positions[name]), axis=-1)
+            assert rim.min() >= max(PLATE_RADIUS, BOWL_RADIUS) + SCATTER_RECEPTACLE_CLEARANCE
+    cube = np.array([t.positions["cube"] for t in tasks])
+    assert np.ptp(cube, axis=0).min() > 0.8 * (SCATTER_AREA_HIGH - SCATTER_AREA_LOW).min()   # not a slot
+    assert layout_mean_positions("scattered")["cube"] == pytest.approx((SCATTER_AREA_LOW + SCATTER_AREA_HIGH) / 2)
+    assert layout_mean_positions("fixed-start")["cube"] == pytest.approx((0.40, -0.05))
+
+
+def test_patch_labels_say_what_lies_under_each_patch_and_follow_a_moved_object():
+    from specprune_ros.sim.env import PATCH_CLASSES
+    env = TabletopEnv(layout="scattered")
+    try:
+        env.reset(seed=101000)
+        labels = env.patch_labels()
+        assert labels.shape == (2, 256) and labels.dtype == np.uint8
+        assert set(range(1, 1 + len(OBJECTS))) <= set(labels[0].tolist())        # every object in the scene view
+        assert PATCH_CLASSES.index("gripper") in labels[1]                       # the fingers in the wrist view
+        target = PATCH_CLASSES.index(env.task.target)
+        before = np.flatnonzero(labels[0] == target)
+        env.move_object(env.task.target, (0.0, 0.06))                            # 6 cm sideways: ~2 patches
+        after = np.flatnonzero(env.patch_labels()[0] == target)
+        assert len(after) and not np.array_equal(before % 16, after % 16)
+    finally:
+        env.close()
+
+
+def test_an_expert_blind_to_the_scattered_target_fails_where_the_real_one_succeeds():
+    from specprune_ros.sim.expert import run_expert_episode
+    env = TabletopEnv(layout="scattered", render=False)
+    try:
+        seeds = range(101000, 101004)
+        assert all(run_expert_episode(env, s)["success"] for s in seeds)
+        assert sum(run_expert_episode(env, s, aim="layout-mean")["success"] for s in seeds) <= 1
+        with pytest.raises(ValueError, match="unknown aim 'middle'"):
+            run_expert_episode(env, 101000, aim="middle")
+    finally:
+        env.close()

@@ -21,3 +21,15 @@ def test_a_policy_that_reads_its_proprio_and_images_moves_with_them():
 def test_one_seed_is_refused():
     with pytest.raises(ValueError, match="at least 2 seeds, got 1"):
         first_chunk_sensitivity(TINY, [101000])
+
+
+def test_the_probe_moves_the_named_object_against_the_expert_and_measures_the_layouts_need():
+    from specprune_ros.sim.probe import layout_need
+    moved = first_chunk_sensitivity(TINY, [101000, 101001], layout="scattered", object_shift=0.015)
+    assert moved["expert_object_change_mm"] > 5.0         # the expert goes where the object is
+    assert moved["object_change_mm"] > 0 and moved["object_follow"] == pytest.approx(
+        moved["object_change_mm"] / moved["expert_object_change_mm"])
+    still = first_chunk_sensitivity(TINY, [101000, 101001], layout="scattered", object_shift=0.0)
+    assert still["object_change_mm"] == 0.0 and still["expert_object_change_mm"] == 0.0
+    need = layout_need([101000, 101001], "scattered")
+    assert need["episodes"] == 2 and need["object_successes"] == 2 and need["layout_mean_successes"] <= 1

@@ -217,3 +217,26 @@ def test_a_model_trained_for_two_cameras_refuses_one(tmp_path):
     assert loaded.model.config.num_images == 2
     with pytest.raises(ConfigError, match=r"num_images = 1: the model .* was trained with 2 camera\(s\)"):
         SpecPrunePolicy(loaded, Config().replace(num_images=1, **{"pruning.enabled": False}))
+
+
+def test_the_grounding_losses_train_on_the_demonstrations_patch_labels(demos, tmp_path):
+    trainer = Trainer(demos, tmp_path / "run", replace(FAST, aux_weight=0.0, grounding_weight=1.0))
+    trainer.train()
+    assert len(trainer.grounding_losses) == FAST.steps and np.all(np.isfinite(trainer.grounding_losses))
+    assert np.mean(trainer.grounding_losses[-3:]) < np.mean(trainer.grounding_losses[:3])
+    resumed = Trainer(demos, tmp_path / "run", replace(FAST, aux_weight=0.0, grounding_weight=1.0))
+    assert resumed.resume() and resumed.grounding_losses == pytest.approx(trainer.grounding_losses)
+    assert torch.equal(resumed.named_head.weight, trainer.named_head.weight)   # the heads resume too
+
+
+def test_demonstrations_without_patch_labels_refuse_the_grounding_losses(demos, tmp_path):
+    import json
+    import shutil
+    old = tmp_path / "old"
+    shutil.copytree(demos, old)
+    for entry in json.loads((old / "index.json").read_text())["episodes"]:
+        with np.load(old / entry["file"]) as data:
+            arrays = {k: data[k] for k in data.files if k != "patch_labels"}
+        np.savez_compressed(old / entry["file"], **arrays)
+    with pytest.raises(DemoError, match="no patch labels .* --grounding-weight 0"):
+        Trainer(old, tmp_path / "run", replace(FAST, grounding_weight=1.0))

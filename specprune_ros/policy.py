@@ -30,7 +30,7 @@ from .observation import Observation, ObservationError
 from .pruning.frames import executed_actions
 from .pruning.layout import TokenLayout
 from .pruning.stopwatch import Stopwatch
-from .pruning.strategy import PruningStrategy, StepPruner, check_layers, make_strategy
+from .pruning.strategy import AttentionRecorder, KeptSequence, PruningStrategy, StepPruner, check_layers, make_strategy
 
 READ_ONLY = frozenset(name for name, spec in iter_specs() if spec.read_only)
 
@@ -221,6 +221,24 @@ class SpecPrunePolicy:
         stats.latency_ms = (time.perf_counter() - start) * 1e3
         actions_out = self.loaded.stats.unnormalize_actions(normalized).astype(np.float32)
         return PolicyOutput(actions_out, normalized, stats, inputs.frames, kept_mask)
+
+    @torch.inference_mode()
+    def attention(self, obs: Observation, layers: list[int]) -> np.ndarray:
+        """(len(layers), cameras, tokens_per_camera) mean attention of the scoring queries
+        (``pruning.score_queries``) on each vision token at each 1-based layer, in the unpruned
+        forward: where the model looks at the layers a rule reads. No prior, history or step count
+        changes (a new instruction or a stamp gap still starts the episode afresh, as in ``step``)."""
+        bad = [n for n in layers if not 1 <= n <= self.model.config.llm.layers]
+        if bad:
+            raise ValueError(f"attention layers {bad}: the model has layers 1 .. {self.model.config.llm.layers}")
+        inputs = self._preprocess(obs)
+        layout = inputs.layout
+        sequence = KeptSequence(layout, layout.query_index(self.config.pruning.score_queries, self.device),
+                                self.device)
+        recorder = AttentionRecorder(sequence, Stopwatch(self.device), layers)
+        self.model.predict(inputs.pixels, inputs.proprio, inputs.prompt, recorder)
+        maps = torch.stack([recorder.maps[n] for n in layers]).float().cpu().numpy()
+        return maps.reshape(len(layers), layout.num_cameras, layout.tokens_per_camera)
 
     def _preprocess(self, obs: Observation) -> StepInputs:
         """Checks, prompt, proprio and images as the model takes them; an input gap (or a clock

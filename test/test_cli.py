@@ -79,3 +79,14 @@ def test_errors_are_one_line_without_traceback(tmp_path):
     assert out.returncode == 2 and out.stdout == ""
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "checkpoint directory not found" in lines[0] and "Traceback" not in out.stderr
+
+
+def test_a_frozen_camera_is_refused_through_ros_and_an_unknown_camera_by_the_parser(capsys, tmp_path):
+    assert main(["sim", "eval", "--model", "tiny-random", "--through-ros", "--freeze-camera", "wrist",
+                 "--episodes", "1", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "--freeze-camera: in process only" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit):
+        main(["sim", "eval", "--model", "tiny-random", "--freeze-camera", "side"])
+    assert "invalid choice: 'side'" in capsys.readouterr().err

@@ -6,8 +6,9 @@ import sys
 from pathlib import Path
 
 from ..config import Config, ConfigError
+from ..sim import CAMERAS
 from .offline import replay_table
-from .shared import Progress, Result, adder, config_args, config_from_args, layout_arg, positive_int
+from .shared import CliError, Progress, Result, adder, config_args, config_from_args, layout_arg, positive_int
 
 DEMO_MODEL = "sim-tabletop"
 # Unpruned, the default rule, the paper's literal rule and random tokens at the default's counts.
@@ -93,7 +94,7 @@ def cmd_sim_train(args: argparse.Namespace) -> int:
             print(f"step {step}/{total} {text}", file=sys.stderr, flush=True)
 
     given = {k: getattr(args, k) for k in ("steps", "batch", "lr", "seed", "checkpoint_every", "aux_weight",
-                                       "grounding_weight")}
+                                       "grounding_weight", "grounding_layer", "aux_questions")}
     config = TrainConfig(**{k: v for k, v in given.items() if v is not None})
     trainer = Trainer(args.data, args.out, config, progress=None if args.json else show, init=args.init,
                       device=args.device)
@@ -123,6 +124,9 @@ def cmd_sim_eval(args: argparse.Namespace) -> int:
     methods = parse_methods(args.methods, parse_budgets(args.budgets) if args.budgets else None)
     seeds = parse_seeds(args.seeds) if args.seeds else list(seed_range(args.split))[:args.episodes]
     runner = None
+    if args.through_ros and args.freeze_camera:
+        raise CliError("--freeze-camera: in process only (the ROS stack's robot publishes what it renders); "
+                         "drop --through-ros")
     if args.through_ros:
         from ..ros.sim_stack import ThroughRos
         from ..sim.rollout import CHUNK_EXECUTED
@@ -133,7 +137,7 @@ def cmd_sim_eval(args: argparse.Namespace) -> int:
         runner = ThroughRos(args.out, args.workers, args.clock, layout=args.layout)
     with Progress(args) as progress:
         result = evaluate(cfg, methods, seeds, args.out, args.workers, progress.bar("eval", "episodes"),
-                          layout=args.layout, runner=runner)
+                          layout=args.layout, runner=runner, frozen=tuple(args.freeze_camera or ()))
     rows = [TABLE_HEADER] + table_rows(result["methods"])
     widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_HEADER))]
     text = "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows)
@@ -144,7 +148,7 @@ def cmd_sim_eval(args: argparse.Namespace) -> int:
 
 def cmd_sim_probe(args: argparse.Namespace) -> int:
     from ..sim.env import seed_range
-    from ..sim.probe import first_chunk_sensitivity, layout_need
+    from ..sim.probe import attention_on_target, first_chunk_sensitivity, layout_need
 
     cfg = config_from_args(args, args.model)
     seeds = list(seed_range(args.split))[:args.episodes]
@@ -153,7 +157,9 @@ def cmd_sim_probe(args: argparse.Namespace) -> int:
                                     args.object_shift / 1000)
         need = layout_need(list(seed_range(args.split))[:args.need_episodes], args.layout) \
             if args.need_episodes else None
-    r["layout_need"] = need
+        looks = attention_on_target(cfg, seeds[:args.attention_episodes], args.layout,
+                                    progress.bar("attention", "episodes")) if args.attention_episodes else None
+    r["layout_need"], r["attention"] = need, looks
     return Result(r, f"first chunk's xy motion of {args.model} on {len(seeds)} {args.split} seeds "
                    f"({args.layout} layout), unpruned:\n"
                    f"  proprio moved {r['shift_mm']:.0f} mm:   it changes by {r['proprio_change_mm']:.1f} mm "
@@ -165,7 +171,21 @@ def cmd_sim_probe(args: argparse.Namespace) -> int:
                    + ("" if need is None else
                       f"\n  the expert aiming at the layout's mean place of the named object: "
                       f"{need['layout_mean_successes']} / {need['episodes']} (at its real place "
-                      f"{need['object_successes']} / {need['episodes']})"))
+                      f"{need['object_successes']} / {need['episodes']})")
+                   + ("" if looks is None else _attention_lines(looks)))
+
+
+def _attention_lines(looks: dict) -> str:
+    lines = [f"\n  attention of the instruction on the named object / receptacle against their share of the "
+             f"patches ({looks['queries']} queries of {len(looks['seeds'])} episodes; first queries in brackets):"]
+    for layer, shares in looks["per_layer"].items():
+        a, f = shares["all"], shares["first"]
+        lines.append(f"    layer {layer:>2}: target {100 * a['target_attention']:.1f} % on "
+                     f"{100 * a['target_patches']:.1f} % of the patches ({a['target_lift']:.1f}x) "
+                     f"[{f['target_lift']:.1f}x], receptacle "
+                     f"{a['receptacle_lift']:.1f}x [{f['receptacle_lift']:.1f}x], scene camera "
+                     f"{100 * a['primary_attention']:.0f} %")
+    return "\n".join(lines)
 
 
 def cmd_sim_record(args: argparse.Namespace) -> int:
@@ -224,6 +244,12 @@ def register(sub, add) -> None:
     q.add_argument("--grounding-weight", type=float, help="weight of the per-patch grounding losses (what lies "
                                                           "under each patch, which patches hold the named object "
                                                           "and receptacle; needs demonstrations with patch labels)")
+    q.add_argument("--grounding-layer", type=int, help="the LLM layer whose output marks the named patches "
+                                                        "(default 0: the last; a middle layer leaves the layers "
+                                                        "above it to carry the marks to the action tokens)")
+    q.add_argument("--aux-questions", choices=("random", "own"),
+                   help="the auxiliary loss asks about random objects of the scene in a second forward (random, "
+                        "the default) or about the demonstration's own instruction in the action forward (own)")
     q.add_argument("--init", help="another run's train_state.pt to start from (its weights; a fresh optimizer "
                                   "and schedule); ignored when --out already holds a state to resume")
     q.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
@@ -245,6 +271,9 @@ def register(sub, add) -> None:
                    help="move of the named object in mm along +-x and +-y (re-rendered; against the expert)")
     q.add_argument("--need-episodes", type=int, default=30,
                    help="episodes of the expert aiming at the layout's mean place of the named object (0: skip)")
+    q.add_argument("--attention-episodes", type=int, default=4,
+                   help="closed-loop episodes (of --episodes' seeds) whose every query records where the unpruned "
+                        "model's attention lies at the layers the rules read (0: skip)")
     layout_arg(q)
     config_args(q)
     q = add_sim("record", cmd_sim_record, "closed-loop episodes of a model as a rosbag2 on the node's topics")
@@ -281,6 +310,9 @@ def register(sub, add) -> None:
                    help="--through-ros: lockstep (sim time held until each period's command: deterministic) or "
                         "realtime (the robot steps every action_dt of wall time)")
     layout_arg(q)
+    q.add_argument("--freeze-camera", action="append", choices=CAMERAS, metavar="CAMERA",
+                   help="hold this camera's image at the episode's first frame (repeatable; primary, wrist): what "
+                        "the model reads from each camera")
     q.add_argument("--out", default="sim_eval", help="output directory: results.json, episodes.csv, plots, "
                                                      "report.html")
     config_args(q)

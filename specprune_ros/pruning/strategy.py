@@ -308,6 +308,26 @@ class RandomPruner(SpecPrunePruner):
         self.recall = None
 
 
+class AttentionRecorder(StepPruner):
+    """Keeps every token and records, at ``layers``, each vision token's mean attention from the
+    scoring queries (Eq. 1's score, the quantity every rule here ranks by): where an unpruned
+    model looks, layer by layer. ``maps`` (layer -> (n_vision,) device tensor) after the forward."""
+
+    def __init__(self, sequence: KeptSequence, watch: Stopwatch, layers: list[int]) -> None:
+        super().__init__(sequence, watch)
+        self.layers, self.maps = set(layers), {}
+
+    def wants_scores(self, number: int) -> bool:
+        return number in self.layers
+
+    def after_layer(self, number: int, qk: tuple[torch.Tensor, torch.Tensor] | None,
+                    seq_len: int) -> torch.Tensor | None:
+        if qk is not None:
+            self.maps[number] = score_layer(qk[0].unsqueeze(0), qk[1].unsqueeze(0), self.sequence.vision,
+                                            None).scores[0]
+        return None
+
+
 class FastVPruner(StepPruner):
     """FastV: after layer K, the top-R vision tokens by that layer's text-to-image attention."""
 

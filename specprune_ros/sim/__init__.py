@@ -10,3 +10,5 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 # The task layouts (``env.py`` says what each is), here so the CLI can offer them without MuJoCo.
 LAYOUTS = ("fixed-start", "fixed", "shuffled", "scattered")
 DEFAULT_LAYOUT = "fixed-start"
+# The task's cameras, in the model's image order.
+CAMERAS = ("primary", "wrist")

@@ -44,13 +44,13 @@ def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _run_episode(task: tuple[str, Config, int, bool, int, str]) -> dict[str, Any]:
+def _run_episode(task: tuple[str, Config, int, bool, int, str, tuple[str, ...]]) -> dict[str, Any]:
     """One episode in a worker process (the model and the environment are made once per process)."""
     from ..policy import load_model, make_policy
     from .env import TabletopEnv
     from .rollout import run_policy_episode
 
-    label, config, seed, snapshot, max_steps, layout = task
+    label, config, seed, snapshot, max_steps, layout, frozen = task
     node = config.node
     key = (node.model_path, node.device, node.dtype, node.unnorm_key)
     if _WORKER.get("key") != key:
@@ -61,19 +61,22 @@ def _run_episode(task: tuple[str, Config, int, bool, int, str]) -> dict[str, Any
             _WORKER["env"].close()
         _WORKER["env"], _WORKER["env_key"] = TabletopEnv(max_steps=max_steps, layout=layout), (max_steps, layout)
     policy = make_policy(config, _WORKER["loaded"])
-    r = run_policy_episode(_WORKER["env"], policy, seed, snapshot_query=SNAPSHOT_QUERY if snapshot else None)
+    r = run_policy_episode(_WORKER["env"], policy, seed, snapshot_query=SNAPSHOT_QUERY if snapshot else None,
+                           frozen=frozen)
     return {"method": label, "seed": seed, "instruction": r.instruction, "success": r.success, "steps": r.steps,
             "failure": r.failure, "latency_ms": r.latency_ms, "kept_tokens": r.kept_tokens,
             "flops_ratio": r.flops_ratio, "recall": r.recall, "fine_mode": r.fine_mode, "snapshot": r.snapshot}
 
 
 class InProcess:
-    """Episodes in ``workers`` processes, each calling the policy directly (the default runner)."""
+    """Episodes in ``workers`` processes, each calling the policy directly (the default runner);
+    ``frozen``: cameras whose image stays each episode's first frame (``run_policy_episode``)."""
 
     name = "in-process"
 
-    def __init__(self, workers: int = 1, max_steps: int = MAX_STEPS, layout: str = DEFAULT_LAYOUT) -> None:
-        self.workers, self.max_steps, self.layout = workers, max_steps, layout
+    def __init__(self, workers: int = 1, max_steps: int = MAX_STEPS, layout: str = DEFAULT_LAYOUT,
+                 frozen: tuple[str, ...] = ()) -> None:
+        self.workers, self.max_steps, self.layout, self.frozen = workers, max_steps, layout, tuple(frozen)
         self.threads = max(1, (os.cpu_count() or 1) // workers)
 
     def __enter__(self) -> "InProcess":
@@ -85,7 +88,8 @@ class InProcess:
         self.pool.shutdown()
 
     def run(self, label: str, config: Config, seeds: list[int], done: Callable[[], None]) -> list[dict[str, Any]]:
-        tasks = [(label, config, seed, i == 0, self.max_steps, self.layout) for i, seed in enumerate(seeds)]
+        tasks = [(label, config, seed, i == 0, self.max_steps, self.layout, self.frozen)
+                 for i, seed in enumerate(seeds)]
         results = []
         for r in self.pool.map(_run_episode, tasks):
             results.append(r)
@@ -99,9 +103,11 @@ class InProcess:
 # ---- the evaluation --------------------------------------------------------------------------------------
 def evaluate(config: Config, methods: list[Method], seeds: list[int], out: str | Path, workers: int = 1,
              progress: Callable[[int, int], None] | None = None, max_steps: int = MAX_STEPS,
-             layout: str = DEFAULT_LAYOUT, runner: Any = None) -> dict[str, Any]:
+             layout: str = DEFAULT_LAYOUT, runner: Any = None, frozen: tuple[str, ...] = ()) -> dict[str, Any]:
     """``runner`` runs one method's episodes (``InProcess`` by default; the ROS stack's runner
-    runs them through DDS) and may add its own figures to each method's summary."""
+    runs them through DDS) and may add its own figures to each method's summary. ``frozen``:
+    cameras held at each episode's first frame (in process only: the ROS stack's robot
+    publishes what it renders)."""
     from .rollout import wilson_interval
 
     out = Path(out)
@@ -109,7 +115,9 @@ def evaluate(config: Config, methods: list[Method], seeds: list[int], out: str |
     total, done = len(methods) * len(seeds), [0]
     episodes: dict[str, list[dict[str, Any]]] = {}
     summary: dict[str, dict[str, Any]] = {}
-    runner = runner or InProcess(workers, max_steps, layout)
+    if frozen and runner is not None:
+        raise ValueError(f"frozen cameras ({', '.join(frozen)}): only in process, not with the {runner.name} runner")
+    runner = runner or InProcess(workers, max_steps, layout, frozen)
 
     def one_done() -> None:
         done[0] += 1
@@ -135,7 +143,8 @@ def evaluate(config: Config, methods: list[Method], seeds: list[int], out: str |
         if comparison["b"] == "none":
             summary[comparison["a"]]["vs_none"] = {k: comparison[k] for k in ("difference", "p_value")}
     result = {"model": config.node.model_path, "episodes_per_method": len(seeds), "seeds": [seeds[0], seeds[-1]],
-              "split": seed_split(seeds), "max_steps": max_steps, "layout": layout, "device": _device_name(config),
+              "split": seed_split(seeds), "max_steps": max_steps, "layout": layout,
+              "frozen_cameras": list(frozen), "device": _device_name(config),
               "runner": runner.name, "workers": runner.workers, "torch_threads_per_worker": runner.threads,
               "methods": summary, "paired": paired, "curves": budget_curves(summary)}
     (out / "results.json").write_text(json.dumps(finite(result), indent=2, allow_nan=False))

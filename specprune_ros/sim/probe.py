@@ -16,6 +16,11 @@ episode this compares the chunk's summed xy motion on the observation as it is w
 ``layout_need`` runs the scripted expert aiming where the layout puts the named object on average
 instead of where it lies: how often a policy blind to the target can still succeed.
 
+``attention_on_target`` follows closed-loop episodes and says where the unpruned model's scoring
+queries put their attention at the layers the pruning rules read: the share of the vision
+attention on the named object's patches against the share of the patches they are (1x: no
+preference; a model that found its target puts many times its area there).
+
 A model trained on the ``fixed`` layout showed < 1 mm of change for a 5 cm proprio shift - it
 played one first chunk per instruction, whatever the start - which is why its success fell from
 72 % (home start) to 48 % (jittered start). Unpruned, always: the question is what the model
@@ -29,9 +34,9 @@ import numpy as np
 
 from ..config import Config
 from ..observation import Observation
-from .env import DEFAULT_LAYOUT, TabletopEnv
+from .env import DEFAULT_LAYOUT, PATCH_CLASSES, TabletopEnv
 from .expert import AIMS, EXPERT_SEED_OFFSET, ScriptedExpert, run_expert_episode
-from .rollout import CHUNK_EXECUTED
+from .rollout import CHUNK_EXECUTED, run_policy_episode
 from .scene import OBJECTS
 
 SHIFT_M = 0.05
@@ -123,3 +128,72 @@ def layout_need(seeds: Sequence[int], layout: str = DEFAULT_LAYOUT) -> dict[str,
         env.close()
     return {"layout": layout, "seeds": list(seeds), "episodes": len(seeds),
             **{f"{aim.replace('-', '_')}_successes": n for aim, n in success.items()}}
+
+
+def rule_layers(config: Config) -> list[int]:
+    """The LLM layers whose text-to-image attention a rule reads: SpecPrune's local and global
+    layers and FastV's layer."""
+    p = config.pruning
+    return sorted({*range(1, p.local_layers + 1), *p.global_layers, p.fastv_layer})
+
+
+class _Looking:
+    """A policy that, before each step, records the unpruned attention at ``layers`` and what lies
+    under each patch (the environment is at the observation's state when the policy is asked)."""
+
+    def __init__(self, policy: Any, env: TabletopEnv, layers: list[int]) -> None:
+        self.policy, self.env, self.layers, self.queries = policy, env, layers, []
+
+    def reset(self) -> None:
+        self.policy.reset()
+
+    def step(self, obs: Observation):
+        maps = self.policy.attention(obs, self.layers)                  # (layers, cameras, patches)
+        labels = self.env.patch_labels()
+        named = [PATCH_CLASSES.index(self.env.task.target), PATCH_CLASSES.index(self.env.task.receptacle)]
+        self.queries.append((maps, labels, named))
+        return self.policy.step(obs)
+
+
+def _shares(queries: list[tuple[np.ndarray, np.ndarray, list[int]]], layer: int) -> dict[str, float]:
+    """Mean over queries of the attention share and the patch share of the target, the receptacle
+    and the scene camera; ``*_lift``: attention share / patch share."""
+    out: dict[str, list[float]] = {}
+    for maps, labels, (target, receptacle) in queries:
+        attention = maps[layer] / maps[layer].sum()
+        for name, where in (("target", labels == target), ("receptacle", labels == receptacle)):
+            out.setdefault(f"{name}_attention", []).append(float(attention[where].sum()))
+            out.setdefault(f"{name}_patches", []).append(float(where.mean()))
+        out.setdefault("primary_attention", []).append(float(attention[0].sum()))
+    means = {key: float(np.mean(values)) for key, values in out.items()}
+    for name in ("target", "receptacle"):
+        area = means[f"{name}_patches"]
+        means[f"{name}_lift"] = means[f"{name}_attention"] / area if area > 0 else float("nan")
+    return means
+
+
+def attention_on_target(config: Config, seeds: Sequence[int], layout: str = DEFAULT_LAYOUT,
+                        progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Per layer a rule reads: the unpruned model's vision attention on the named object and the
+    named receptacle against their share of the patches, over every query of closed-loop episodes
+    (``all``) and over the episodes' first queries (``first``: the scene before the arm moves)."""
+    from ..policy import SpecPrunePolicy, load_model
+
+    config = config.replace(**{"pruning.enabled": False})
+    layers = rule_layers(config)
+    policy = SpecPrunePolicy(load_model(config), config)
+    env = TabletopEnv(layout=layout)
+    firsts, queries = [], []
+    try:
+        for i, seed in enumerate(seeds):
+            looking = _Looking(policy, env, layers)
+            run_policy_episode(env, looking, seed)
+            firsts.append(looking.queries[0])
+            queries += looking.queries
+            if progress:
+                progress(i + 1, len(seeds))
+    finally:
+        env.close()
+    return {"layout": layout, "seeds": list(seeds), "queries": len(queries), "layers": layers,
+            "per_layer": {str(n): {"all": _shares(queries, k), "first": _shares(firsts, k)}
+                          for k, n in enumerate(layers)}}

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..observation import HistoryFrame, Observation
 from ..policy import SpecPrunePolicy
+from . import CAMERAS
 from .env import ACTION_DT, TabletopEnv
 from .scene import OBJECTS
 
@@ -54,16 +55,27 @@ def object_heights(env: TabletopEnv) -> dict[str, float]:
 
 def run_policy_episode(env: TabletopEnv, policy: SpecPrunePolicy, seed: int, execute: int = CHUNK_EXECUTED,
                        on_step: Callable[[float, dict, np.ndarray, str], None] | None = None,
-                       snapshot_query: int | None = None) -> EpisodeResult:
+                       snapshot_query: int | None = None, frozen: tuple[str, ...] = ()) -> EpisodeResult:
     """``on_step(stamp, observation, action, instruction)`` sees every executed action (recording);
-    ``snapshot_query``: keep the kept-patch overlay of that query (0-based)."""
+    ``snapshot_query``: keep the kept-patch overlay of that query (0-based); ``frozen``: cameras
+    (``CAMERAS``) whose image stays the episode's first frame - what the policy reads from each
+    camera: a camera it never needed costs nothing frozen, one it tracks progress or finds the
+    target with does."""
+    unknown = set(frozen) - set(CAMERAS)
+    if unknown:
+        raise ValueError(f"frozen camera {sorted(unknown)[0]!r}: not one of {', '.join(CAMERAS)}")
     obs, info = env.reset(seed=seed)
     policy.reset()
+    first = {camera: obs[camera] for camera in frozen}
+
+    def images(obs: dict) -> list[np.ndarray]:
+        return [first.get(camera, obs[camera]) for camera in CAMERAS]
+
     result = EpisodeResult(seed, info["instruction"], False, 0, target=env.task.target)
     rest = object_heights(env)
     history: list[HistoryFrame] = []
     while True:
-        out = policy.step(Observation([obs["primary"], obs["wrist"]], obs["proprio"], info["instruction"],
+        out = policy.step(Observation(images(obs), obs["proprio"], info["instruction"],
                                       stamp=env.steps * ACTION_DT, history=history))
         if snapshot_query is not None and len(result.latency_ms) == snapshot_query:
             result.snapshot = out.overlay()
@@ -83,7 +95,7 @@ def run_policy_episode(env: TabletopEnv, policy: SpecPrunePolicy, seed: int, exe
             if success or truncated:
                 result.success, result.steps = bool(success), env.steps
                 return result
-            history.append(HistoryFrame(env.steps * ACTION_DT, [obs["primary"], obs["wrist"]]))
+            history.append(HistoryFrame(env.steps * ACTION_DT, images(obs)))
         history = history[:-1]           # the last frame is the next query's own observation
 
 

@@ -38,6 +38,7 @@ AUX_DIMS = 4                              # the named object's xy, the named rec
 AUX_CENTER, AUX_SCALE = np.array([0.46, 0.0]), 0.2   # metres: the workspace's middle and half-width
 PARAMS_FILE = MODEL_PARAMS_FILE         # the node parameters this model needs, next to its weights
 RELEASED_LLM_LAYERS = 32
+AUX_QUESTIONS = ("random", "own")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,16 @@ class TrainConfig:
     checkpoint_every: int = 100
     aux_weight: float = 1.0           # the privileged-state auxiliary loss (0: the plain OFT loss)
     grounding_weight: float = 0.0     # the per-patch grounding losses (0: none; see Trainer.grounding_loss)
+    grounding_layer: int = 0          # the LLM layer whose output marks the named patches (0: the last)
+    aux_questions: str = "random"     # "random": a second forward asks about random objects; "own": the
+    #                                   demonstration's instruction, from the action forward (see aux_loss)
+
+    def __post_init__(self) -> None:
+        if self.aux_questions not in AUX_QUESTIONS:
+            raise ValueError(f"aux_questions = {self.aux_questions!r}: one of {', '.join(AUX_QUESTIONS)}")
+        if not 0 <= self.grounding_layer <= SIM_LLM_LAYERS:
+            raise ValueError(f"grounding_layer = {self.grounding_layer}: 0 (the last) or a layer 1 .. "
+                             f"{SIM_LLM_LAYERS}")
 
 
 # The shipped model: the released token geometry (2 cameras x 256 patches of 14 px at 224 px,
@@ -196,6 +207,8 @@ class Trainer:
         self.aux_places = self._aux_places() if config.aux_weight > 0 else None
         self.patch_labels, self.named_classes = (self._grounding_targets() if config.grounding_weight > 0
                                                  else (None, None))
+        if self.named_classes is None and self.aux_places is not None:
+            self.named_classes = self._named_classes()
         self.aux_prompts = {text: encode_prompt(self.tokenizer, text) for text in all_instructions()}
         self.samples = len(self.sample_episode)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -239,13 +252,16 @@ class Trainer:
             raise DemoError(f"{missing[0]} (and {len(missing) - 1} more): no patch labels (an older demonstration "
                             f"format); train with --grounding-weight 0 or collect them again")
         labels = np.concatenate([e["patch_labels"].reshape(len(e["actions"]), -1) for e in self.episodes])
+        return torch.as_tensor(labels, device=self.device), self._named_classes()
+
+    def _named_classes(self) -> torch.Tensor:
+        """(N, 2) uint8: per sample, the patch classes of the object and the receptacle its
+        instruction names."""
         named = []
         for e in self.episodes:
             words = e["instruction"].split()            # put the <colour> <shape> on|in the <receptacle>
             named.append((PATCH_CLASSES.index(words[3]), PATCH_CLASSES.index(words[-1])))
-        named = np.asarray(named)[self.sample_episode]
-        return (torch.as_tensor(labels, device=self.device),
-                torch.as_tensor(named, dtype=torch.uint8, device=self.device))
+        return torch.as_tensor(np.asarray(named)[self.sample_episode], dtype=torch.uint8, device=self.device)
 
     def grounding_loss(self, index: torch.Tensor, embedded: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         """Dense per-patch targets the simulator gives for free, as a pretrained vision-language
@@ -282,6 +298,22 @@ class Trainer:
         wanted = torch.cat([places[rows, torch.as_tensor(shape, device=self.device)],
                             places[rows, len(OBJECTS) + torch.as_tensor(place, device=self.device)]], dim=1)
         return texts, wanted
+
+    def own_aux_loss(self, index: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """``aux_loss`` asking each sample about its own instruction's object and receptacle, read
+        from the action forward (no second forward: the grounding loss already makes the words
+        matter, and this asks the action tokens to carry where the marked patches are)."""
+        located = self.aux_head(self.model.action_head_input(hidden).mean(1).float())
+        return torch.nn.functional.l1_loss(located, self.own_aux_targets(index))
+
+    def own_aux_targets(self, index: torch.Tensor) -> torch.Tensor:
+        """(B, 4): the scaled xy of the object and of the receptacle each sample's instruction names."""
+        places = self.aux_places[index]
+        rows = torch.arange(len(index), device=self.device)
+        named = self.named_classes[index].long()
+        shape = named[:, 0] - PATCH_CLASSES.index(next(iter(OBJECTS)))          # OBJECTS order
+        place = named[:, 1] - PATCH_CLASSES.index(RECEPTACLES[0])
+        return torch.cat([places[rows, shape], places[rows, len(OBJECTS) + place]], dim=1)
 
     def aux_loss(self, step: int, samples: np.ndarray, index: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
         """Where is the object an instruction names? Why: a model trained from scratch on the action
@@ -355,11 +387,31 @@ class Trainer:
         pixels = self.processor.pixels(frames.flatten(0, 1).permute(0, 3, 1, 2)).unflatten(0, frames.shape[:2])
         prompts = [self.prompts[self.episodes[e]["instruction"]] for e in self.sample_episode[samples]]
         embedded = self.model.embed(pixels, self.proprio[index], prompts)
-        hidden, _ = self.model.forward_llm(embedded)
+        hidden, marking = self.forward_llm(embedded)
         loss = torch.nn.functional.l1_loss(self.model.actions(hidden), self.targets[index])
-        aux = None if self.aux_places is None else self.aux_loss(step, samples, index, pixels)
-        grounding = None if self.patch_labels is None else self.grounding_loss(index, embedded, hidden)
+        aux = None
+        if self.aux_places is not None:
+            aux = (self.own_aux_loss(index, hidden) if self.config.aux_questions == "own"
+                   else self.aux_loss(step, samples, index, pixels))
+        grounding = None if self.patch_labels is None else self.grounding_loss(index, embedded, marking)
         return loss, aux, grounding
+
+    def forward_llm(self, embedded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's final-normed hidden states and the states the named-patch head reads: the
+        same, or layer ``grounding_layer``'s output - marks made there leave the layers above it to
+        carry them into the action tokens (marks made only at the top reach the head too late)."""
+        layer = self.config.grounding_layer
+        if not layer or self.patch_labels is None:
+            hidden, _ = self.model.forward_llm(embedded)
+            return hidden, hidden
+        llm, x = self.model.llm, embedded
+        cos, sin = llm.rotary(x.shape[1], x.dtype)
+        middle = x
+        for number, block in enumerate(llm.layers, start=1):
+            x, _ = block(x, cos, sin, None)
+            if number == layer:
+                middle = x
+        return llm.norm(x), middle
 
     def learning_rate(self, step: int) -> float:
         c = self.config

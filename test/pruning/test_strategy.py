@@ -13,7 +13,7 @@ import torch
 from specprune_ros.common.methods import paper_config
 from specprune_ros.config import Config
 from specprune_ros.model.checkpoint import load_tiny_random
-from specprune_ros.policy import SpecPrunePolicy
+from specprune_ros.policy import Observation, SpecPrunePolicy
 from specprune_ros.pruning.scores import score_layer
 from specprune_ros.pruning.stopwatch import Stopwatch
 from specprune_ros.pruning.strategy import make_strategy
@@ -85,17 +85,36 @@ def test_random_keeps_specprunes_budget_with_other_tokens(loaded):
     assert np.array_equal(again["kept"], got["kept"])
 
 
-@pytest.mark.parametrize("queries", ["instruction", "action", "both"])
-@torch.inference_mode()
-def test_fastv_keeps_the_top_r_tokens_of_layer_k(loaded, queries):
-    model = loaded.model
+def step_inputs(loaded):
+    """One synthetic step as the model takes it: frames, pixels, normalized proprio, prompt."""
     from specprune_ros.model.processing import ImageProcessor
     from specprune_ros.model.prompt import encode_prompt
     step = episode(3)[1]
     processor = ImageProcessor(224, True)
     frames = processor.frames([step.primary, step.wrist])
-    pixels, prompt = processor.pixels(frames), encode_prompt(loaded.tokenizer, INSTRUCTION)
     proprio = torch.tensor(loaded.stats.normalize_proprio(step.proprio), dtype=torch.float32)
+    return frames, processor.pixels(frames), proprio, encode_prompt(loaded.tokenizer, INSTRUCTION)
+
+
+def full_sequence_scores(model, pixels, proprio, prompt, queries) -> dict[int, torch.Tensor]:
+    """Layer (1-based) -> each vision token's mean attention from the scoring queries, computed
+    layer by layer on the whole sequence, outside any pruner."""
+    layout = model.layout(prompt, 2)
+    x = model.embed(pixels, proprio, prompt)
+    cos, sin = model.llm.rotary(x.shape[1], x.dtype)
+    scores = {}
+    for number, layer in enumerate(model.llm.layers, start=1):
+        x, (q, k) = layer(x, cos, sin, layout.query_index(queries))
+        scores[number] = score_layer(q[None], k[None], slice(layout.vision_start, layout.vision_end),
+                                     None).scores[0]
+    return scores
+
+
+@pytest.mark.parametrize("queries", ["instruction", "action", "both"])
+@torch.inference_mode()
+def test_fastv_keeps_the_top_r_tokens_of_layer_k(loaded, queries):
+    model = loaded.model
+    frames, pixels, proprio, prompt = step_inputs(loaded)
     config = Config().replace(**{"pruning.method": "fastv", "pruning.fastv_layer": 3, "pruning.fastv_tokens": 100,
                                  "pruning.score_queries": queries})
     layout = model.layout(prompt, 2)
@@ -109,12 +128,7 @@ def test_fastv_keeps_the_top_r_tokens_of_layer_k(loaded, queries):
     assert tokens_per_layer == [n] * 3 + [n - 512 + 100] * 29          # pruned once, after layer 3
 
     # Independently: layer 3's attention from the scoring queries on the full sequence, top 100.
-    x = model.embed(pixels, proprio, prompt)
-    cos, sin = model.llm.rotary(x.shape[1], x.dtype)
-    for layer in model.llm.layers[:2]:
-        x, _ = layer(x, cos, sin)
-    _, (q, k) = model.llm.layers[2](x, cos, sin, layout.query_index(queries))
-    scores = score_layer(q[None], k[None], slice(layout.vision_start, layout.vision_end), None).scores[0]
+    scores = full_sequence_scores(model, pixels, proprio, prompt, queries)[3]
     expected = torch.zeros(512, dtype=torch.bool)
     expected[scores.topk(100).indices] = True
     assert torch.equal(pruner.selection.kept.reshape(-1), expected)
@@ -145,3 +159,31 @@ def test_coverage_keeps_every_block_at_the_static_stage_and_the_drop_counts(load
         vis = got["tokens_per_layer"][i] - (got["tokens_per_layer"][i][0] - 512)
         for layer in (5, 10, 15, 20):                            # the dynamic drops keep their counts
             assert vis[layer] == vis[layer - 1] - int(0.2 * vis[layer - 1])
+
+
+@torch.inference_mode()
+def test_the_attention_recorder_keeps_everything_and_records_each_asked_layer(loaded):
+    from specprune_ros.pruning.strategy import AttentionRecorder, KeptSequence
+    model = loaded.model
+    _, pixels, proprio, prompt = step_inputs(loaded)
+    layout = model.layout(prompt, 2)
+    sequence = KeptSequence(layout, layout.query_index("instruction"), torch.device("cpu"))
+    recorder = AttentionRecorder(sequence, Stopwatch(torch.device("cpu")), [1, 3, 32])
+    actions, tokens_per_layer = model.predict(pixels, proprio, prompt, recorder)
+    assert tokens_per_layer == [layout.seq_len] * 32 and sorted(recorder.maps) == [1, 3, 32]
+    plain, _ = model.predict(pixels, proprio, prompt, None)
+    assert torch.equal(actions, plain)                                    # recording changes nothing
+    expected = full_sequence_scores(model, pixels, proprio, prompt, "instruction")
+    for number, recorded in recorder.maps.items():
+        assert torch.allclose(recorded, expected[number], rtol=1e-5, atol=1e-7), number
+        assert 0 < float(recorded.sum()) <= 1 + 1e-6       # a share of the rows' mass: the rest is on text
+
+
+def test_the_policys_attention_is_per_layer_and_camera_and_refuses_layers_it_lacks(loaded):
+    policy = SpecPrunePolicy(loaded, Config())
+    step = episode(3)[1]
+    obs = Observation([step.primary, step.wrist], step.proprio, INSTRUCTION, stamp=0.0)
+    maps = policy.attention(obs, [2, 16])
+    assert maps.shape == (2, 2, 256) and (maps >= 0).all() and (maps.sum(axis=(1, 2)) <= 1 + 1e-6).all()
+    with pytest.raises(ValueError, match=r"attention layers \[0, 33\]: the model has layers 1 .. 32"):
+        policy.attention(obs, [0, 2, 33])

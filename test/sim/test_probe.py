@@ -33,3 +33,18 @@ def test_the_probe_moves_the_named_object_against_the_expert_and_measures_the_la
     assert still["object_change_mm"] == 0.0 and still["expert_object_change_mm"] == 0.0
     need = layout_need([101000, 101001], "scattered")
     assert need["episodes"] == 2 and need["object_successes"] == 2 and need["layout_mean_successes"] <= 1
+
+
+def test_attention_on_the_target_is_a_share_of_the_vision_attention_against_the_targets_area():
+    from specprune_ros.sim.probe import attention_on_target, rule_layers
+    p = TINY.pruning
+    assert rule_layers(TINY) == sorted({*range(1, p.local_layers + 1), *p.global_layers, p.fastv_layer})
+    looks = attention_on_target(TINY, [101000], "scattered")
+    assert looks["layers"] == rule_layers(TINY) and list(looks["per_layer"]) == [str(n) for n in looks["layers"]]
+    assert looks["queries"] >= 2
+    for shares in looks["per_layer"].values():
+        for part in ("all", "first"):
+            s = shares[part]
+            assert 0 < s["target_patches"] < 0.2 and 0 <= s["target_attention"] <= 1
+            assert s["target_lift"] == pytest.approx(s["target_attention"] / s["target_patches"])
+            assert 0 <= s["primary_attention"] <= 1

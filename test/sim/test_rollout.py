@@ -1,4 +1,5 @@
 """Closed-loop episodes: chunks executed open loop, the frames in between reach the history."""
+import numpy as np
 import pytest
 
 pytest.importorskip("specprune_ros.sim.env", reason="mujoco and gymnasium are installed by make setup")
@@ -54,3 +55,24 @@ def test_recorded_closed_loop_episodes_replay(tmp_path):
     run = run_replay(tmp_path / "sim", config.replace(max_observation_age_s=5.0), compare=False, motion="recorded",
                      max_steps=6)
     assert len(run.steps) == 6 and run.instruction == result["episodes"][0]["instruction"]
+
+
+def test_a_frozen_camera_shows_the_episodes_first_frame_to_every_query_and_the_history():
+    env = TabletopEnv(max_steps=24)
+    policy = SpecPrunePolicy(load_tiny_random("cpu"), Config())
+    seen = []
+    step = policy.step
+
+    def recording(obs):
+        seen.append(obs)
+        return step(obs)
+    policy.step = recording
+    run_policy_episode(env, policy, seed=3, frozen=("wrist",))
+    with pytest.raises(ValueError, match="frozen camera 'side': not one of primary, wrist"):
+        run_policy_episode(env, policy, seed=3, frozen=("side",))
+    env.close()
+    first_primary, first_wrist = seen[0].images
+    wrists = [o.images[1] for o in seen] + [f.images[1] for o in seen for f in o.history]
+    primaries = [o.images[0] for o in seen] + [f.images[0] for o in seen for f in o.history]
+    assert len(seen) == 3 and all(np.array_equal(w, first_wrist) for w in wrists)
+    assert not all(np.array_equal(p, first_primary) for p in primaries)   # the live camera sees the arm move

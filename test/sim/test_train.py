@@ -15,6 +15,7 @@ from specprune_ros.observation import Observation  # noqa: E402
 from specprune_ros.policy import SpecPrunePolicy  # noqa: E402
 from specprune_ros.sim.collect import DemoError, collect  # noqa: E402
 from specprune_ros.sim.env import TabletopEnv, seed_range  # noqa: E402
+from specprune_ros.sim.scene import OBJECTS  # noqa: E402
 from specprune_ros.sim.train import (  # noqa: E402
     PARAMS_FILE,
     STATE_FILE,
@@ -240,3 +241,39 @@ def test_demonstrations_without_patch_labels_refuse_the_grounding_losses(demos, 
         np.savez_compressed(old / entry["file"], **arrays)
     with pytest.raises(DemoError, match="no patch labels .* --grounding-weight 0"):
         Trainer(old, tmp_path / "run", replace(FAST, grounding_weight=1.0))
+
+
+def test_the_own_auxiliary_question_wants_the_place_of_what_the_instruction_names(demos, tmp_path):
+    from specprune_ros.sim.train import AUX_CENTER, AUX_SCALE
+    trainer = Trainer(demos, tmp_path / "run", replace(FAST, aux_questions="own"))
+    samples = np.arange(0, trainer.samples, 5)
+    wanted = trainer.own_aux_targets(torch.as_tensor(samples)).numpy()
+    for sample, answer in zip(samples, wanted):
+        episode = trainer.episodes[trainer.sample_episode[sample]]
+        _, _, _, shape, _, _, receptacle = episode["instruction"].split()
+        k, r = list(OBJECTS).index(shape), 4 + ("plate", "bowl").index(receptacle)
+        first = np.flatnonzero(trainer.sample_episode == trainer.sample_episode[sample])[0]
+        places = episode["privileged"][sample - first]
+        np.testing.assert_allclose(answer * AUX_SCALE + np.tile(AUX_CENTER, 2),
+                                   [*places[2 * k:2 * k + 2], *places[2 * r:2 * r + 2]], atol=1e-6)
+    trainer.train()
+    assert len(trainer.aux_losses) == FAST.steps and np.all(np.isfinite(trainer.aux_losses))
+
+
+@torch.inference_mode()
+def test_a_middle_grounding_layer_marks_patches_below_the_top_and_leaves_the_forward_alone(demos, tmp_path):
+    trainer = Trainer(demos, tmp_path / "run", replace(FAST, aux_weight=0.0, grounding_weight=1.0,
+                                                       grounding_layer=3))
+    embedded = torch.randn(1, 40, trainer.cfg.llm.hidden)
+    hidden, middle = trainer.forward_llm(embedded)
+    expected, _ = trainer.model.forward_llm(embedded)
+    torch.testing.assert_close(hidden, expected)                              # the action forward as it was
+    x = embedded
+    cos, sin = trainer.model.llm.rotary(x.shape[1], x.dtype)
+    for block in trainer.model.llm.layers[:3]:
+        x, _ = block(x, cos, sin, None)
+    torch.testing.assert_close(middle, x)                                     # layer 3's output, un-normed
+    for bad, message in ((dict(grounding_layer=17), "grounding_layer = 17: 0 .the last. or a layer 1 .. 16"),
+                         (dict(aux_questions="mine"), "aux_questions = 'mine': one of random, own")):
+        with pytest.raises(ValueError, match=message):
+            replace(FAST, **bad)

@@ -90,3 +90,13 @@ def test_a_frozen_camera_is_refused_through_ros_and_an_unknown_camera_by_the_par
     with pytest.raises(SystemExit):
         main(["sim", "eval", "--model", "tiny-random", "--freeze-camera", "side"])
     assert "invalid choice: 'side'" in capsys.readouterr().err
+
+
+def test_an_emulated_latency_is_refused_through_ros_and_a_bad_one_named(capsys, tmp_path):
+    for args, message in ((["--through-ros", "--latency", "90"], "--latency: the delay clock runs in process"),
+                          (["--latency", "fast"], "latency 'fast': milliseconds (e.g. 250) or one of 7b-a800")):
+        assert main(["sim", "eval", "--model", "tiny-random", *args, "--episodes", "1",
+                     "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()

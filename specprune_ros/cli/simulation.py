@@ -119,6 +119,7 @@ def cmd_sim_eval(args: argparse.Namespace) -> int:
     from ..common.methods import parse_budgets, parse_methods, parse_seeds
     from ..sim.env import seed_range
     from ..sim.evaluate import TABLE_HEADER, evaluate, table_rows
+    from ..sim.latency import parse_latency
 
     cfg = config_from_args(args, args.model)
     methods = parse_methods(args.methods, parse_budgets(args.budgets) if args.budgets else None)
@@ -127,6 +128,10 @@ def cmd_sim_eval(args: argparse.Namespace) -> int:
     if args.through_ros and args.freeze_camera:
         raise CliError("--freeze-camera: in process only (the ROS stack's robot publishes what it renders); "
                          "drop --through-ros")
+    if args.through_ros and args.latency:
+        raise CliError("--latency: the delay clock runs in process (through ROS, --clock realtime measures the "
+                       "stack's own latency); drop --through-ros")
+    latency = parse_latency(args.latency) if args.latency else None
     if args.through_ros:
         from ..ros.sim_stack import ThroughRos
         from ..sim.rollout import CHUNK_EXECUTED
@@ -137,13 +142,24 @@ def cmd_sim_eval(args: argparse.Namespace) -> int:
         runner = ThroughRos(args.out, args.workers, args.clock, layout=args.layout)
     with Progress(args) as progress:
         result = evaluate(cfg, methods, seeds, args.out, args.workers, progress.bar("eval", "episodes"),
-                          layout=args.layout, runner=runner, frozen=tuple(args.freeze_camera or ()))
+                          layout=args.layout, runner=runner, frozen=tuple(args.freeze_camera or ()),
+                          latency=latency)
     rows = [TABLE_HEADER] + table_rows(result["methods"])
     widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_HEADER))]
     text = "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows)
     return Result(result, f"closed loop on {len(seeds)} {result['split']} seeds per method "
                         f"({seeds[0]}-{seeds[-1]}), {args.model}:\n{text}\n"
-                        f"report: {args.out}/report.html")
+                        + ("" if latency is None else _delay_lines(latency, result["methods"]))
+                        + f"report: {args.out}/report.html")
+
+
+def _delay_lines(latency, methods: dict) -> str:
+    lines = [f"delay clock, emulated latency {latency.name} ({latency.source}):"]
+    for label, s in methods.items():
+        lines.append(f"  {label}: {s['emulated_latency_ms_mean']:.0f} ms per step (emulated), "
+                     f"{s['holds_per_episode']:.1f} holds and {s['skipped_actions_per_episode']:.1f} skipped actions "
+                     f"per episode, the observation behind an action {1000 * s['chunk_age_s_mean']:.0f} ms old")
+    return "\n".join(lines) + "\n"
 
 
 def cmd_sim_probe(args: argparse.Namespace) -> int:
@@ -310,6 +326,11 @@ def register(sub, add) -> None:
                    help="--through-ros: lockstep (sim time held until each period's command: deterministic) or "
                         "realtime (the robot steps every action_dt of wall time)")
     layout_arg(q)
+    q.add_argument("--latency", metavar="MS|TARGET",
+                   help="the delay clock: each answer arrives after this emulated latency in simulated time while "
+                        "the arm executes what it has (deterministic; in process only): milliseconds for every "
+                        "method, or a model of one model on one GPU, its LLM part scaled by each step's LLM "
+                        "FLOPs (7b-a800, 7b-h100)")
     q.add_argument("--freeze-camera", action="append", choices=CAMERAS, metavar="CAMERA",
                    help="hold this camera's image at the episode's first frame (repeatable; primary, wrist): what "
                         "the model reads from each camera")

@@ -15,6 +15,7 @@ Episodes run in ``--workers`` processes; results depend only on the seeds.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -44,13 +45,13 @@ def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _run_episode(task: tuple[str, Config, int, bool, int, str, tuple[str, ...]]) -> dict[str, Any]:
+def _run_episode(task: tuple[str, Config, int, bool, int, str, tuple[str, ...], Any]) -> dict[str, Any]:
     """One episode in a worker process (the model and the environment are made once per process)."""
     from ..policy import load_model, make_policy
     from .env import TabletopEnv
     from .rollout import run_policy_episode
 
-    label, config, seed, snapshot, max_steps, layout, frozen = task
+    label, config, seed, snapshot, max_steps, layout, frozen, latency = task
     node = config.node
     key = (node.model_path, node.device, node.dtype, node.unnorm_key)
     if _WORKER.get("key") != key:
@@ -62,21 +63,24 @@ def _run_episode(task: tuple[str, Config, int, bool, int, str, tuple[str, ...]])
         _WORKER["env"], _WORKER["env_key"] = TabletopEnv(max_steps=max_steps, layout=layout), (max_steps, layout)
     policy = make_policy(config, _WORKER["loaded"])
     r = run_policy_episode(_WORKER["env"], policy, seed, snapshot_query=SNAPSHOT_QUERY if snapshot else None,
-                           frozen=frozen)
+                           frozen=frozen, latency=latency)
     return {"method": label, "seed": seed, "instruction": r.instruction, "success": r.success, "steps": r.steps,
             "failure": r.failure, "latency_ms": r.latency_ms, "kept_tokens": r.kept_tokens,
-            "flops_ratio": r.flops_ratio, "recall": r.recall, "fine_mode": r.fine_mode, "snapshot": r.snapshot}
+            "flops_ratio": r.flops_ratio, "recall": r.recall, "fine_mode": r.fine_mode, "snapshot": r.snapshot,
+            "holds": r.holds, "skipped": r.skipped, "chunk_age_s": r.chunk_age_s}
 
 
 class InProcess:
     """Episodes in ``workers`` processes, each calling the policy directly (the default runner);
-    ``frozen``: cameras whose image stays each episode's first frame (``run_policy_episode``)."""
+    ``frozen``: cameras whose image stays each episode's first frame; ``latency``: the delay
+    clock's emulated latency (``run_policy_episode``; None: lockstep, one query per chunk)."""
 
     name = "in-process"
 
     def __init__(self, workers: int = 1, max_steps: int = MAX_STEPS, layout: str = DEFAULT_LAYOUT,
-                 frozen: tuple[str, ...] = ()) -> None:
+                 frozen: tuple[str, ...] = (), latency: Any = None) -> None:
         self.workers, self.max_steps, self.layout, self.frozen = workers, max_steps, layout, tuple(frozen)
+        self.latency = latency
         self.threads = max(1, (os.cpu_count() or 1) // workers)
 
     def __enter__(self) -> "InProcess":
@@ -88,7 +92,7 @@ class InProcess:
         self.pool.shutdown()
 
     def run(self, label: str, config: Config, seeds: list[int], done: Callable[[], None]) -> list[dict[str, Any]]:
-        tasks = [(label, config, seed, i == 0, self.max_steps, self.layout, self.frozen)
+        tasks = [(label, config, seed, i == 0, self.max_steps, self.layout, self.frozen, self.latency)
                  for i, seed in enumerate(seeds)]
         results = []
         for r in self.pool.map(_run_episode, tasks):
@@ -97,17 +101,30 @@ class InProcess:
         return results
 
     def summary(self, results: list[dict[str, Any]]) -> dict[str, Any]:
-        return {}
+        """With the delay clock: the emulated step latency and what the stack's runner reports
+        (the observation's age behind each executed action, skips and holds per episode)."""
+        if self.latency is None:
+            return {}
+        ages = np.concatenate([np.asarray(r["chunk_age_s"], np.float64) for r in results])
+        flops = np.concatenate([np.asarray(r["flops_ratio"], np.float64) for r in results])
+        return {"clock": "delay (emulated latency)",
+                "emulated_latency_ms_mean": _mean(np.array([self.latency.step_ms(f) for f in flops])),
+                "chunk_age_s_mean": _mean(ages),
+                "chunk_age_s_p95": float(np.percentile(ages, 95)) if ages.size else math.nan,
+                "skipped_actions_per_episode": float(np.mean([r["skipped"] for r in results])),
+                "holds_per_episode": float(np.mean([r["holds"] for r in results]))}
 
 
 # ---- the evaluation --------------------------------------------------------------------------------------
 def evaluate(config: Config, methods: list[Method], seeds: list[int], out: str | Path, workers: int = 1,
              progress: Callable[[int, int], None] | None = None, max_steps: int = MAX_STEPS,
-             layout: str = DEFAULT_LAYOUT, runner: Any = None, frozen: tuple[str, ...] = ()) -> dict[str, Any]:
+             layout: str = DEFAULT_LAYOUT, runner: Any = None, frozen: tuple[str, ...] = (),
+             latency: Any = None) -> dict[str, Any]:
     """``runner`` runs one method's episodes (``InProcess`` by default; the ROS stack's runner
     runs them through DDS) and may add its own figures to each method's summary. ``frozen``:
     cameras held at each episode's first frame (in process only: the ROS stack's robot
-    publishes what it renders)."""
+    publishes what it renders). ``latency``: a ``sim.latency.LatencyModel`` - the delay clock, in
+    process only."""
     from .rollout import wilson_interval
 
     out = Path(out)
@@ -115,9 +132,10 @@ def evaluate(config: Config, methods: list[Method], seeds: list[int], out: str |
     total, done = len(methods) * len(seeds), [0]
     episodes: dict[str, list[dict[str, Any]]] = {}
     summary: dict[str, dict[str, Any]] = {}
-    if frozen and runner is not None:
-        raise ValueError(f"frozen cameras ({', '.join(frozen)}): only in process, not with the {runner.name} runner")
-    runner = runner or InProcess(workers, max_steps, layout, frozen)
+    if (frozen or latency is not None) and runner is not None:
+        what = f"frozen cameras ({', '.join(frozen)})" if frozen else f"an emulated latency ({latency.name})"
+        raise ValueError(f"{what}: only in process, not with the {runner.name} runner")
+    runner = runner or InProcess(workers, max_steps, layout, frozen, latency)
 
     def one_done() -> None:
         done[0] += 1
@@ -145,6 +163,7 @@ def evaluate(config: Config, methods: list[Method], seeds: list[int], out: str |
     result = {"model": config.node.model_path, "episodes_per_method": len(seeds), "seeds": [seeds[0], seeds[-1]],
               "split": seed_split(seeds), "max_steps": max_steps, "layout": layout,
               "frozen_cameras": list(frozen), "device": _device_name(config),
+              "emulated_latency": None if latency is None else dataclasses.asdict(latency),
               "runner": runner.name, "workers": runner.workers, "torch_threads_per_worker": runner.threads,
               "methods": summary, "paired": paired, "curves": budget_curves(summary)}
     (out / "results.json").write_text(json.dumps(finite(result), indent=2, allow_nan=False))

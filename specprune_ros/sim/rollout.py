@@ -16,6 +16,7 @@ from ..observation import HistoryFrame, Observation
 from ..policy import SpecPrunePolicy
 from . import CAMERAS
 from .env import ACTION_DT, TabletopEnv
+from .latency import LatencyModel
 from .scene import OBJECTS
 
 LIFTED_M = 0.03                          # an object this far above its resting height was picked up
@@ -36,6 +37,11 @@ class EpisodeResult:
     lifted: dict[str, float] = field(default_factory=dict)    # object -> highest rise above rest (m)
     target: str = ""
     snapshot: np.ndarray | None = None                        # overlay of the kept patches at one query
+    # the delay clock only (``latency``): periods held, actions skipped as too late, and the age of
+    # the observation behind each executed action (s)
+    holds: int = 0
+    skipped: int = 0
+    chunk_age_s: list[float] = field(default_factory=list)
 
     @property
     def failure(self) -> str:
@@ -55,12 +61,13 @@ def object_heights(env: TabletopEnv) -> dict[str, float]:
 
 def run_policy_episode(env: TabletopEnv, policy: SpecPrunePolicy, seed: int, execute: int = CHUNK_EXECUTED,
                        on_step: Callable[[float, dict, np.ndarray, str], None] | None = None,
-                       snapshot_query: int | None = None, frozen: tuple[str, ...] = ()) -> EpisodeResult:
+                       snapshot_query: int | None = None, frozen: tuple[str, ...] = (),
+                       latency: LatencyModel | None = None) -> EpisodeResult:
     """``on_step(stamp, observation, action, instruction)`` sees every executed action (recording);
     ``snapshot_query``: keep the kept-patch overlay of that query (0-based); ``frozen``: cameras
     (``CAMERAS``) whose image stays the episode's first frame - what the policy reads from each
     camera: a camera it never needed costs nothing frozen, one it tracks progress or finds the
-    target with does."""
+    target with does. ``latency``: the delay clock (``_DelayClock``) instead of lockstep."""
     unknown = set(frozen) - set(CAMERAS)
     if unknown:
         raise ValueError(f"frozen camera {sorted(unknown)[0]!r}: not one of {', '.join(CAMERAS)}")
@@ -73,20 +80,17 @@ def run_policy_episode(env: TabletopEnv, policy: SpecPrunePolicy, seed: int, exe
 
     result = EpisodeResult(seed, info["instruction"], False, 0, target=env.task.target)
     rest = object_heights(env)
-    history: list[HistoryFrame] = []
+    clock = None if latency is None else _DelayClock(policy.config.executor, latency, execute)
+    history: list[HistoryFrame] = []     # the frames since the last query's, the current one last
     while True:
-        out = policy.step(Observation(images(obs), obs["proprio"], info["instruction"],
-                                      stamp=env.steps * ACTION_DT, history=history))
-        if snapshot_query is not None and len(result.latency_ms) == snapshot_query:
-            result.snapshot = out.overlay()
-        stats = out.stats
-        result.latency_ms.append(stats.latency_ms)
-        result.kept_tokens.append(stats.vision_tokens_kept)
-        result.flops_ratio.append(stats.flops_ratio)
-        result.recall.append(stats.global_recall)
-        result.fine_mode.append(stats.fine_mode)
-        history = []
-        for action in out.actions[:execute]:
+        if clock is None or clock.query_due(env.steps):
+            out = policy.step(Observation(images(obs), obs["proprio"], info["instruction"],
+                                          stamp=env.steps * ACTION_DT, history=history[:-1]))
+            _record_query(result, out, snapshot_query)
+            history = []
+            if clock is not None:
+                clock.asked(env.steps, out)
+        for action in out.actions[:execute] if clock is None else [clock.action(env.steps, result)]:
             if on_step is not None:
                 on_step(env.steps * ACTION_DT, obs, action, info["instruction"])
             obs, _, success, truncated, info = env.step(action)
@@ -96,7 +100,65 @@ def run_policy_episode(env: TabletopEnv, policy: SpecPrunePolicy, seed: int, exe
                 result.success, result.steps = bool(success), env.steps
                 return result
             history.append(HistoryFrame(env.steps * ACTION_DT, images(obs)))
-        history = history[:-1]           # the last frame is the next query's own observation
+
+
+def _record_query(result: EpisodeResult, out, snapshot_query: int | None) -> None:
+    if snapshot_query is not None and len(result.latency_ms) == snapshot_query:
+        result.snapshot = out.overlay()
+    stats = out.stats
+    result.latency_ms.append(stats.latency_ms)
+    result.kept_tokens.append(stats.vision_tokens_kept)
+    result.flops_ratio.append(stats.flops_ratio)
+    result.recall.append(stats.global_recall)
+    result.fine_mode.append(stats.fine_mode)
+
+
+class _DelayClock:
+    """Real time in simulated time: a query's answer arrives ``latency`` (emulated, from the step's
+    LLM FLOPs) after its observation while the arm goes on executing what it has, through the
+    node's own chunk executor (time alignment: a chunk observed at s starts at the action for the
+    period it arrives in, the earlier ones skipped and counted; clamps; a hold when no action is
+    left). One query in flight at a time, as on one GPU; the next is asked when the chunk in use
+    has as many periods left (of its first ``execute``) as the last answer took, so it lands as
+    that chunk runs out. Deterministic: nothing depends on this host's speed."""
+
+    def __init__(self, executor_config, latency: LatencyModel, execute: int) -> None:
+        from ..execution import Chunk, ChunkExecutor
+        self.executor, self.chunk_type = ChunkExecutor(executor_config, ACTION_DT), Chunk
+        self.latency, self.execute = latency, execute
+        self.dt_ns = self.executor.dt_ns
+        self.pending: tuple[int, object] | None = None      # (arrival period, chunk)
+        self.next_query, self.lead, self.queries, self.gripper = 0, 0, 0, -1.0
+
+    def query_due(self, period: int) -> bool:
+        """Whether a query goes out at the start of this period (an answer arriving now frees
+        the GPU for it)."""
+        self._deliver(period)
+        return self.pending is None and period >= self.next_query
+
+    def _deliver(self, period: int) -> None:
+        if self.pending is not None and period >= self.pending[0]:
+            self.executor.submit(self.pending[1])
+            self.pending = None
+
+    def asked(self, period: int, out) -> None:
+        self.lead = self.latency.periods(out.stats.flops_ratio, ACTION_DT)
+        chunk = self.chunk_type(np.asarray(out.actions), period * self.dt_ns, self.queries)
+        self.pending, self.queries = (period + self.lead, chunk), self.queries + 1
+        self.next_query = period + max(self.lead, self.execute - self.lead)
+
+    def action(self, period: int, result: EpisodeResult) -> np.ndarray:
+        """The command of this period: the executor's, or a hold (no translation or rotation, the
+        gripper as last commanded)."""
+        self._deliver(period)                 # an answer with no delay is in hand at once
+        command = self.executor.command(period * self.dt_ns)
+        if command is None or command.hold:
+            result.holds += 1
+            return np.array([0, 0, 0, 0, 0, 0, self.gripper], np.float32)
+        result.skipped += command.skipped
+        result.chunk_age_s.append((period * self.dt_ns - command.chunk.stamp_ns) * 1e-9)
+        self.gripper = float(command.action[6])
+        return np.asarray(command.action, np.float32)
 
 
 class _Recording:

@@ -78,3 +78,19 @@ def test_the_split_is_named_from_every_seed():
     assert seed_split(list(range(101000, 101200))) == "test"
     assert seed_split(list(range(101500, 102500))) == "mixed"          # half outside every split
     assert seed_split([99_999, 100_000]) == "mixed"
+
+
+def test_the_delay_clock_reports_its_emulated_latency_holds_and_ages(tmp_path):
+    from types import SimpleNamespace
+
+    from specprune_ros.sim.latency import parse_latency
+    config = Config().replace(model_path="tiny-random", device="cpu")
+    seeds = list(seed_range("test"))[:1]
+    result = evaluate(config, parse_methods("none"), seeds, tmp_path, max_steps=16, latency=parse_latency("250"))
+    none = result["methods"]["none"]
+    assert result["emulated_latency"] == {"name": "250 ms", "fixed_ms": 250.0, "llm_ms": 0.0, "source": "fixed"}
+    assert none["emulated_latency_ms_mean"] == 250.0 and none["holds_per_episode"] == 3.0   # before the 1st answer
+    assert none["chunk_age_s_mean"] >= 0.3 and none["skipped_actions_per_episode"] == 9.0  # 3 chunks from action 3
+    with pytest.raises(ValueError, match=r"an emulated latency \(250 ms\): only in process, not with the x runner"):
+        evaluate(config, parse_methods("none"), seeds, tmp_path, latency=parse_latency("250"),
+                 runner=SimpleNamespace(name="x"))

@@ -76,3 +76,42 @@ def test_a_frozen_camera_shows_the_episodes_first_frame_to_every_query_and_the_h
     primaries = [o.images[0] for o in seen] + [f.images[0] for o in seen for f in o.history]
     assert len(seen) == 3 and all(np.array_equal(w, first_wrist) for w in wrists)
     assert not all(np.array_equal(p, first_primary) for p in primaries)   # the live camera sees the arm move
+
+
+def test_the_delay_clock_executes_the_old_chunk_while_the_answer_is_on_its_way():
+    from specprune_ros.sim.latency import LatencyModel
+    env = TabletopEnv(max_steps=24)
+    policy = SpecPrunePolicy(load_tiny_random("cpu"), Config())
+    stamps = []
+    step = policy.step
+
+    def recording(obs):
+        stamps.append(round(obs.stamp / 0.1))
+        return step(obs)
+    policy.step = recording
+    result = run_policy_episode(env, policy, seed=3, latency=LatencyModel("250 ms", 250.0, 0.0, "fixed"))
+    env.close()
+    # 250 ms = 3 periods: each answer is used from its 4th action (the first it can still reach), and
+    # the next query goes out 3 periods before the chunk's 8 actions run out, so it lands in time
+    assert stamps == [0, 5, 10, 15, 20]
+    assert result.holds == 3                                   # only before the first answer
+    assert result.skipped == 3 * 5                             # actions 0-2 of every chunk executed
+    assert result.chunk_age_s == pytest.approx([0.1 * k for k in (3, 4, 5, 6, 7)] * 4 + [0.3])
+    assert result.steps == 24 and len(result.chunk_age_s) + result.holds == 24
+
+
+def test_a_delay_longer_than_half_a_chunk_holds_and_zero_delay_is_chunk_rate():
+    from specprune_ros.sim.latency import LatencyModel, parse_latency
+    policy = SpecPrunePolicy(load_tiny_random("cpu"), Config())
+    env = TabletopEnv(max_steps=24)
+    slow = run_policy_episode(env, policy, seed=3, latency=parse_latency("500"))
+    instant = run_policy_episode(env, policy, seed=3, latency=LatencyModel("0 ms", 0.0, 0.0, "fixed"))
+    env.close()
+    # 5 periods: queries at 0, 5, 10, ... (one in flight); each chunk runs actions 5-7, then 2 holds
+    assert slow.holds == 5 + 2 * 3 + 1 and len(slow.latency_ms) == 5
+    assert slow.chunk_age_s == pytest.approx([0.5, 0.6, 0.7] * 4)
+    assert instant.holds == 0 and instant.skipped == 0 and len(instant.latency_ms) == 3
+    assert instant.chunk_age_s == pytest.approx([0.1 * k for k in range(8)] * 3)
+    for bad in ("-5", "fast", "nan"):
+        with pytest.raises(ValueError, match=f"latency '{bad}'"):
+            parse_latency(bad)

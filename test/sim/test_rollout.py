@@ -11,7 +11,8 @@ from specprune_ros.sim.env import TabletopEnv  # noqa: E402
 from specprune_ros.sim.rollout import run_policy_episode, wilson_interval  # noqa: E402
 
 
-def test_an_episode_queries_once_per_chunk_and_feeds_the_history():
+def watched_episode(**options):
+    """A 24-step tiny-model episode of seed 3 and every observation its policy was shown."""
     env = TabletopEnv(max_steps=24)
     policy = SpecPrunePolicy(load_tiny_random("cpu"), Config())
     seen = []
@@ -21,8 +22,14 @@ def test_an_episode_queries_once_per_chunk_and_feeds_the_history():
         seen.append(obs)
         return step(obs)
     policy.step = recording
-    result = run_policy_episode(env, policy, seed=3)
-    env.close()
+    try:
+        return run_policy_episode(env, policy, seed=3, **options), seen
+    finally:
+        env.close()
+
+
+def test_an_episode_queries_once_per_chunk_and_feeds_the_history():
+    result, seen = watched_episode()
     assert result.steps == 24 and not result.success and len(seen) == 3
     assert [o.stamp for o in seen] == pytest.approx([0.0, 0.8, 1.6])
     assert [len(o.history) for o in seen] == [0, 7, 7]                  # the periods in between
@@ -58,19 +65,9 @@ def test_recorded_closed_loop_episodes_replay(tmp_path):
 
 
 def test_a_frozen_camera_shows_the_episodes_first_frame_to_every_query_and_the_history():
-    env = TabletopEnv(max_steps=24)
-    policy = SpecPrunePolicy(load_tiny_random("cpu"), Config())
-    seen = []
-    step = policy.step
-
-    def recording(obs):
-        seen.append(obs)
-        return step(obs)
-    policy.step = recording
-    run_policy_episode(env, policy, seed=3, frozen=("wrist",))
+    _, seen = watched_episode(frozen=("wrist",))
     with pytest.raises(ValueError, match="frozen camera 'side': not one of primary, wrist"):
-        run_policy_episode(env, policy, seed=3, frozen=("side",))
-    env.close()
+        watched_episode(frozen=("side",))
     first_primary, first_wrist = seen[0].images
     wrists = [o.images[1] for o in seen] + [f.images[1] for o in seen for f in o.history]
     primaries = [o.images[0] for o in seen] + [f.images[0] for o in seen for f in o.history]
@@ -80,20 +77,11 @@ def test_a_frozen_camera_shows_the_episodes_first_frame_to_every_query_and_the_h
 
 def test_the_delay_clock_executes_the_old_chunk_while_the_answer_is_on_its_way():
     from specprune_ros.sim.latency import LatencyModel
-    env = TabletopEnv(max_steps=24)
-    policy = SpecPrunePolicy(load_tiny_random("cpu"), Config())
-    stamps = []
-    step = policy.step
-
-    def recording(obs):
-        stamps.append(round(obs.stamp / 0.1))
-        return step(obs)
-    policy.step = recording
-    result = run_policy_episode(env, policy, seed=3, latency=LatencyModel("250 ms", 250.0, 0.0, "fixed"))
-    env.close()
+    result, seen = watched_episode(latency=LatencyModel("250 ms", 250.0, 0.0, "fixed"))
+    stamps = [round(o.stamp / 0.1) for o in seen]
     # 250 ms = 3 periods: each answer is used from its 4th action (the first it can still reach), and
     # the next query goes out 3 periods before the chunk's 8 actions run out, so it lands in time
-    assert stamps == [0, 5, 10, 15, 20]
+    assert stamps == [0, 5, 10, 15, 20] and [len(o.history) for o in seen] == [0, 4, 4, 4, 4]
     assert result.holds == 3                                   # only before the first answer
     assert result.skipped == 3 * 5                             # actions 0-2 of every chunk executed
     assert result.chunk_age_s == pytest.approx([0.1 * k for k in (3, 4, 5, 6, 7)] * 4 + [0.3])

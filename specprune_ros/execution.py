@@ -18,6 +18,8 @@ Actions are OpenVLA-OFT's end-effector deltas: ``dx dy dz`` (m per period), ``dr
 """
 from __future__ import annotations
 
+import math
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -166,3 +168,44 @@ class ChunkExecutor:
                 out[TRANSLATION] = target - here
                 clamped = True
         return out, clamped
+
+
+class QuerySchedule:
+    """When to ask for the next chunk, so that it lands while the chunk in use still has actions.
+
+    A query asked every ``every_s`` (the control period) is answered ``lead`` later - the query's
+    latency from the observation's stamp to the chunk in the executor's hands. A chunk covers its
+    ``horizon_s`` (chunk size x action_dt) from its stamp, so the next query must go out within
+    ``horizon - lead`` of the current one or the arm holds until the answer: the interval is
+    ``min(every_s, horizon - lead)``, never below ``lead`` (one query in flight, as on one GPU;
+    with a latency over half the horizon holds cannot be avoided). A re-planning rate with slack
+    (every 4 of 8 actions at 0.1 s latency) is not moved. ``lead`` is a robust running estimate:
+    the ``quantile`` (p95) of the last ``window`` latencies, so a steady latency is always covered
+    and one slow step costs at most a short hold.
+
+    The node's worker schedules its wall-clock ticks with it (latencies measured) and the
+    evaluation's delay clock its queries (latencies emulated, in whole periods).
+    """
+
+    def __init__(self, quantile: float = 0.95, window: int = 50) -> None:
+        if not 0 < quantile <= 1 or window < 1:
+            raise ValueError(f"QuerySchedule: quantile {quantile} must be in (0, 1], window {window} >= 1")
+        self.quantile = quantile
+        self.latencies: deque[float] = deque(maxlen=window)
+
+    def observe(self, latency_s: float) -> None:
+        """One query's latency (s): its observation's stamp to its chunk being in hand."""
+        if math.isfinite(latency_s) and latency_s >= 0:
+            self.latencies.append(float(latency_s))
+
+    @property
+    def lead_s(self) -> float:
+        """The latency the schedule plans for (0 before the first answer)."""
+        if not self.latencies:
+            return 0.0
+        return float(np.quantile(np.fromiter(self.latencies, np.float64), self.quantile, method="higher"))
+
+    def interval_s(self, every_s: float, horizon_s: float) -> float:
+        """Seconds from this query to the next."""
+        lead = self.lead_s
+        return max(min(every_s, horizon_s - lead), lead)

@@ -100,3 +100,11 @@ def test_an_emulated_latency_is_refused_through_ros_and_a_bad_one_named(capsys, 
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_an_in_process_query_rate_must_be_a_whole_number_of_actions(capsys, tmp_path):
+    assert main(["sim", "eval", "--model", "tiny-random", "-p", "control_rate_hz:=3", "--episodes", "1",
+                 "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "control_rate_hz 3: in process a query every whole number of actions, 1 to 8" in err
+    assert "this is every 3.33" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()

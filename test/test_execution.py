@@ -132,3 +132,23 @@ def test_workspace_needs_both_corners():
         Config().replace(**{"executor.workspace_min": [0.0, 0.0, 0.0]})
     with pytest.raises(ConfigError, match="below"):
         Config().replace(**{"executor.workspace_min": [0.0, 0.0, 1.0], "executor.workspace_max": [1.0, 1.0, 0.5]})
+
+
+def test_the_query_schedule_moves_a_query_per_chunk_earlier_by_the_p95_latency():
+    from specprune_ros.execution import QuerySchedule
+    schedule = QuerySchedule()
+    assert schedule.lead_s == 0.0 and schedule.interval_s(0.8, 0.8) == 0.8        # nothing measured yet
+    for latency in [0.05] * 40 + [0.12] * 9 + [2.0]:        # 50 latencies, one outlier
+        schedule.observe(latency)
+    assert schedule.lead_s == 0.12                           # the p95: the steady tail covered, the outlier not
+    assert schedule.interval_s(0.8, 0.8) == pytest.approx(0.68)     # one query per 8-action chunk: 0.12 s early
+    assert schedule.interval_s(0.4, 0.8) == 0.4                     # re-planning with slack: not moved
+    assert schedule.interval_s(0.1, 0.8) == 0.12                    # never two queries in flight
+    for _ in range(50):
+        schedule.observe(0.5)                                # over half the horizon: one query in flight
+    assert schedule.lead_s == 0.5 and schedule.interval_s(0.8, 0.8) == 0.5
+    schedule.observe(float("nan"))
+    schedule.observe(-1.0)
+    assert len(schedule.latencies) == 50 and schedule.lead_s == 0.5
+    with pytest.raises(ValueError, match="quantile"):
+        QuerySchedule(quantile=0.0)

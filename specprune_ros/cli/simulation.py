@@ -132,18 +132,15 @@ def cmd_sim_eval(args: argparse.Namespace) -> int:
         raise CliError("--latency: the delay clock runs in process (through ROS, --clock realtime measures the "
                        "stack's own latency); drop --through-ros")
     latency = parse_latency(args.latency) if args.latency else None
+    cfg, execute = _query_rate(cfg, args)
     if args.through_ros:
         from ..ros.sim_stack import ThroughRos
-        from ..sim.rollout import CHUNK_EXECUTED
 
-        if not any(item.startswith("control_rate_hz:=") for item in args.param or ()):
-            # the in-process episodes query once per executed chunk: the same here, unless told otherwise
-            cfg = cfg.replace(control_rate_hz=1.0 / (CHUNK_EXECUTED * cfg.node.action_dt))
         runner = ThroughRos(args.out, args.workers, args.clock, layout=args.layout)
     with Progress(args) as progress:
         result = evaluate(cfg, methods, seeds, args.out, args.workers, progress.bar("eval", "episodes"),
                           layout=args.layout, runner=runner, frozen=tuple(args.freeze_camera or ()),
-                          latency=latency)
+                          latency=latency, execute=execute)
     rows = [TABLE_HEADER] + table_rows(result["methods"])
     widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_HEADER))]
     text = "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows)
@@ -153,12 +150,31 @@ def cmd_sim_eval(args: argparse.Namespace) -> int:
                         + f"report: {args.out}/report.html")
 
 
+def _query_rate(cfg, args: argparse.Namespace):
+    """One query per executed chunk (``control_rate_hz`` = 1 / (8 x action_dt), as OFT runs on
+    LIBERO) unless ``-p control_rate_hz:=...`` says otherwise: then a query every that many
+    actions (re-planning), in process a whole number of them. Returns (config, actions per query)."""
+    from ..sim.rollout import CHUNK_EXECUTED
+
+    dt = cfg.node.action_dt
+    if not any(item.startswith("control_rate_hz:=") for item in args.param or ()):
+        return cfg.replace(control_rate_hz=1.0 / (CHUNK_EXECUTED * dt)), CHUNK_EXECUTED
+    actions = 1.0 / (cfg.node.control_rate_hz * dt)
+    if not args.through_ros and (abs(actions - round(actions)) > 1e-6 or not 1 <= round(actions) <= CHUNK_EXECUTED):
+        raise CliError(f"control_rate_hz {cfg.node.control_rate_hz:g}: in process a query every whole number of "
+                       f"actions, 1 to {CHUNK_EXECUTED} (at action_dt {dt:g} s: e.g. 1.25 Hz = every 8, 2.5 Hz = "
+                       f"every 4); this is every {actions:.3g}")
+    return cfg, round(actions) if not args.through_ros else None
+
+
 def _delay_lines(latency, methods: dict) -> str:
     lines = [f"delay clock, emulated latency {latency.name} ({latency.source}):"]
     for label, s in methods.items():
         lines.append(f"  {label}: {s['emulated_latency_ms_mean']:.0f} ms per step (emulated), "
                      f"{s['holds_per_episode']:.1f} holds and {s['skipped_actions_per_episode']:.1f} skipped actions "
-                     f"per episode, the observation behind an action {1000 * s['chunk_age_s_mean']:.0f} ms old")
+                     f"per episode, the observation behind an action {1000 * s['chunk_age_s_mean']:.0f} ms old, "
+                     f"the commanded translation steps {s['handover_step_mm_mean']:.2f} mm at a hand-over "
+                     f"({s['within_chunk_step_mm_mean']:.2f} within a chunk)")
     return "\n".join(lines) + "\n"
 
 

@@ -97,7 +97,7 @@ class ActionNode(LifecycleNode):
             if loaded is None:
                 self.get_logger().info(f"loading {node.model_path} on {node.device} ...")
                 loaded = load_model(self.config)
-            action_dim = loaded.model.config.action_dim
+            action_dim, chunk_size = loaded.model.config.action_dim, loaded.model.config.chunk_size
             if node.publish_trajectory and not 0 < len(node.trajectory_joints) <= action_dim:
                 raise ValueError(f"publish_trajectory needs trajectory_joints with 1 to {action_dim} joints (the "
                                  f"first action dimensions must be joint targets); got {list(node.trajectory_joints)}")
@@ -114,7 +114,7 @@ class ActionNode(LifecycleNode):
         self._open_endpoints()
         self._worker = InferenceWorker(control, self.get_clock(), self.get_logger(),
                                        lambda: 1.0 / self.config.node.control_rate_hz, self._publish,
-                                       self._send_stop)
+                                       self._send_stop, lambda: chunk_size * self.config.node.action_dt)
         self._worker.start()
         self.get_logger().info(f"action_node configured: model {node.model_path}, {node.num_images} camera(s), "
                                f"{node.control_rate_hz:g} Hz, pruning {'on' if self.config.pruning.enabled else 'off'}")

@@ -31,6 +31,8 @@ def inference_status(name: str, model_path: str, state: str, worker: InferenceWo
         "rate_hz": f"{rate:.2f}",
         "policy_latency_ms_median": _median(worker.latencies if worker else []),
         "end_to_end_latency_ms_median": _median(worker.end_to_end if worker else []),
+        "query_lead_ms": f"{1e3 * worker.schedule.lead_s:.1f}" if worker else "",
+        "query_interval_ms": f"{1e3 * worker.interval_s():.1f}" if worker else "",
         "step_errors": str(worker.errors if worker else 0),
         "last_drop_reason": reason,
     }

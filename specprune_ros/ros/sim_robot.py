@@ -74,6 +74,7 @@ class EpisodeLog:
     skipped: int = 0               # actions skipped because their time had passed
     clamped: int = 0
     timeouts: int = 0              # lockstep: periods whose command never came
+    period_s: float = 0.0          # the achieved period: the episode's duration on its clock / steps
     drops: dict[str, int] = field(default_factory=dict)      # the action node's drop counters so far
     chunk_age_s: list[float] = field(default_factory=list)   # per executed action: its observation's age
     latency_ms: list[float] = field(default_factory=list)
@@ -236,6 +237,7 @@ class SimRobotNode(Node):
         result = EpisodeResult(seed, episode.instruction, episode.success, episode.steps, lifted=lifted,
                                target=env.task.target)
         episode.failure = "reset" if self._reset.is_set() and not episode.success else result.failure
+        episode.period_s = (t - first) * 1e-9 / max(1, episode.steps)
         self._collect_stats(episode, first, t)
         with self._cv:
             episode.drops = dict(self._drops)

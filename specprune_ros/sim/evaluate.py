@@ -49,9 +49,9 @@ def _run_episode(task: tuple[str, Config, int, bool, int, str, tuple[str, ...], 
     """One episode in a worker process (the model and the environment are made once per process)."""
     from ..policy import load_model, make_policy
     from .env import TabletopEnv
-    from .rollout import run_policy_episode
+    from .rollout import CHUNK_EXECUTED, run_policy_episode
 
-    label, config, seed, snapshot, max_steps, layout, frozen, latency = task
+    label, config, seed, snapshot, max_steps, layout, frozen, latency, execute = task
     node = config.node
     key = (node.model_path, node.device, node.dtype, node.unnorm_key)
     if _WORKER.get("key") != key:
@@ -63,24 +63,26 @@ def _run_episode(task: tuple[str, Config, int, bool, int, str, tuple[str, ...], 
         _WORKER["env"], _WORKER["env_key"] = TabletopEnv(max_steps=max_steps, layout=layout), (max_steps, layout)
     policy = make_policy(config, _WORKER["loaded"])
     r = run_policy_episode(_WORKER["env"], policy, seed, snapshot_query=SNAPSHOT_QUERY if snapshot else None,
-                           frozen=frozen, latency=latency)
+                           frozen=frozen, latency=latency, execute=execute or CHUNK_EXECUTED)
     return {"method": label, "seed": seed, "instruction": r.instruction, "success": r.success, "steps": r.steps,
             "failure": r.failure, "latency_ms": r.latency_ms, "kept_tokens": r.kept_tokens,
             "flops_ratio": r.flops_ratio, "recall": r.recall, "fine_mode": r.fine_mode, "snapshot": r.snapshot,
-            "holds": r.holds, "skipped": r.skipped, "chunk_age_s": r.chunk_age_s}
+            "holds": r.holds, "skipped": r.skipped, "chunk_age_s": r.chunk_age_s,
+            "handover_step_m": r.handover_step_m, "within_step_m": r.within_step_m}
 
 
 class InProcess:
     """Episodes in ``workers`` processes, each calling the policy directly (the default runner);
     ``frozen``: cameras whose image stays each episode's first frame; ``latency``: the delay
-    clock's emulated latency (``run_policy_episode``; None: lockstep, one query per chunk)."""
+    clock's emulated latency (``run_policy_episode``; None: lockstep); ``execute``: actions per
+    query (the chunk's 8: one query per chunk; fewer: re-planning)."""
 
     name = "in-process"
 
     def __init__(self, workers: int = 1, max_steps: int = MAX_STEPS, layout: str = DEFAULT_LAYOUT,
-                 frozen: tuple[str, ...] = (), latency: Any = None) -> None:
+                 frozen: tuple[str, ...] = (), latency: Any = None, execute: int | None = None) -> None:
         self.workers, self.max_steps, self.layout, self.frozen = workers, max_steps, layout, tuple(frozen)
-        self.latency = latency
+        self.latency, self.execute = latency, execute
         self.threads = max(1, (os.cpu_count() or 1) // workers)
 
     def __enter__(self) -> "InProcess":
@@ -92,7 +94,7 @@ class InProcess:
         self.pool.shutdown()
 
     def run(self, label: str, config: Config, seeds: list[int], done: Callable[[], None]) -> list[dict[str, Any]]:
-        tasks = [(label, config, seed, i == 0, self.max_steps, self.layout, self.frozen, self.latency)
+        tasks = [(label, config, seed, i == 0, self.max_steps, self.layout, self.frozen, self.latency, self.execute)
                  for i, seed in enumerate(seeds)]
         results = []
         for r in self.pool.map(_run_episode, tasks):
@@ -105,26 +107,32 @@ class InProcess:
         (the observation's age behind each executed action, skips and holds per episode)."""
         if self.latency is None:
             return {}
-        ages = np.concatenate([np.asarray(r["chunk_age_s"], np.float64) for r in results])
-        flops = np.concatenate([np.asarray(r["flops_ratio"], np.float64) for r in results])
+        ages, flops = _concatenated(results, "chunk_age_s"), _concatenated(results, "flops_ratio")
         return {"clock": "delay (emulated latency)",
                 "emulated_latency_ms_mean": _mean(np.array([self.latency.step_ms(f) for f in flops])),
                 "chunk_age_s_mean": _mean(ages),
                 "chunk_age_s_p95": float(np.percentile(ages, 95)) if ages.size else math.nan,
                 "skipped_actions_per_episode": float(np.mean([r["skipped"] for r in results])),
-                "holds_per_episode": float(np.mean([r["holds"] for r in results]))}
+                "holds_per_episode": float(np.mean([r["holds"] for r in results])),
+                "handover_step_mm_mean": 1000 * _mean(_concatenated(results, "handover_step_m")),
+                "within_chunk_step_mm_mean": 1000 * _mean(_concatenated(results, "within_step_m"))}
+
+
+def _concatenated(results: list[dict[str, Any]], key: str) -> np.ndarray:
+    return np.concatenate([np.asarray(r[key], np.float64) for r in results]) if results else np.zeros(0)
 
 
 # ---- the evaluation --------------------------------------------------------------------------------------
 def evaluate(config: Config, methods: list[Method], seeds: list[int], out: str | Path, workers: int = 1,
              progress: Callable[[int, int], None] | None = None, max_steps: int = MAX_STEPS,
              layout: str = DEFAULT_LAYOUT, runner: Any = None, frozen: tuple[str, ...] = (),
-             latency: Any = None) -> dict[str, Any]:
+             latency: Any = None, execute: int | None = None) -> dict[str, Any]:
     """``runner`` runs one method's episodes (``InProcess`` by default; the ROS stack's runner
     runs them through DDS) and may add its own figures to each method's summary. ``frozen``:
     cameras held at each episode's first frame (in process only: the ROS stack's robot
     publishes what it renders). ``latency``: a ``sim.latency.LatencyModel`` - the delay clock, in
     process only."""
+    from .rollout import CHUNK_EXECUTED as CHUNK_EXECUTED_DEFAULT
     from .rollout import wilson_interval
 
     out = Path(out)
@@ -135,7 +143,7 @@ def evaluate(config: Config, methods: list[Method], seeds: list[int], out: str |
     if (frozen or latency is not None) and runner is not None:
         what = f"frozen cameras ({', '.join(frozen)})" if frozen else f"an emulated latency ({latency.name})"
         raise ValueError(f"{what}: only in process, not with the {runner.name} runner")
-    runner = runner or InProcess(workers, max_steps, layout, frozen, latency)
+    runner = runner or InProcess(workers, max_steps, layout, frozen, latency, execute)
 
     def one_done() -> None:
         done[0] += 1
@@ -164,6 +172,8 @@ def evaluate(config: Config, methods: list[Method], seeds: list[int], out: str |
               "split": seed_split(seeds), "max_steps": max_steps, "layout": layout,
               "frozen_cameras": list(frozen), "device": _device_name(config),
               "emulated_latency": None if latency is None else dataclasses.asdict(latency),
+              "actions_per_query": (runner.execute or CHUNK_EXECUTED_DEFAULT) if isinstance(runner, InProcess)
+              else 1.0 / (config.node.control_rate_hz * config.node.action_dt),
               "runner": runner.name, "workers": runner.workers, "torch_threads_per_worker": runner.threads,
               "methods": summary, "paired": paired, "curves": budget_curves(summary)}
     (out / "results.json").write_text(json.dumps(finite(result), indent=2, allow_nan=False))
@@ -270,7 +280,7 @@ def _summarize(method: Method, results: list[dict[str, Any]], wilson, fastv_toke
     wins = sum(r["success"] for r in results)
 
     def every(key: str) -> np.ndarray:
-        return np.concatenate([np.asarray(r[key], np.float64) for r in results])
+        return _concatenated(results, key)
 
     latency, recall = every("latency_ms"), every("recall")
     recall = recall[np.isfinite(recall)]

@@ -42,6 +42,10 @@ class EpisodeResult:
     holds: int = 0
     skipped: int = 0
     chunk_age_s: list[float] = field(default_factory=list)
+    # how far the commanded translation changes from one period to the next (m), where a new
+    # chunk takes over and within one chunk: a hand-over that jerks shows as larger steps
+    handover_step_m: list[float] = field(default_factory=list)
+    within_step_m: list[float] = field(default_factory=list)
 
     @property
     def failure(self) -> str:
@@ -80,7 +84,8 @@ def run_policy_episode(env: TabletopEnv, policy: SpecPrunePolicy, seed: int, exe
 
     result = EpisodeResult(seed, info["instruction"], False, 0, target=env.task.target)
     rest = object_heights(env)
-    clock = None if latency is None else _DelayClock(policy.config.executor, latency, execute)
+    clock = None if latency is None else _DelayClock(policy.config.executor, latency, execute,
+                                                      policy.model.config.chunk_size)
     history: list[HistoryFrame] = []     # the frames since the last query's, the current one last
     while True:
         if clock is None or clock.query_due(env.steps):
@@ -117,18 +122,21 @@ class _DelayClock:
     """Real time in simulated time: a query's answer arrives ``latency`` (emulated, from the step's
     LLM FLOPs) after its observation while the arm goes on executing what it has, through the
     node's own chunk executor (time alignment: a chunk observed at s starts at the action for the
-    period it arrives in, the earlier ones skipped and counted; clamps; a hold when no action is
-    left). One query in flight at a time, as on one GPU; the next is asked when the chunk in use
-    has as many periods left (of its first ``execute``) as the last answer took, so it lands as
-    that chunk runs out. Deterministic: nothing depends on this host's speed."""
+    period it arrives in, the earlier ones skipped and counted; the old chunk's actions run while
+    the query is on its way; clamps; a hold when no action is left). One query in flight at a time,
+    as on one GPU; the next is asked every ``execute`` periods, sooner when the chunk in use would
+    run out before its answer lands - the node's ``QuerySchedule``, fed the emulated latencies.
+    Deterministic: nothing depends on this host's speed."""
 
-    def __init__(self, executor_config, latency: LatencyModel, execute: int) -> None:
-        from ..execution import Chunk, ChunkExecutor
+    def __init__(self, executor_config, latency: LatencyModel, execute: int, chunk_size: int) -> None:
+        from ..execution import Chunk, ChunkExecutor, QuerySchedule
         self.executor, self.chunk_type = ChunkExecutor(executor_config, ACTION_DT), Chunk
+        self.schedule, self.horizon_s = QuerySchedule(), chunk_size * ACTION_DT
         self.latency, self.execute = latency, execute
         self.dt_ns = self.executor.dt_ns
         self.pending: tuple[int, object] | None = None      # (arrival period, chunk)
-        self.next_query, self.lead, self.queries, self.gripper = 0, 0, 0, -1.0
+        self.next_query, self.queries, self.gripper = 0, 0, -1.0
+        self.last: tuple[int, np.ndarray] | None = None     # (chunk step, action) of the previous command
 
     def query_due(self, period: int) -> bool:
         """Whether a query goes out at the start of this period (an answer arriving now frees
@@ -142,10 +150,11 @@ class _DelayClock:
             self.pending = None
 
     def asked(self, period: int, out) -> None:
-        self.lead = self.latency.periods(out.stats.flops_ratio, ACTION_DT)
+        lead = self.latency.periods(out.stats.flops_ratio, ACTION_DT)
+        self.schedule.observe(lead * ACTION_DT)
         chunk = self.chunk_type(np.asarray(out.actions), period * self.dt_ns, self.queries)
-        self.pending, self.queries = (period + self.lead, chunk), self.queries + 1
-        self.next_query = period + max(self.lead, self.execute - self.lead)
+        self.pending, self.queries = (period + lead, chunk), self.queries + 1
+        self.next_query = period + round(self.schedule.interval_s(self.execute * ACTION_DT, self.horizon_s) / ACTION_DT)
 
     def action(self, period: int, result: EpisodeResult) -> np.ndarray:
         """The command of this period: the executor's, or a hold (no translation or rotation, the
@@ -154,11 +163,17 @@ class _DelayClock:
         command = self.executor.command(period * self.dt_ns)
         if command is None or command.hold:
             result.holds += 1
+            self.last = None
             return np.array([0, 0, 0, 0, 0, 0, self.gripper], np.float32)
         result.skipped += command.skipped
         result.chunk_age_s.append((period * self.dt_ns - command.chunk.stamp_ns) * 1e-9)
+        action = np.asarray(command.action, np.float32)
+        if self.last is not None:
+            step = float(np.linalg.norm(action[:3] - self.last[1][:3]))
+            (result.handover_step_m if command.chunk.step != self.last[0] else result.within_step_m).append(step)
+        self.last = (command.chunk.step, action)
         self.gripper = float(command.action[6])
-        return np.asarray(command.action, np.float32)
+        return action
 
 
 class _Recording:

@@ -497,3 +497,24 @@ def test_transport_health_per_input_topic_in_diagnostics(ros, loaded_tiny):
         assert 15 <= rate <= 21                                                 # published at 20 Hz
     finally:
         node.shutdown()
+
+
+def test_a_query_per_chunk_goes_out_early_by_the_measured_p95_latency(ros, loaded_tiny):
+    """At 1.25 Hz (one query per 8-action chunk) the worker's next tick comes the p95 of the
+    measured end-to-end latency before the chunk in use runs out, not a full period later."""
+    import numpy as np
+    node, driver = start(ros, loaded_tiny, [Parameter("control_rate_hz", value=1.25),
+                                            Parameter("max_observation_age_s", value=5.0)])
+    try:
+        assert wait_for(lambda: len(driver.chunks) >= 2, timeout=20.0), "no action chunks"
+        worker = node.worker
+
+        def measured():   # between two ticks: the schedule holds every published step's latency
+            held, ages = list(worker.schedule.latencies), [ms / 1e3 for ms in worker.end_to_end]
+            return len(held) == len(ages) and np.allclose(held, ages, rtol=1e-12, atol=0)
+        assert wait_for(measured, timeout=5.0)
+        lead = float(np.quantile(np.array(list(worker.end_to_end)) / 1e3, 0.95, method="higher"))
+        assert worker.schedule.lead_s == pytest.approx(lead) and lead > 0
+        assert worker.interval_s() == pytest.approx(max(0.8 - lead, lead)) and worker.interval_s() < 0.8
+    finally:
+        node.shutdown()

@@ -66,6 +66,7 @@ def test_a_lockstep_episode_through_ros_is_the_in_process_episode(tmp_path, monk
     assert ros_summary["kept_tokens_mean"] == pytest.approx(local_summary["kept_tokens_mean"], rel=0.02)
     assert ros_summary["flops_ratio_mean"] == pytest.approx(local_summary["flops_ratio_mean"], rel=0.02)
     assert ros["runner"] == "through-ros" and ros_summary["lockstep_timeouts"] == 0
+    assert ros_summary["robot_period_s_mean"] == pytest.approx(0.1, abs=1e-9)     # lockstep: exactly one period
 
 
 def test_the_sim_robot_resets_on_the_service_and_reports_the_episode(tmp_path):

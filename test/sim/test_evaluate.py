@@ -91,6 +91,11 @@ def test_the_delay_clock_reports_its_emulated_latency_holds_and_ages(tmp_path):
     assert result["emulated_latency"] == {"name": "250 ms", "fixed_ms": 250.0, "llm_ms": 0.0, "source": "fixed"}
     assert none["emulated_latency_ms_mean"] == 250.0 and none["holds_per_episode"] == 3.0   # before the 1st answer
     assert none["chunk_age_s_mean"] >= 0.3 and none["skipped_actions_per_episode"] == 9.0  # 3 chunks from action 3
+    assert result["actions_per_query"] == 8 and none["handover_step_mm_mean"] >= 0
+    replanning = evaluate(config, parse_methods("none"), seeds, tmp_path, max_steps=16, latency=parse_latency("250"),
+                          execute=4)
+    assert replanning["actions_per_query"] == 4
+    assert replanning["methods"]["none"]["skipped_actions_per_episode"] == 12.0     # 4 chunks from action 3
     with pytest.raises(ValueError, match=r"an emulated latency \(250 ms\): only in process, not with the x runner"):
         evaluate(config, parse_methods("none"), seeds, tmp_path, latency=parse_latency("250"),
                  runner=SimpleNamespace(name="x"))

@@ -88,6 +88,18 @@ def test_the_delay_clock_executes_the_old_chunk_while_the_answer_is_on_its_way()
     assert result.steps == 24 and len(result.chunk_age_s) + result.holds == 24
 
 
+def test_re_planning_keeps_the_old_chunk_running_while_the_query_is_on_its_way():
+    from specprune_ros.sim.latency import LatencyModel
+    result, seen = watched_episode(latency=LatencyModel("250 ms", 250.0, 0.0, "fixed"), execute=4)
+    # a query every 4 actions (the chunk's 8 leave slack for the 3-period answer): each new chunk
+    # takes over at its action 3, the first it can still reach, while the old one runs meanwhile
+    assert [round(o.stamp / 0.1) for o in seen] == [0, 4, 8, 12, 16, 20]
+    assert [len(o.history) for o in seen] == [0, 3, 3, 3, 3, 3]
+    assert result.holds == 3 and result.skipped == 3 * 6
+    assert result.chunk_age_s == pytest.approx([0.3, 0.4, 0.5, 0.6] * 5 + [0.3])
+    assert len(result.handover_step_m) == 5 and len(result.within_step_m) == 21 - 1 - 5
+
+
 def test_a_delay_longer_than_half_a_chunk_holds_and_zero_delay_is_chunk_rate():
     from specprune_ros.sim.latency import LatencyModel, parse_latency
     policy = SpecPrunePolicy(load_tiny_random("cpu"), Config())

@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -108,3 +109,13 @@ def test_an_in_process_query_rate_must_be_a_whole_number_of_actions(capsys, tmp_
     err = capsys.readouterr().err
     assert "control_rate_hz 3: in process a query every whole number of actions, 1 to 8" in err
     assert "this is every 3.33" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_a_reader_that_leaves_early_is_not_an_error():
+    """`specprune params --json | head`: the pipe closes before the output is written."""
+    read, write = os.pipe()
+    os.close(read)                                   # nobody will read: every write is EPIPE
+    proc = subprocess.run([sys.executable, "-m", "specprune_ros", "params", "--json"], stdout=write,
+                          stderr=subprocess.PIPE, text=True)
+    os.close(write)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr

@@ -8,6 +8,7 @@ DDS diagnostics), `simulation` (`sim ...` and the demo); `shared` holds what the
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Sequence
 
@@ -52,6 +53,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"specprune {args.command}: interrupted", file=sys.stderr)
         return 130
     if isinstance(outcome, Result):
-        outcome.print(args.json)
+        try:
+            outcome.print(args.json)
+            sys.stdout.flush()
+        except BrokenPipeError:                # `specprune params --json | head`: the reader left
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     return outcome

@@ -154,7 +154,7 @@ def _query_rate(cfg, args: argparse.Namespace):
     """One query per executed chunk (``control_rate_hz`` = 1 / (8 x action_dt), as OFT runs on
     LIBERO) unless ``-p control_rate_hz:=...`` says otherwise: then a query every that many
     actions (re-planning), in process a whole number of them. Returns (config, actions per query)."""
-    from ..sim.rollout import CHUNK_EXECUTED
+    from ..sim.env import CHUNK_EXECUTED
 
     dt = cfg.node.action_dt
     if not any(item.startswith("control_rate_hz:=") for item in args.param or ()):

@@ -33,6 +33,7 @@ MAX_TRANSLATION = 0.02                 # m per step (0.2 m/s)
 MAX_ROTATION = 0.15                    # rad per step
 IMAGE_SIZE = 224
 MAX_STEPS = 160                        # the task's step limit (16 s)
+CHUNK_EXECUTED = 8                       # actions of each chunk executed before the next query (OFT on LIBERO)
 RECEPTACLES = ("plate", "bowl")
 SEED_SPLITS = {"train": (0, 100_000), "validation": (100_000, 101_000), "test": (101_000, 102_000)}
 # What a patch label says (``TabletopEnv.patch_labels``); an object counts 5x its pixels.

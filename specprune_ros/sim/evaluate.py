@@ -30,7 +30,7 @@ from ..common.jsonout import finite
 from ..common.methods import Method, family
 from ..common.stats import exact_mcnemar, interpolate_curve
 from ..config import Config
-from .env import DEFAULT_LAYOUT, MAX_STEPS, SEED_SPLITS
+from .env import CHUNK_EXECUTED, DEFAULT_LAYOUT, MAX_STEPS, SEED_SPLITS
 
 SNAPSHOT_QUERY = 3                    # the query whose kept patches the frame strip shows
 FAILURES = ("wrong object", "missed grasp", "not placed")
@@ -49,7 +49,7 @@ def _run_episode(task: tuple[str, Config, int, bool, int, str, tuple[str, ...], 
     """One episode in a worker process (the model and the environment are made once per process)."""
     from ..policy import load_model, make_policy
     from .env import TabletopEnv
-    from .rollout import CHUNK_EXECUTED, run_policy_episode
+    from .rollout import run_policy_episode
 
     label, config, seed, snapshot, max_steps, layout, frozen, latency, execute = task
     node = config.node
@@ -63,7 +63,7 @@ def _run_episode(task: tuple[str, Config, int, bool, int, str, tuple[str, ...], 
         _WORKER["env"], _WORKER["env_key"] = TabletopEnv(max_steps=max_steps, layout=layout), (max_steps, layout)
     policy = make_policy(config, _WORKER["loaded"])
     r = run_policy_episode(_WORKER["env"], policy, seed, snapshot_query=SNAPSHOT_QUERY if snapshot else None,
-                           frozen=frozen, latency=latency, execute=execute or CHUNK_EXECUTED)
+                           frozen=frozen, latency=latency, execute=execute)
     return {"method": label, "seed": seed, "instruction": r.instruction, "success": r.success, "steps": r.steps,
             "failure": r.failure, "latency_ms": r.latency_ms, "kept_tokens": r.kept_tokens,
             "flops_ratio": r.flops_ratio, "recall": r.recall, "fine_mode": r.fine_mode, "snapshot": r.snapshot,
@@ -82,7 +82,7 @@ class InProcess:
     def __init__(self, workers: int = 1, max_steps: int = MAX_STEPS, layout: str = DEFAULT_LAYOUT,
                  frozen: tuple[str, ...] = (), latency: Any = None, execute: int | None = None) -> None:
         self.workers, self.max_steps, self.layout, self.frozen = workers, max_steps, layout, tuple(frozen)
-        self.latency, self.execute = latency, execute
+        self.latency, self.execute = latency, execute or CHUNK_EXECUTED
         self.threads = max(1, (os.cpu_count() or 1) // workers)
 
     def __enter__(self) -> "InProcess":
@@ -132,7 +132,6 @@ def evaluate(config: Config, methods: list[Method], seeds: list[int], out: str |
     cameras held at each episode's first frame (in process only: the ROS stack's robot
     publishes what it renders). ``latency``: a ``sim.latency.LatencyModel`` - the delay clock, in
     process only."""
-    from .rollout import CHUNK_EXECUTED as CHUNK_EXECUTED_DEFAULT
     from .rollout import wilson_interval
 
     out = Path(out)
@@ -172,7 +171,7 @@ def evaluate(config: Config, methods: list[Method], seeds: list[int], out: str |
               "split": seed_split(seeds), "max_steps": max_steps, "layout": layout,
               "frozen_cameras": list(frozen), "device": _device_name(config),
               "emulated_latency": None if latency is None else dataclasses.asdict(latency),
-              "actions_per_query": (runner.execute or CHUNK_EXECUTED_DEFAULT) if isinstance(runner, InProcess)
+              "actions_per_query": runner.execute if isinstance(runner, InProcess)
               else 1.0 / (config.node.control_rate_hz * config.node.action_dt),
               "runner": runner.name, "workers": runner.workers, "torch_threads_per_worker": runner.threads,
               "methods": summary, "paired": paired, "curves": budget_curves(summary)}

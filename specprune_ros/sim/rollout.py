@@ -15,12 +15,11 @@ import numpy as np
 from ..observation import HistoryFrame, Observation
 from ..policy import SpecPrunePolicy
 from . import CAMERAS
-from .env import ACTION_DT, TabletopEnv
+from .env import ACTION_DT, CHUNK_EXECUTED, TabletopEnv
 from .latency import LatencyModel
 from .scene import OBJECTS
 
 LIFTED_M = 0.03                          # an object this far above its resting height was picked up
-CHUNK_EXECUTED = 8                       # actions of each chunk executed before the next query (OFT on LIBERO)
 
 
 @dataclass

@@ -4,9 +4,10 @@
     result = tick.run(now_ns, after_step_ns)      # assemble -> step -> after-step age rule
 
 The node calls it from its worker at ``control_rate_hz`` with the ROS clock; replay calls it at
-the same ticks on the bag's header clock, with the measured step latency standing in for the
-time the step took. Both count drops in the assembler's counter by the same reasons, so
-replay's drop counts are the node's.
+the same ticks on the bag's header clock, with a declared step latency standing in for the
+time the step took (never the host's measured one: replay's steps do not depend on its
+speed). Both count drops in the assembler's counter by the same reasons, so replay's drop
+counts are the node's.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ class ControlTick:
 
     def run(self, now_ns: int, after_step_ns: Callable[[PolicyOutput], int]) -> TickResult:
         """``after_step_ns(output)``: the clock once the step is done (the node reads its clock;
-        replay adds the measured latency to the tick)."""
+        replay adds a declared step latency to the tick)."""
         assembled = self.assembler.assemble(now_ns)
         obs = assembled.observation
         if obs is None:
@@ -48,10 +49,11 @@ class ControlTick:
         except ObservationError as exc:
             return self._drop("malformed", f"malformed: {exc}", obs)
         # The step took time: never act on data that became too old meanwhile.
-        age = (after_step_ns(out) - obs.stamp_ns) * 1e-9
+        after = after_step_ns(out)
+        age = (after - obs.stamp_ns) * 1e-9
         if age > self.assembler.max_age_s:
             return self._drop("stale", f"stale: the action would be based on data {age:.3f} s old "
-                                       f"(policy step {out.stats.latency_ms:.0f} ms)", obs, age)
+                                       f"(step {(after - now_ns) * 1e-6:.0f} ms)", obs, age)
         return TickResult(obs, out, age_s=age)
 
     def _drop(self, kind: str, reason: str, obs: Observation, age: float = 0.0) -> TickResult:

@@ -22,8 +22,16 @@ PASSTHROUGH = {("node",): lambda rest: robot.cmd_node(argparse.Namespace(ros_arg
                ("sim", "robot"): lambda rest: simulation.cmd_sim_robot(argparse.Namespace(robot_args=rest))}
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """A bad argument is one line, as every other error is, not the usage block; subcommand
+    parsers inherit the class."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="specprune", description=__doc__.splitlines()[0])
+    parser = _OneLineErrors(prog="specprune", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add = adder(sub)

@@ -8,10 +8,12 @@ from typing import Any
 
 from ..config import Config, ConfigError
 from ..model.config import PRESETS
-from .shared import Progress, Result, config_args, config_from_args, positive_int, source_args
+from .shared import Progress, Result, config_args, config_from_args, non_negative_float, positive_int, source_args
 
 
 def replay_table(summary: dict) -> str:
+    from ..evaluation.report import replay_warnings
+
     lat = summary["latency_ms"]
     lines = [("steps", f"{summary['steps']}"),
              ("latency p50 pruned", f"{lat['pruned']['p50']:.1f} ms")]
@@ -28,7 +30,7 @@ def replay_table(summary: dict) -> str:
     if "action_l1_vs_recorded" in summary:
         lines.append(("action L1 vs recorded", f"{summary['action_l1_vs_recorded']['pruned']:.4f} (pruned)"))
     width = max(len(k) for k, _ in lines)
-    return "\n".join(f"  {k:<{width}}  {v}" for k, v in lines)
+    return "\n".join([f"  {k:<{width}}  {v}" for k, v in lines] + [f"  note: {w}" for w in replay_warnings(summary)])
 
 
 def cmd_make_bag(args: argparse.Namespace) -> int:
@@ -56,7 +58,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         cfg = cfg.replace(**{f"topics.{name.lstrip('/')}": topic})
     summary = replay(args.bag, args.out, cfg, compare=not args.no_compare, output_bag=args.output_bag,
                      show_progress=Progress(args).shown, motion=args.motion,
-                     start_s=args.start, duration_s=args.duration, max_steps=args.max_steps)
+                     start_s=args.start, duration_s=args.duration, max_steps=args.max_steps,
+                     step_latency_ms=args.step_latency_ms)
     return Result(summary, f"replayed {summary['steps']} steps of {args.bag}\n{replay_table(summary)}\n"
                          f"report: {summary['report']}")
 
@@ -223,6 +226,10 @@ def register(sub, add) -> None:
                    help="skip the first SEC seconds (from the first primary image)")
     p.add_argument("--duration", type=float, default=None, metavar="SEC", help="replay only SEC seconds")
     p.add_argument("--max-steps", type=int, default=None, metavar="N", help="stop after N steps")
+    p.add_argument("--step-latency-ms", type=non_negative_float, default=0.0, metavar="MS",
+                   help="the step time the node's after-step age rule assumes (default 0: an observation's "
+                        "age is judged at its tick on the recorded timeline); never this host's speed, so a "
+                        "bag gives the same steps on any machine")
 
     p = add("params", cmd_params, "validate a ROS parameter file and print every resolved knob")
     p.add_argument("params", nargs="?", help="config/*.yaml (action_node: ros__parameters: ...)")

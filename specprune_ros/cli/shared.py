@@ -63,6 +63,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:                      # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def config_from_args(args: argparse.Namespace, model: str | None = None) -> Config:
     """The model directory's own ``specprune.yaml``, then ``--params YAML`` (in order), then every
     ``-p name:=value`` (YAML values, as ``--ros-args -p`` reads them), then ``model`` - the layers

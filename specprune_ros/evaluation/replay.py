@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,13 +216,15 @@ def bag_ticks(reader: BagReader, topics: EpisodeTopics, config: Config, assemble
 
 def run_replay(bag: Path, config: Config, compare: bool = True,
                progress: Callable[[int, int], None] | None = None, motion: str = "predicted",
-               start_s: float = 0.0, duration_s: float | None = None, max_steps: int | None = None) -> ReplayRun:
+               start_s: float = 0.0, duration_s: float | None = None, max_steps: int | None = None,
+               step_latency_ms: float = 0.0) -> ReplayRun:
     """``motion="recorded"`` gives the controller the bag's recorded command as the measured
     end-effector motion (instead of the previous prediction), e.g. for random-weight models.
 
-    The node's after-step rule applies: an action whose observation is older than
-    ``max_observation_age_s`` once the (measured) step is done is dropped as stale, as the node
-    would drop it.
+    The node's after-step rule applies on the recorded timeline: an action whose observation is
+    older than ``max_observation_age_s`` at its tick plus the declared ``step_latency_ms`` is
+    dropped as stale, as the node would drop it. The measured latency never enters the rule, so
+    the same bag gives the same steps on a fast, slow or busy host.
     """
     node = config.node
     reader, topics = open_episode(bag, config)
@@ -259,11 +262,11 @@ def run_replay(bag: Path, config: Config, compare: bool = True,
             return out
 
         tick = ControlTick(assembler, step, prepare)
+        step_ns = int(round(step_latency_ms * 1e6))
         for now in bag_ticks(reader, topics, config, assembler, clock, start_s, duration_s, recorded):
             if max_steps is not None and len(run.steps) >= max_steps:
                 break
-            # The node's clock after the step: here the tick plus the measured step latency.
-            result = tick.run(now, lambda out: now + int(out.stats.latency_ms * 1e6))
+            result = tick.run(now, lambda out: now + step_ns)    # the node's clock after the step
             if result.output is None:
                 run.last_drop = result.reason if result.dropped else run.last_drop
                 continue
@@ -370,20 +373,24 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
 
 def replay(bag: str | Path, out: str | Path, config: Config, compare: bool = True, output_bag: str | None = None,
            show_progress: bool = False, motion: str = "predicted", start_s: float = 0.0,
-           duration_s: float | None = None, max_steps: int | None = None) -> dict[str, Any]:
+           duration_s: float | None = None, max_steps: int | None = None,
+           step_latency_ms: float = 0.0) -> dict[str, Any]:
     """The whole job; nothing is written to ``out`` unless the replay succeeded."""
     from .report import write_plots, write_report
 
     bag, out = Path(bag), Path(out)
     progress = progress_bar("replay", "steps") if show_progress else None
-    run = run_replay(bag, config, compare, progress, motion, start_s, duration_s, max_steps)
+    run = run_replay(bag, config, compare, progress, motion, start_s, duration_s, max_steps, step_latency_ms)
     if show_progress:
         print(file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     rows = step_rows(run)
     summary = summarize(run, rows, bag, config, compare, motion)
     summary["time_base"] = run.time_base
+    summary["host"] = host_load()
     summary["window"] = {"start_s": start_s, "duration_s": duration_s, "max_steps": max_steps}
+    summary["age_rule"] = {"timeline": "recorded", "step_latency_ms": step_latency_ms,
+                           "max_observation_age_s": config.node.max_observation_age_s}
     write_csv(rows, out / "steps.csv")
     summary["plots"] = write_plots(run, rows, out)
     if output_bag:
@@ -392,6 +399,13 @@ def replay(bag: str | Path, out: str | Path, config: Config, compare: bool = Tru
     write_report(summary, out)
     summary["report"] = str(out / "report.html")
     return summary
+
+
+def host_load() -> dict[str, Any]:
+    """The host's 1-minute load against its CPUs: more runnable work than cores (the replay's own
+    threads included) means the latencies were measured on a busy host."""
+    load, cpus = os.getloadavg()[0], os.cpu_count() or 1
+    return {"cpus": cpus, "load_avg_1m": round(load, 2), "loaded": load > cpus}
 
 
 def _json_default(value: Any) -> Any:

@@ -87,6 +87,22 @@ def write_plots(run, rows: list[dict[str, Any]], out: Path) -> list[str]:
     return written
 
 
+def replay_warnings(summary: dict[str, Any]) -> list[str]:
+    """What a reader of the figures must know first; the CLI table and the report both show it."""
+    warnings = []
+    if summary["model"] == "tiny-random":
+        warnings.append("model tiny-random: random weights, the actions mean nothing (pass --model DIR)")
+    drops = {k: v for k, v in summary["dropped_observations"].items() if v}
+    if drops:
+        warnings.append("dropped observations: " + ", ".join(f"{k} {v}" for k, v in sorted(drops.items()))
+                        + " (no step for them)")
+    host = summary.get("host")
+    if host and host["loaded"]:
+        warnings.append(f"busy host (load {host['load_avg_1m']} on {host['cpus']} CPUs): latencies and the "
+                        f"speed-up are not comparable with an idle host's")
+    return warnings
+
+
 def write_report(summary: dict[str, Any], out: Path) -> Path:
     def fmt(v: Any) -> str:
         return f"{v:.3f}" if isinstance(v, float) else html.escape(str(v))
@@ -104,16 +120,18 @@ def write_report(summary: dict[str, Any], out: Path) -> Path:
     if "action_l1_vs_recorded" in summary:
         rows.append(("action L1 vs recorded (pruned)", summary["action_l1_vs_recorded"]["pruned"]))
     table = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{fmt(v)}</td></tr>" for k, v in rows)
+    warnings = "".join(f'<p class="warn">{html.escape(w)}</p>' for w in replay_warnings(summary))
     images = "\n".join(f'<figure><img src="{p}" alt="{p}"><figcaption>{p}</figcaption></figure>'
                        for p in summary["plots"])
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>specprune replay: {html.escape(summary['bag'])}</title>
 <style>body{{font-family:sans-serif;max-width:980px;margin:2em auto}}table{{border-collapse:collapse}}
-th,td{{border:1px solid #ccc;padding:4px 10px;text-align:left}}img{{max-width:100%}}</style></head>
+th,td{{border:1px solid #ccc;padding:4px 10px;text-align:left}}img{{max-width:100%}}
+.warn{{background:#fff3cd;border-left:4px solid #d39e00;padding:6px 10px}}</style></head>
 <body><h1>SpecPrune-VLA replay</h1>
 <p>Bag <code>{html.escape(summary['bag'])}</code>, model <code>{html.escape(summary['model'])}</code>,
 instruction <em>{html.escape(summary['instruction'])}</em>.</p>
-<table>{table}</table>
+{warnings}<table>{table}</table>
 {images}
 <details><summary>summary.json</summary><pre>{html.escape(json.dumps(summary, indent=2, default=str))}</pre></details>
 </body></html>

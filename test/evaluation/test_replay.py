@@ -11,7 +11,7 @@ import pytest
 from specprune_ros.cli import main
 from specprune_ros.common.bags import BagError, BagReader, write_synthetic_bag
 from specprune_ros.config import Config
-from specprune_ros.evaluation.replay import replay
+from specprune_ros.evaluation.replay import replay, run_replay
 
 STEPS = 12
 
@@ -195,7 +195,6 @@ def test_history_adapts_to_the_executed_motion_at_any_control_rate(tmp_path, con
     speed over a chunk horizon, and T moves with the motion: fast transport compares a recent
     frame, a slow grasp or release an older one."""
     from specprune_ros.common.bags import STEP_NS
-    from specprune_ros.evaluation.replay import run_replay
     from specprune_ros.synthetic import episode
 
     steps, start_ns = 160, 1_700_000_000_000_000_000
@@ -254,7 +253,6 @@ def test_a_rizon4_recording_replays_on_its_header_clock(rizon4_bag, tmp_path, ma
 
 
 def test_zero_header_stamps_fall_back_to_the_recording_time(tmp_path):
-    from specprune_ros.evaluation.replay import run_replay
 
     bag = write_synthetic_bag(tmp_path / "zero", 5, "mcap", zero_stamps=True)
     run = run_replay(bag, Config.from_dict({"max_observation_age_s": 5.0}), compare=False)
@@ -262,7 +260,6 @@ def test_zero_header_stamps_fall_back_to_the_recording_time(tmp_path):
 
 
 def test_start_duration_and_max_steps_choose_a_window(tmp_path):
-    from specprune_ros.evaluation.replay import run_replay
 
     bag = write_synthetic_bag(tmp_path / "long", 12, "mcap")
     config = Config.from_dict({"max_observation_age_s": 5.0})
@@ -275,9 +272,33 @@ def test_start_duration_and_max_steps_choose_a_window(tmp_path):
 def test_the_node_s_after_step_age_rule_applies_in_replay(tmp_path):
     bag = write_synthetic_bag(tmp_path / "b", 4, "mcap")
     result = run_cli("replay", str(bag), "--out", str(tmp_path / "o"), "--no-compare",
-                     "-p", "max_observation_age_s:=0.001")      # fresh at the tick, too old after the step
+                     "-p", "max_observation_age_s:=0.5", "--step-latency-ms", "600")   # fresh at the tick only
     assert_one_line_error(result, "no observation produced an action (dropped: stale 4; last: stale: the action "
-                                  "would be based on data", tmp_path / "o")
+                                  "would be based on data 0.600 s old (step 600 ms)", tmp_path / "o")
+    assert_one_line_error(run_cli("replay", str(bag), "--out", str(tmp_path / "o"), "--step-latency-ms", "-1"),
+                          "--step-latency-ms: must be 0 or more, got -1", tmp_path / "o")
+
+
+def test_replay_steps_do_not_depend_on_the_host_s_speed(tmp_path, monkeypatch):
+    """A host so busy that every step takes 10 s replays the same steps as an idle one: the age
+    rule reads the recorded timeline and the declared step latency, never the measured one."""
+    from specprune_ros.policy import SpecPrunePolicy
+
+    bag = write_synthetic_bag(tmp_path / "b", 6, "mcap")
+    fast = run_replay(bag, Config(), compare=False)
+    step = SpecPrunePolicy.step
+
+    def slow_step(self, obs):
+        out = step(self, obs)
+        out.stats.latency_ms = 10_000.0
+        return out
+
+    monkeypatch.setattr(SpecPrunePolicy, "step", slow_step)
+    slow = run_replay(bag, Config(), compare=False)
+    assert len(fast.steps) == len(slow.steps) == 6 and not slow.drops.get("stale")
+    assert [s.stamp_ns for s in slow.steps] == [s.stamp_ns for s in fast.steps]
+    declared = run_replay(bag, Config.from_dict({"max_observation_age_s": 0.5}), compare=False, step_latency_ms=450)
+    assert len(declared.steps) == 6        # each tick's frame is fresh: 450 ms later it is still within 0.5 s
 
 
 def test_bad_overrides_are_one_clear_error(tmp_path):
@@ -329,7 +350,6 @@ def test_real_recordings_written_by_ros_tools(directory, tmp_path):
 def test_what_real_recorders_write_replays(tmp_path, recording):
     """zstd (file and message mode), split files, JPEG, mono and bgr8 cameras, a device clock."""
     from specprune_ros.common.bags import Recording
-    from specprune_ros.evaluation.replay import run_replay
 
     bag = write_synthetic_bag(tmp_path / "bag", 6, recording=Recording(**recording))
     if recording.get("split"):
@@ -354,7 +374,6 @@ def test_a_model_without_proprio_needs_no_joint_states(tmp_path):
     from rosbags.rosbag2 import Reader, Writer
 
     from specprune_ros.common.bags import typestore
-    from specprune_ros.evaluation.replay import run_replay
     from specprune_ros.model.checkpoint import write_tiny_checkpoint
 
     src = write_synthetic_bag(tmp_path / "src", 4, "mcap")
@@ -372,3 +391,18 @@ def test_a_model_without_proprio_needs_no_joint_states(tmp_path):
     with pytest.raises(BagError, match=r"joint_states input maps to /joint_states, which is not in the bag.*"
                                        r"\(the model uses proprio\)"):
         run_replay(cameras_only, config.replace(model_path="tiny-random"), compare=False)
+
+
+def test_the_table_and_the_report_say_what_a_reader_must_know_first(replayed):
+    from specprune_ros.evaluation.report import replay_warnings
+
+    summary, report, _ = replayed
+    assert summary["age_rule"] == {"timeline": "recorded", "step_latency_ms": 0.0, "max_observation_age_s": 0.5}
+    assert set(summary["host"]) == {"cpus", "load_avg_1m", "loaded"}
+    assert "model tiny-random: random weights" in (report / "report.html").read_text()
+    busy = {**summary, "model": "models/x", "dropped_observations": {"stale": 3, "incomplete": 0},
+            "host": {"cpus": 2, "load_avg_1m": 5.1, "loaded": True}}
+    assert replay_warnings(busy) == [
+        "dropped observations: stale 3 (no step for them)",
+        "busy host (load 5.1 on 2 CPUs): latencies and the speed-up are not comparable with an idle host's"]
+    assert replay_warnings({**busy, "dropped_observations": {}, "host": {**busy["host"], "loaded": False}}) == []

@@ -17,6 +17,8 @@ The node process gets the Fast DDS profile for camera traffic (config/fastdds_la
 32 MiB shared-memory segment; the default 512 KiB one is smaller than one 640x480 frame and loses
 frames); the camera drivers need the same profile (docs/node.md, "DDS for camera traffic").
 """
+import signal
+
 from launch.actions import DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler
 from launch.event_handlers import OnProcessExit
 from launch.events import Shutdown
@@ -72,6 +74,8 @@ def _node(context):
 
 
 def _on_node_exit(event, context):
-    if event.returncode:
+    # 0: the node's own signal handling (a Ctrl-C at any phase exits 0); -SIGINT: one that came
+    # before the interpreter had started - both are the user's Ctrl-C, not a failure.
+    if event.returncode not in (0, -signal.SIGINT):
         raise RuntimeError(f"action_node exited with code {event.returncode}")   # ros2 launch exits 1
     return [EmitEvent(event=Shutdown(reason="action_node exited"))]

@@ -6,11 +6,13 @@
 With ``clock:=lockstep`` (default) the robot publishes ``<namespace>/clock`` and holds it until each
 period's command is in; the node and the executor run on it (``use_sim_time``). ``clock:=realtime``
 steps on wall time. Each episode's outcome goes to ``<namespace>/sim/episode`` and, with
-``log:=FILE``, to a JSON-lines file. ``specprune sim eval --through-ros`` starts the same three
-processes with the same arguments (``specprune_ros.ros.sim_stack.stack_processes``; a test keeps
-this file and that function in step).
+``log:=FILE``, to a JSON-lines file; the launch ends when the robot has run its seeds.
+``specprune sim eval --through-ros`` starts the same three processes with the same arguments
+(``specprune_ros.ros.sim_stack.stack_processes``; a test keeps this file and that function in step).
 """
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler
+from launch.event_handlers import OnProcessExit
+from launch.events import Shutdown
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
@@ -33,13 +35,17 @@ def _nodes(context):
         robot_args += ["--log", value["log"]]
     common = dict(namespace=value["namespace"], output="screen", emulate_tty=True, additional_env=env,
                   remappings=remap)
+    robot = Node(package="specprune_ros", executable="sim_robot", name="sim_robot", arguments=robot_args,
+                 parameters=params, **common)
     return [
-        Node(package="specprune_ros", executable="sim_robot", name="sim_robot", arguments=robot_args,
-             parameters=params, **common),
+        robot,
         Node(package="specprune_ros", executable="action_node", name="action_node",
              parameters=[*params, {"use_sim_time": lockstep}], **common),
         Node(package="specprune_ros", executable="chunk_executor", name="chunk_executor",
              parameters=[*params, {"use_sim_time": lockstep}], **common),
+        # The robot leaves when its seeds are done: so does the launch (the node and the executor).
+        RegisterEventHandler(OnProcessExit(target_action=robot, on_exit=[
+            EmitEvent(event=Shutdown(reason="the sim robot finished its seeds"))])),
     ]
 
 

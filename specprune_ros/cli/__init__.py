@@ -45,10 +45,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for prefix, command in PASSTHROUGH.items():
         rest = argv[len(prefix):]
         if tuple(argv[:len(prefix)]) == prefix and "--help" not in rest[:1] and "-h" not in rest[:1]:
-            try:
-                return command(rest)
-            except KeyboardInterrupt:          # Ctrl-C while torch imports: a clean exit
-                return 0
+            from ..ros import signals
+
+            signals.install("_".join(prefix))   # before the heavy imports: Ctrl-C at any time exits 0
+            return command(rest)
     args = build_parser().parse_args(argv)
     try:
         outcome = args.func(args)

@@ -102,7 +102,10 @@ class InferenceWorker:
 
     def _sim_clock_tick(self) -> None:
         period = round(1e9 * self.period_s())
-        if self._now() == 0:                     # no /clock message yet: no time to act at
+        if self._now() == 0 or not self.active.is_set():
+            # No /clock message yet: no time to act at. Inactive: a tick passed now would be lost
+            # - a lockstep simulator holds its clock at that tick until its chunk comes, so after
+            # `activate` the node would wait for a later tick that never comes.
             self._stop.wait(0.01)
             return
         tick = -(-self._now() // period) * period
@@ -112,15 +115,19 @@ class InferenceWorker:
             if self._stop.wait(0.001):
                 return
         tick = max(tick, self._now() // period * period)   # the clock jumped past ticks: the latest one
-        self._last_sim_tick = tick
         # The tick's inputs, then its step; an observation still waiting for a partner is tried
         # again (the simulator holds its clock until this tick's chunk: a later tick never comes).
+        # A tick counts as done only once stepped: one cut short by `deactivate` is acted on
+        # after `activate`.
         deadline = time.monotonic() + LOCKSTEP_WAIT_S
         while self.active.is_set():
             late = time.monotonic() >= deadline
             if self.control.assembler.has_inputs_at(tick) or late:
                 result = self._tick(tick)
+                if not self.active.is_set():     # deactivated meanwhile: nothing was published
+                    return
                 if result.output is not None or result.dropped or late:
+                    self._last_sim_tick = tick
                     return
             if self._stop.wait(0.002):
                 return
@@ -138,6 +145,8 @@ class InferenceWorker:
             self.end_to_end.append(result.age_s * 1e3)
             self.schedule.observe(result.age_s)
             self.published.append(time.monotonic())
+        else:
+            self.control.assembler.unuse(result.observation.stamp_ns)
         return result
 
 

@@ -174,6 +174,9 @@ class SimRobotNode(Node):
                 if self._stop.is_set():
                     break
                 episode, end = self._episode(env, seed, start)
+                if episode is None:            # stopped mid-episode (Ctrl-C): not an outcome
+                    self.get_logger().info(f"seed {seed}: interrupted, not counted")
+                    break
                 self.episodes.append(episode)
                 self._report(episode)
                 start = -(-(end + round(EPISODE_GAP_S * 1e9)) // self.query_ns) * self.query_ns
@@ -200,7 +203,8 @@ class SimRobotNode(Node):
     def _now_ns(self, sim_ns: int) -> int:
         return sim_ns if self.clock_pub is not None else self.get_clock().now().nanoseconds
 
-    def _episode(self, env, seed: int, start_ns: int) -> tuple[EpisodeLog, int]:
+    def _episode(self, env, seed: int, start_ns: int) -> tuple[EpisodeLog | None, int]:
+        """One episode from ``start_ns``; ``None`` for an episode the robot's stop cut short."""
         from ..sim.rollout import EpisodeResult, object_heights
 
         obs, info = env.reset(seed=seed)
@@ -234,6 +238,8 @@ class SimRobotNode(Node):
             if success or truncated or self._reset.is_set():
                 episode.success, episode.steps = bool(success), env.steps
                 break
+        else:
+            return None, t
         result = EpisodeResult(seed, episode.instruction, episode.success, episode.steps, lifted=lifted,
                                target=env.task.target)
         episode.failure = "reset" if self._reset.is_set() and not episode.success else result.failure

@@ -4,12 +4,13 @@ from __future__ import annotations
 import faulthandler
 import signal
 import sys
-import threading
 from typing import Callable, Sequence
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
+
+from . import signals
 
 
 class StartupError(RuntimeError):
@@ -36,17 +37,17 @@ def spin(make_node: Callable[[], Node], name: str, argv: Sequence[str] | None = 
     ``shutdown()`` (if it has one) runs, the node is destroyed, and only then the context goes.
 
     rclpy's own signal handler would shut the context down first, while a worker thread may be in
-    the middle of a step that then fails to publish ("publisher's context is invalid"). Exit code
-    0 on a signal (SIGUSR1 prints every thread's stack to stderr and goes on), 1 when the node
-    cannot start (``StartupError`` or one of ``startup_errors``: one FATAL line, no traceback).
+    the middle of a step that then fails to publish ("publisher's context is invalid"); the
+    process's one handler (``signals``) is used instead, for its whole life. Exit code 0 on a
+    signal, at any phase (SIGUSR1 prints every thread's stack to stderr and goes on), 1 when the
+    node cannot start (``StartupError`` or one of ``startup_errors``: one FATAL line, no traceback).
     """
     from rclpy.signals import SignalHandlerOptions
 
+    stop = signals.install(name)             # already installed by the entry point: only the name
     args = list(sys.argv if argv is None else argv)
     faulthandler.register(signal.SIGUSR1, all_threads=True)   # `kill -USR1 <pid>`: every thread's stack
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     node = None
     try:
         try:
@@ -58,10 +59,11 @@ def spin(make_node: Callable[[], Node], name: str, argv: Sequence[str] | None = 
             return 1
         executor = make_executor()
         executor.add_node(node)
+        signals.running()
         finished = getattr(node, "finished", None)      # a node that ends by itself (the sim robot)
         while not stop.is_set() and rclpy.ok() and not (finished is not None and finished.is_set()):
             executor.spin_once(timeout_sec=0.1)
-    except (KeyboardInterrupt, ExternalShutdownException):
+    except ExternalShutdownException:
         pass
     finally:
         if node is not None:
@@ -70,6 +72,5 @@ def spin(make_node: Callable[[], Node], name: str, argv: Sequence[str] | None = 
             node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        signals.exiting()
     return 0

@@ -135,6 +135,14 @@ class ObservationAssembler:
         self.last_used = None
         self._first_primary = None
 
+    def unuse(self, stamp_ns: int) -> None:
+        """The step on the observation stamped ``stamp_ns`` published nothing (the node was
+        deactivated meanwhile): that observation counts as new again, so the first tick after
+        ``activate`` can act on it - a lockstep simulator sends no newer one until it has its chunk."""
+        with self._lock:
+            if self.last_used == stamp_ns:
+                self.last_used = stamp_ns - 1
+
     # ---- assembly ---------------------------------------------------------------------------------
     def _drop(self, reason: str) -> Assembled:
         self.drops[reason.split(":")[0]] += 1

@@ -3,6 +3,7 @@ processes, and a lockstep episode through DDS runs like the in-process one."""
 import ast
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -103,6 +104,88 @@ def test_the_sim_robot_resets_on_the_service_and_reports_the_episode(tmp_path):
         assert episode["seed"] == 101000 and episode["failure"] == "reset" and 0 < episode["steps"] < 160
         assert episode["holds"] == episode["steps"]                  # no command ever came: every period held
         assert wait_for(lambda: outcomes, 10) and json.loads(outcomes[0].data)["seed"] == 101000
+    finally:
+        spinner.shutdown()
+        rclpy.shutdown(context=context)
+
+
+@pytest.mark.skipif(not MODEL.is_dir(), reason="the shipped sim model is not in this checkout")
+def test_a_lockstep_stack_resumes_after_deactivate_and_activate(ros, tmp_path):
+    """`ros2 lifecycle set .../action_node deactivate`, then `activate` 4 s later: the robot's clock
+    held while no chunk could come, and moves on at once after activation - not after the robot's
+    60 s lockstep timeout - and the episode is not lost."""
+    import subprocess
+
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState
+    from rclpy.node import Node
+    from rclpy.time import Time
+    from rosgraph_msgs.msg import Clock
+
+    from specprune_ros.config import Config, model_params_file
+    from specprune_ros.ros.sim_robot import FIRST_EPISODE_S
+    from specprune_ros.ros.sim_stack import _stop, dds_profile_environment
+
+    from .conftest import wait_for
+    from .test_action_node import call
+
+    context, spinner = ros
+    config = Config.from_yaml(model_params_file(str(MODEL))).replace(model_path=str(MODEL), device="cpu",
+                                                                       sensor_qos="reliable")
+    params, log = tmp_path / "params.yaml", tmp_path / "robot.jsonl"
+    params.write_text(config.to_ros_yaml("/**"))
+    env = {**os.environ, **dds_profile_environment(), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    commands = stack_processes("/robot1", params, "101000:101001", "lockstep", log, "fixed-start", max_steps=80)
+    procs = [subprocess.Popen(cmd, env=env, stdout=(tmp_path / f"{name}.log").open("w"), stderr=subprocess.STDOUT,
+                              start_new_session=True) for name, cmd in commands.items()]
+    try:
+        probe = spinner.add(Node("lifecycle_probe", context=context))
+        clock = [0]
+        probe.create_subscription(Clock, "/robot1/clock",
+                                  lambda m: clock.append(max(clock[-1], Time.from_msg(m.clock).nanoseconds)), 10)
+
+        def change(transition):
+            request = ChangeState.Request(transition=Transition(id=transition))
+            assert call(probe, ChangeState, "/robot1/action_node/change_state", request, timeout=30.0).success
+
+        assert wait_for(lambda: clock[-1] >= (FIRST_EPISODE_S + 2) * 10**9, 180), "the episode never got going"
+        change(Transition.TRANSITION_DEACTIVATE)
+        time.sleep(4.0)
+        held = clock[-1]
+        change(Transition.TRANSITION_ACTIVATE)
+        assert wait_for(lambda: clock[-1] >= held + 10**9, 30), "the clock stayed where activation found it"
+        assert wait_for(log.exists, 120)
+        episode = json.loads(log.read_text().splitlines()[0])
+        assert episode["steps"] == 80 and episode["timeouts"] == 0, episode
+    finally:
+        _stop(procs)
+
+
+def test_an_episode_the_robot_s_stop_cuts_short_is_not_an_outcome(tmp_path):
+    """Ctrl-C mid-episode: no `not placed after N steps` line, nothing in the log."""
+    import rclpy
+    from rclpy.node import Node
+    from sensor_msgs.msg import Image
+
+    from specprune_ros.msg import ActionCommand
+    from specprune_ros.ros.sim_robot import SimRobotNode
+
+    from .conftest import Spinner, wait_for
+
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=150 + os.getpid() % 50)
+    spinner = Spinner(context)
+    try:
+        stand_in = spinner.add(Node("stack_stand_in", context=context))
+        frames = []
+        stand_in.create_subscription(Image, "image_primary", frames.append, 5)
+        stand_in.create_publisher(ActionCommand, "command", 10)
+        log = tmp_path / "episodes.jsonl"
+        robot = SimRobotNode([101000, 101001], clock="realtime", log=log, context=context)
+        spinner.add(robot)
+        assert wait_for(lambda: len(frames) >= 5, 60)
+        robot.shutdown()
+        assert robot.finished.is_set() and robot.episodes == [] and not log.exists()
     finally:
         spinner.shutdown()
         rclpy.shutdown(context=context)

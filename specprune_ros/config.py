@@ -10,6 +10,8 @@ Names are dotted as the node's ROS parameters are (``pruning.alpha``); nested di
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -20,10 +22,12 @@ from .knobs import ConfigError, Spec, coerce, knob, validate_section
 from .pruning.config import ControllerConfig, PruningConfig, PruningSettings
 
 __all__ = ["Config", "ConfigError", "ControllerConfig", "ExecutorConfig", "NodeConfig", "PruningConfig",
-           "PruningSettings", "Spec", "TopicsConfig", "iter_specs", "model_params_file", "parameter_table"]
+           "PruningSettings", "Spec", "TopicsConfig", "iter_specs", "layer_knobs", "model_config", "model_depth",
+           "model_params_file", "parameter_table"]
 
 NODE_NAME = "action_node"
 MODEL_PARAMS_FILE = "specprune.yaml"      # a checkpoint directory's own knobs (e.g. its layer choices)
+RELEASED_LLM_LAYERS = 32                  # the depth the paper's layer knobs were chosen for (Llama-2-7B)
 
 
 @dataclass(frozen=True)
@@ -189,17 +193,19 @@ class Config:
         return cls.from_yaml_files([path], node_name)
 
     @classmethod
-    def from_yaml_files(cls, paths: Sequence[str | Path], node_name: str = NODE_NAME) -> "Config":
+    def from_yaml_files(cls, paths: Sequence[str | Path], node_name: str = NODE_NAME,
+                        base: "Config | None" = None) -> "Config":
         """Several parameter files, later ones overriding earlier ones knob by knob (as the node's
         repeated ``--params-file``): e.g. a model's layer knobs, then config/pruning-paper.yaml.
-        The cross-field rules apply to the merged result."""
-        merged: dict[str, Any] = {}
+        Knobs no file names keep ``base``'s values (the built-in defaults if none). The
+        cross-field rules apply to the merged result."""
+        merged: dict[str, Any] = base.flat() if base is not None else {}
         for path in map(Path, paths):
             merged.update(flatten(_read_parameters(path, node_name)))
         try:
             return cls.from_dict(merged)
         except ConfigError as exc:
-            raise ConfigError(f"{', '.join(map(str, paths))}: {exc}") from None
+            raise ConfigError(f"{', '.join(map(str, paths))}: {exc}" if paths else str(exc)) from None
 
     def replace(self, **dotted: Any) -> "Config":
         """A new config with ``{"pruning.alpha": 0.5, ...}`` applied; all or nothing."""
@@ -244,6 +250,48 @@ def model_params_file(model_path: str) -> Path | None:
     user's parameter files and ``-p`` overrides, wherever a model is loaded from its directory."""
     path = Path(model_path) / MODEL_PARAMS_FILE if model_path else None
     return path if path is not None and path.is_file() else None
+
+
+def model_depth(model_path: str) -> int | None:
+    """The LLM depth of a checkpoint directory (``text_config.num_hidden_layers`` of its
+    config.json), or None where ``model_path`` is no such directory (the built-in ``tiny-random``
+    has the release's 32 layers). Read here, not through the model package, so that choosing
+    knobs never loads torch."""
+    path = Path(model_path) / "config.json" if model_path else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        text = json.loads(path.read_text()).get("text_config") or {}
+        return int(text.get("num_hidden_layers", RELEASED_LLM_LAYERS))
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None                          # the checkpoint loader names what is wrong with it
+
+
+def layer_knobs(layers: int) -> dict[str, Any]:
+    """The paper's layer knobs (chosen for the release's 32 layers) mapped in proportion to a
+    model with ``layers`` LLM layers: layer l becomes ceil(l * layers / 32), so 16 layers score
+    the local set with layer 1, keep the prior from layers 8 and 16 and drop at 3, 5, 8 and 10."""
+    def scale(layer: int) -> int:
+        return max(1, math.ceil(layer * layers / RELEASED_LLM_LAYERS))
+
+    paper = PruningConfig()
+    return {"pruning.local_layers": scale(paper.local_layers),
+            "pruning.global_layers": sorted({scale(n) for n in paper.global_layers}),
+            "pruning.dynamic_layers": sorted({scale(n) for n in paper.dynamic_layers})}
+
+
+def model_config(model_path: str) -> Config:
+    """The defaults a model brings before anyone's parameter files: the paper's layer choices
+    mapped to its depth, then its directory's own ``specprune.yaml``. Every tool and the node
+    start from this, so a layer knob nobody set always fits the model."""
+    depth, base = model_depth(model_path), Config()
+    if depth not in (None, RELEASED_LLM_LAYERS):
+        try:
+            base = base.replace(**layer_knobs(depth))
+        except ConfigError:
+            pass          # too shallow for the paper's rule: the policy refuses pruning with the layer ranges
+    own = model_params_file(model_path)
+    return Config.from_yaml_files([own], base=base) if own is not None else base
 
 
 def iter_specs() -> Iterator[tuple[str, Spec]]:

@@ -5,7 +5,16 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from specprune_ros.config import Config, ConfigError, iter_specs, parameter_table, spec_of
+from specprune_ros.config import (
+    Config,
+    ConfigError,
+    iter_specs,
+    layer_knobs,
+    model_config,
+    model_depth,
+    parameter_table,
+    spec_of,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -150,6 +159,45 @@ def test_parameter_files_layer_knob_by_knob(tmp_path):
     assert Config.from_yaml_files([model, low]).pruning.global_layers == (2,)
     with pytest.raises(ConfigError, match="low.yaml: pruning.global_layers"):
         Config.from_yaml_files([low])
+
+
+def test_layer_knobs_map_the_paper_choices_in_proportion():
+    assert layer_knobs(32) == {"pruning.local_layers": 2, "pruning.global_layers": [15, 32],
+                               "pruning.dynamic_layers": [5, 10, 15, 20]}
+    assert layer_knobs(16) == {"pruning.local_layers": 1, "pruning.global_layers": [8, 16],
+                               "pruning.dynamic_layers": [3, 5, 8, 10]}
+    Config().replace(**layer_knobs(8))                   # still a valid configuration when shallower
+
+
+def _model_dir(path, layers, own=None):
+    path.mkdir()
+    (path / "config.json").write_text(f'{{"text_config": {{"num_hidden_layers": {layers}}}}}')
+    if own is not None:
+        (path / "specprune.yaml").write_text(own)
+    return path
+
+
+def test_a_model_brings_its_depths_layer_knobs_then_its_own_file(tmp_path):
+    deep = _model_dir(tmp_path / "deep", 32)
+    assert model_depth(str(deep)) == 32 and model_config(str(deep)) == Config()
+    assert model_depth("tiny-random") is None and model_config("tiny-random") == Config()
+    mid = model_config(str(_model_dir(tmp_path / "mid", 24)))
+    assert mid.pruning.global_layers == (12, 24) and mid.pruning.dynamic_layers == (4, 8, 12, 15)
+    own = model_config(str(_model_dir(tmp_path / "own", 16, "/**:\n  ros__parameters:\n    pruning.k_local: 12\n")))
+    assert own.pruning.global_layers == (8, 16) and own.pruning.k_local == 12   # the depth's, then the file's
+    assert model_config(str(_model_dir(tmp_path / "two", 2))) == Config()       # too shallow: the policy refuses
+    assert model_config(str(tmp_path / "missing")) == Config()
+
+
+def test_the_robot_file_and_the_model_knobs_layer_in_the_tools(tmp_path):
+    from specprune_ros.cli import build_parser
+    from specprune_ros.cli.shared import config_from_args
+    model = _model_dir(tmp_path / "model", 16)
+    args = build_parser().parse_args(["flops", "--params", str(ROOT / "config" / "rizon4.yaml"),
+                                      "-p", f"model_path:={model}", "-p", "pruning.alpha:=0.9"])
+    cfg = config_from_args(args)
+    assert cfg.pruning.global_layers == (8, 16) and cfg.pruning.alpha == 0.9
+    assert cfg.node.max_observation_age_s == 0.3                                 # the robot file's
 
 
 def test_the_paper_file_is_the_paper_variant():

@@ -11,7 +11,7 @@ import yaml
 
 from ..common.jsonout import finite
 from ..common.progress import progress_bar
-from ..config import Config, ConfigError, model_params_file
+from ..config import Config, ConfigError, model_config
 
 
 class CliError(Exception):
@@ -71,9 +71,9 @@ def non_negative_float(text: str) -> float:
 
 
 def config_from_args(args: argparse.Namespace, model: str | None = None) -> Config:
-    """The model directory's own ``specprune.yaml``, then ``--params YAML`` (in order), then every
-    ``-p name:=value`` (YAML values, as ``--ros-args -p`` reads them), then ``model`` - the layers
-    the node applies."""
+    """What the model brings (the paper's layer choices mapped to its depth, then its directory's
+    own ``specprune.yaml``), then ``--params YAML`` (in order), then every ``-p name:=value`` (YAML
+    values, as ``--ros-args -p`` reads them), then ``model`` - the layers the node applies."""
     params = getattr(args, "params", None) or []
     params = [params] if isinstance(params, str) else params       # `specprune params FILE` takes one
     overrides = {}
@@ -88,10 +88,7 @@ def config_from_args(args: argparse.Namespace, model: str | None = None) -> Conf
     if model is not None:
         overrides["model_path"] = model
     given = (Config.from_yaml_files(params) if params else Config()).replace(**overrides)
-    own = model_params_file(given.node.model_path)
-    if own is None:
-        return given
-    return Config.from_yaml_files([own, *params]).replace(**overrides)
+    return Config.from_yaml_files(params, base=model_config(given.node.model_path)).replace(**overrides)
 
 
 def source_args(p: argparse.ArgumentParser) -> None:

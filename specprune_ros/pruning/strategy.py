@@ -62,7 +62,8 @@ def check_layers(pruning: PruningConfig, n_layers: int) -> None:
         if bad:
             raise ValueError(f"{name} = {list(layers)}: the model has {n_layers} layers "
                              f"(range [{pruning.local_layers + 1}, {top}]; pruning.enabled needs them to fit; "
-                             f"a model trained by `specprune sim train` ships its knobs in specprune.yaml)")
+                             f"a parameter file or -p set them for a deeper model: leave them unset and the "
+                             f"model's own apply)")
     if pruning.local_layers >= n_layers:
         raise ValueError(f"pruning.local_layers = {pruning.local_layers}: the model has only {n_layers} layers "
                          f"(range [1, {n_layers - 1}])")

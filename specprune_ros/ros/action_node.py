@@ -32,7 +32,7 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory
 
-from ..config import NODE_NAME, Config, ConfigError
+from ..config import NODE_NAME, Config, ConfigError, spec_of
 from ..control import ControlTick, TickResult
 from ..model.checkpoint import CheckpointError, LoadedPolicyModel
 from ..msg import ActionChunk, PruningStats
@@ -42,7 +42,7 @@ from ..sensing.transport import TransportMonitor
 from .diagnostics import inference_status, transport_statuses
 from .inference import InferenceWorker
 from .messages import chunk_message, empty_trajectory, overlay_message, stats_message, trajectory_message
-from .parameters import ParameterBridge, declare_all, model_defaults, unmatched_params_files
+from .parameters import ParameterBridge, as_parameter, declare_all, model_defaults, unmatched_params_files
 from .qos import LATCHED
 from .spin import StartupError, spin
 
@@ -56,8 +56,10 @@ class ActionNode(LifecycleNode):
     def __init__(self, loaded: LoadedPolicyModel | None = None, **node_kwargs) -> None:
         """``loaded``: an already loaded model (tests); by default ``model_path`` is loaded at configure."""
         super().__init__(NODE_NAME, **node_kwargs)
-        # The model directory's own knobs (its specprune.yaml) under --params-file and -p.
-        self.config = declare_all(self, model_defaults(getattr(self, "_parameter_overrides", {})))
+        # What the model brings (its depth's layer knobs, its specprune.yaml) under --params-file and -p.
+        self._model_defaults = model_defaults(getattr(self, "_parameter_overrides", {}))
+        self.config = declare_all(self, self._model_defaults)
+        self._set_live: set[str] = set()         # knobs set while running: a model's defaults never override them
         self._preloaded = loaded
         self._lock = threading.Lock()            # guards self.config between callback and worker
         self.policy: SpecPrunePolicy | None = None
@@ -91,6 +93,10 @@ class ActionNode(LifecycleNode):
 
     # ---- lifecycle ----------------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self._adopt_model_defaults()
+        except ConfigError as exc:
+            return self._configure_failed(str(exc))
         node = self.config.node
         try:
             loaded = self._preloaded
@@ -119,6 +125,27 @@ class ActionNode(LifecycleNode):
         self.get_logger().info(f"action_node configured: model {node.model_path}, {node.num_images} camera(s), "
                                f"{node.control_rate_hz:g} Hz, pruning {'on' if self.config.pruning.enabled else 'off'}")
         return TransitionCallbackReturn.SUCCESS
+
+    def _adopt_model_defaults(self) -> None:
+        """The model directory as it is now: a ``specprune.yaml`` (or weights of another depth)
+        that appeared since the process started gives its knobs to every knob nobody set - not in
+        a parameter file, not -p, not ``ros2 param set`` - as a fresh start would."""
+        fresh = model_defaults(getattr(self, "_parameter_overrides", {}))
+        given = set(getattr(self, "_parameter_overrides", {})) | self._set_live
+        old, new = self._model_defaults.flat(), fresh.flat()
+        changed = [n for n in new if new[n] != old[n] and n not in given]
+        frozen = [n for n in changed if spec_of(n).read_only]
+        if frozen:
+            self.get_logger().warning(f"model {self.config.node.model_path} now brings read-only "
+                                      f"{', '.join(frozen)}: they apply at the next start")
+        live = [n for n in changed if n not in frozen]
+        if live:
+            result = self.set_parameters_atomically([as_parameter(n, new[n]) for n in live])
+            if not result.successful:
+                raise ConfigError(f"the knobs model {self.config.node.model_path} brings: {result.reason}")
+            self._set_live.difference_update(live)   # the model's values, not the user's
+            self.get_logger().info("the model's own knobs: " + ", ".join(f"{n} = {new[n]}" for n in live))
+        self._model_defaults = fresh
 
     def _configure_failed(self, reason: str) -> TransitionCallbackReturn:
         """FATAL when the process is about to exit for it (autostart), else ERROR: the node stays
@@ -224,6 +251,7 @@ class ActionNode(LifecycleNode):
 
     def _apply(self, new: Config, names: list[str]) -> None:
         """From the next step on."""
+        self._set_live.update(names)
         with self._lock:
             if self.policy is not None:
                 self.policy.set_config(new)

@@ -9,7 +9,7 @@ import yaml
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType, SetParametersResult
 from rclpy.parameter import Parameter
 
-from ..config import Config, ConfigError, Spec, field_type, iter_specs, model_params_file
+from ..config import Config, ConfigError, Spec, field_type, iter_specs, model_config
 
 _TYPES = {"bool": Parameter.Type.BOOL, "int": Parameter.Type.INTEGER, "float": Parameter.Type.DOUBLE,
           "str": Parameter.Type.STRING, "tuple[str, ...]": Parameter.Type.STRING_ARRAY,
@@ -107,11 +107,21 @@ def from_ros(param: Parameter) -> Any:
 
 
 def model_defaults(overrides: dict[str, Parameter]) -> Config:
-    """The defaults the node declares: the model directory's own ``specprune.yaml`` (if the
-    ``model_path`` given has one), so --params-file and -p values apply on top of it."""
+    """The defaults the node declares: what the ``model_path`` given brings (the paper's layer
+    choices mapped to its depth, then its own ``specprune.yaml``), so --params-file and -p values
+    apply on top of it."""
     given = overrides.get("model_path")
-    own = model_params_file(str(given.value) if given is not None else Config().node.model_path)
-    return Config.from_yaml(own) if own is not None else Config()
+    return model_config(str(given.value) if given is not None else Config().node.model_path)
+
+
+def as_parameter(name: str, value: Any) -> Parameter:
+    """A knob's value as a Parameter of its declared type (``[]`` stays a typed empty array)."""
+    kind = parameter_type(name)
+    if kind == Parameter.Type.DOUBLE:
+        value = float(value)
+    elif kind == Parameter.Type.DOUBLE_ARRAY:
+        value = [float(v) for v in value]
+    return Parameter(name, kind, value)
 
 
 def params_files(args: Sequence[str]) -> list[str]:

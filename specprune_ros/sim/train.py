@@ -37,7 +37,6 @@ STATS_FILE = "dataset_statistics.json"   # the run's statistics, written when it
 AUX_DIMS = 4                              # the named object's xy, the named receptacle's xy
 AUX_CENTER, AUX_SCALE = np.array([0.46, 0.0]), 0.2   # metres: the workspace's middle and half-width
 PARAMS_FILE = MODEL_PARAMS_FILE         # the node parameters this model needs, next to its weights
-RELEASED_LLM_LAYERS = 32
 AUX_QUESTIONS = ("random", "own")
 
 
@@ -91,25 +90,10 @@ def sim_model_config() -> ModelConfig:
                    center_crop=False, name="sim-tabletop", num_images=2)
 
 
-def layer_knobs(layers: int) -> dict[str, Any]:
-    """The paper's layer knobs (set for the release's 32 layers) mapped in proportion to a model
-    with ``layers`` LLM layers: layer l becomes ceil(l * layers / 32), so 16 layers score the
-    local set with layer 1, keep the prior from layers 8 and 16 and drop at 3, 5, 8 and 10."""
-    from ..config import PruningConfig
-
-    def scale(layer: int) -> int:
-        return max(1, math.ceil(layer * layers / RELEASED_LLM_LAYERS))
-
-    paper = PruningConfig()
-    return {"pruning.local_layers": scale(paper.local_layers),
-            "pruning.global_layers": sorted({scale(n) for n in paper.global_layers}),
-            "pruning.dynamic_layers": sorted({scale(n) for n in paper.dynamic_layers})}
-
-
 def write_params(directory: Path, layers: int) -> Path:
     """``specprune.yaml``: a ROS parameter file with the layer knobs of this depth (``--params`` of
     the tools, ``--params-file`` of the node); checked by loading it back."""
-    from ..config import Config
+    from ..config import Config, layer_knobs
 
     knobs = layer_knobs(layers)
     lines = [f"# The layer knobs of this {layers}-layer model (the paper's 32-layer choices mapped in proportion).",

@@ -14,6 +14,7 @@ rclpy = pytest.importorskip("rclpy")
 from rcl_interfaces.msg import Parameter as ParameterMsg  # noqa: E402
 from rcl_interfaces.msg import ParameterType, ParameterValue  # noqa: E402
 from rcl_interfaces.srv import GetParameters, ListParameters, SetParameters  # noqa: E402
+from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
@@ -21,7 +22,7 @@ from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
-from specprune_ros.config import iter_specs  # noqa: E402
+from specprune_ros.config import Config, iter_specs  # noqa: E402
 from specprune_ros.msg import ActionChunk, PruningStats  # noqa: E402
 from specprune_ros.ros.action_node import ActionNode, StartupError  # noqa: E402
 
@@ -399,6 +400,57 @@ def test_launch_description():
             for e in entity.execute(context)]
     nodes = [e for e in made if isinstance(e, launch_ros.actions.Node)]
     assert len(nodes) == 1 and nodes[0].node_executable == "action_node"
+
+
+SIM_MODEL = ROOT / "models" / "sim-tabletop"
+
+
+def launch_parameters(*extra):
+    """The parameter files rizon4.launch.py passes by default (its params_file), then ``extra``."""
+    return ["--ros-args", "--params-file", str(ROOT / "config" / "rizon4.yaml"), *extra]
+
+
+def test_the_robot_file_leaves_the_layer_knobs_to_the_model(ros):
+    """config/rizon4.yaml under `model_path:=models/sim-tabletop` (16 layers): the model's own
+    layer knobs apply and the node configures; a knob the user names still wins."""
+    context, spinner = ros
+    node = spinner.add(ActionNode(context=context, cli_args=launch_parameters(
+        "-p", f"model_path:={SIM_MODEL}", "-p", "device:=cpu", "-p", "pruning.local_layers:=2")))
+    try:
+        assert node.policy is not None and node.lifecycle_state == "active"
+        pruning = node.config.pruning
+        assert (list(pruning.global_layers), list(pruning.dynamic_layers)) == ([8, 16], [3, 5, 8, 10])
+        assert pruning.local_layers == 2                                    # -p over the model's 1
+        assert node.config.topics == Config.from_yaml(ROOT / "config" / "rizon4.yaml").topics   # the robot's
+    finally:
+        node.shutdown()
+
+
+def test_a_model_file_that_appears_before_configure_gives_the_unset_knobs(ros, tmp_path):
+    """A model directory without specprune.yaml at start gets the paper's knobs mapped to its
+    depth; a specprune.yaml written before `configure` then applies to every knob nobody set, and
+    a knob set live in between keeps the user's value."""
+    import shutil
+    context, spinner = ros
+    model = tmp_path / "model"
+    shutil.copytree(SIM_MODEL, model)
+    (model / "specprune.yaml").unlink()
+    node = spinner.add(ActionNode(context=context, parameter_overrides=[
+        Parameter("model_path", value=str(model)), Parameter("device", value="cpu"),
+        Parameter("autostart", value=False)]))
+    try:
+        assert list(node.config.pruning.global_layers) == [8, 16]          # from the depth: 16 layers
+        assert node.set_parameters([Parameter("pruning.dynamic_layers", value=[4, 6])])[0].successful
+        (model / "specprune.yaml").write_text("/**:\n  ros__parameters:\n    pruning.global_layers: [6, 16]\n"
+                                              "    pruning.dynamic_layers: [3, 9]\n    pruning.k_local: 12\n")
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        pruning = node.config.pruning
+        assert (list(pruning.global_layers), pruning.k_local) == ([6, 16], 12)
+        assert list(pruning.dynamic_layers) == [4, 6]                       # set live: the user's
+        assert list(node.get_parameter("pruning.global_layers").value) == [6, 16]   # what `ros2 param get` says
+        assert node.policy.config.pruning.global_layers == pruning.global_layers
+    finally:
+        node.shutdown()
 
 
 def test_parameter_descriptors_carry_ranges_and_read_only(ros, loaded_tiny):

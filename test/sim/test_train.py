@@ -23,7 +23,6 @@ from specprune_ros.sim.train import (  # noqa: E402
     Trainer,
     action_chunks,
     export,
-    layer_knobs,
     normalize_actions,
 )
 
@@ -194,14 +193,6 @@ def test_normalization_and_chunks():
     chunks = action_chunks(actions, 8)
     assert chunks.shape == (10, 8, 7) and chunks[7, :, 0].tolist() == [7, 8, 9, 9, 9, 9, 9, 9]
     assert chunks[0, :, 0].tolist() == list(range(8))
-
-
-def test_layer_knobs_map_the_paper_choices_in_proportion():
-    assert layer_knobs(32) == {"pruning.local_layers": 2, "pruning.global_layers": [15, 32],
-                               "pruning.dynamic_layers": [5, 10, 15, 20]}
-    assert layer_knobs(16) == {"pruning.local_layers": 1, "pruning.global_layers": [8, 16],
-                               "pruning.dynamic_layers": [3, 5, 8, 10]}
-    Config().replace(**layer_knobs(8))                   # still a valid configuration when shallower
 
 
 def test_a_model_trained_for_two_cameras_refuses_one(tmp_path):

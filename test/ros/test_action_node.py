@@ -405,9 +405,26 @@ def test_launch_description():
 SIM_MODEL = ROOT / "models" / "sim-tabletop"
 
 
+def launch_default_params_file():
+    """The default ``params_file`` of launch/rizon4.launch.py, read from the file itself (its
+    ``PathJoinSubstitution([FindPackageShare(...), "config", ...])``; launch_ros is not on PyPI):
+    the package share is this checkout."""
+    import ast
+    tree = ast.parse((ROOT / "launch" / "rizon4.launch.py").read_text())
+    assigned = {t.id: node.value for node in ast.walk(tree) if isinstance(node, ast.Assign)
+                for t in node.targets if isinstance(t, ast.Name)}
+    declared = next(call for call in ast.walk(tree) if isinstance(call, ast.Call)
+                    and getattr(call.func, "id", "") == "DeclareLaunchArgument"
+                    and isinstance(call.args[0], ast.Constant) and call.args[0].value == "params_file")
+    default = next(k.value for k in declared.keywords if k.arg == "default_value")
+    join = assigned[default.id] if isinstance(default, ast.Name) else default
+    parts = [e.value for e in join.args[0].elts if isinstance(e, ast.Constant)]
+    return ROOT.joinpath(*parts)
+
+
 def launch_parameters(*extra):
-    """The parameter files rizon4.launch.py passes by default (its params_file), then ``extra``."""
-    return ["--ros-args", "--params-file", str(ROOT / "config" / "rizon4.yaml"), *extra]
+    """The launch's layering: its default params_file, then its launch arguments (``extra``)."""
+    return ["--ros-args", "--params-file", str(launch_default_params_file()), *extra]
 
 
 def test_the_robot_file_leaves_the_layer_knobs_to_the_model(ros):
@@ -421,6 +438,7 @@ def test_the_robot_file_leaves_the_layer_knobs_to_the_model(ros):
         pruning = node.config.pruning
         assert (list(pruning.global_layers), list(pruning.dynamic_layers)) == ([8, 16], [3, 5, 8, 10])
         assert pruning.local_layers == 2                                    # -p over the model's 1
+        assert launch_default_params_file() == ROOT / "config" / "rizon4.yaml"
         assert node.config.topics == Config.from_yaml(ROOT / "config" / "rizon4.yaml").topics   # the robot's
     finally:
         node.shutdown()

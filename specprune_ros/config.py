@@ -10,6 +10,7 @@ Names are dotted as the node's ROS parameters are (``pruning.alpha``); nested di
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 from dataclasses import dataclass, field
@@ -231,7 +232,8 @@ class Config:
             out[name] = list(value) if isinstance(value, tuple) else value
         return out
 
-    def to_ros_yaml(self, node_name: str = NODE_NAME) -> str:
+    def to_ros_yaml(self, node_name: str = "/**") -> str:
+        """A ROS 2 parameter file, keyed ``/**`` (any node name, any namespace) unless told."""
         return yaml.safe_dump({node_name: {"ros__parameters": self.flat()}}, sort_keys=False)
 
     def pruning_settings(self) -> PruningSettings:
@@ -324,8 +326,7 @@ def field_type(name: str) -> str:
 def split_name(name: str) -> tuple[str, str]:
     section, _, key = name.rpartition(".")
     if section not in SECTIONS:
-        raise ConfigError(f"unknown parameter '{name}' (known sections: pruning.*, controller.*, executor.*, "
-                          f"topics.*, and node parameters such as model_path)")
+        raise _unknown(name)
     return section, key
 
 
@@ -334,8 +335,18 @@ def spec_of(name: str) -> Spec:
     for f in dataclasses.fields(SECTIONS[section]):
         if f.name == key:
             return f.metadata["spec"]
-    known = ", ".join(n for n, _ in iter_specs())
-    raise ConfigError(f"unknown parameter '{name}'; known parameters: {known}")
+    raise _unknown(name)
+
+
+def _unknown(name: str) -> ConfigError:
+    """One short line: the closest knob names, and where the full list is."""
+    names = [n for n, _ in iter_specs()]
+    close = difflib.get_close_matches(name, names, n=2, cutoff=0.8)
+    if not close:                                   # a knob without its section: "alpha", "k_globl"
+        by_key = {n.rpartition(".")[2]: n for n in names}
+        close = [by_key[k] for k in difflib.get_close_matches(name.rpartition(".")[2], by_key, n=2, cutoff=0.8)]
+    hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+    return ConfigError(f"unknown parameter '{name}' ({hint}`specprune params` lists every knob)")
 
 
 def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -354,13 +365,23 @@ def _read_parameters(path: Path, node_name: str) -> dict:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: parameter file not found") from None
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read parameter file: {exc}") from None
-    if data is None:
-        data = {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read parameter file: {exc.strerror or exc}") from None
+    if data is None or data == {}:
+        raise ConfigError(f"{path}: the parameter file is empty (expected '/**:' -> 'ros__parameters:' -> knobs)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    return _ros_parameters(data, node_name)
+    params = _ros_parameters(data, node_name)
+    blocks = [str(k) for k, v in data.items() if isinstance(v, dict) and "ros__parameters" in v]
+    if blocks and not any(k in ("/**", node_name, "/" + node_name) for k in blocks):
+        raise ConfigError(f"{path}: none of its node keys {blocks} names the {node_name} (key it '/**:' or "
+                          f"'{node_name}:')")
+    return params
 
 
 def _ros_parameters(data: dict, node_name: str) -> dict:

@@ -31,6 +31,12 @@ def test_params_validates_a_file(capsys, tmp_path):
     assert main(["params", str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pruning.k_local = -5 is out of range [0, 4096]" in err[0]
+    assert main(["params", str(ROOT / "config" / "rizon4.yaml")]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("/**:\n  ros__parameters:\n")          # keyed as the shipped files are
+    again = tmp_path / "printed.yaml"
+    again.write_text(printed)
+    assert main(["params", str(again), "--json"]) == 0 and json.loads(capsys.readouterr().out)["pruning.alpha"] == 1.6
 
 
 def test_module_entry_point_prints_help():

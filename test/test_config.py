@@ -112,8 +112,28 @@ def test_parameter_file_errors_name_the_file(tmp_path):
         Config.from_yaml(tmp_path / "missing.yaml")
     broken = tmp_path / "broken.yaml"
     broken.write_text("action_node: [unclosed")
-    with pytest.raises(ConfigError, match="broken.yaml: cannot read parameter file"):
+    with pytest.raises(ConfigError, match=r"broken.yaml: not valid YAML at line 1, column \d+: [^\n]+$"):
         Config.from_yaml(broken)
+    empty = tmp_path / "empty.yaml"
+    for text in ("", "# only a comment\n", "{}\n"):
+        empty.write_text(text)
+        with pytest.raises(ConfigError, match="empty.yaml: the parameter file is empty"):
+            Config.from_yaml(empty)
+    other = tmp_path / "other.yaml"
+    other.write_text("chunk_executor:\n  ros__parameters:\n    pruning.alpha: 0.5\n")
+    with pytest.raises(ConfigError, match=r"other.yaml: none of its node keys \['chunk_executor'\] names"):
+        Config.from_yaml(other)
+
+
+@pytest.mark.parametrize("name, suggestion", [("pruning.alpah", "'pruning.alpha'"), ("alpha", "'pruning.alpha'"),
+                                              ("controler.fine_k_scale", "'controller.fine_k_scale'"),
+                                              ("flux_capacitor", None)])
+def test_an_unknown_knob_is_one_short_line_with_the_closest_names(name, suggestion):
+    with pytest.raises(ConfigError) as info:
+        Config().replace(**{name: 1})
+    message = str(info.value)
+    assert message.startswith(f"unknown parameter '{name}'") and len(message) < 200 and "\n" not in message
+    assert (f"did you mean {suggestion}" in message) if suggestion else "did you mean" not in message
 
 
 def test_wildcard_and_node_blocks_merge(tmp_path):

@@ -71,7 +71,7 @@ class ThroughRos:
         params = run_dir / "params.yaml"
         if self.clock == "lockstep":             # a lost frame would only cost wall time: deliver every one
             config = config.replace(sensor_qos="reliable")
-        params.write_text(config.to_ros_yaml("/**"))
+        params.write_text(config.to_ros_yaml())
         blocks = [b for b in np.array_split(np.asarray(seeds), self.workers) if b.size]
         stacks, logs = [], []
         env = {**os.environ, **dds_profile_environment(), "OMP_NUM_THREADS": str(self.threads),

@@ -133,7 +133,7 @@ def test_a_lockstep_stack_resumes_after_deactivate_and_activate(ros, tmp_path):
     config = Config.from_yaml(model_params_file(str(MODEL))).replace(model_path=str(MODEL), device="cpu",
                                                                        sensor_qos="reliable")
     params, log = tmp_path / "params.yaml", tmp_path / "robot.jsonl"
-    params.write_text(config.to_ros_yaml("/**"))
+    params.write_text(config.to_ros_yaml())
     env = {**os.environ, **dds_profile_environment(), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     commands = stack_processes("/robot1", params, "101000:101001", "lockstep", log, "fixed-start", max_steps=80)
     procs = [subprocess.Popen(cmd, env=env, stdout=(tmp_path / f"{name}.log").open("w"), stderr=subprocess.STDOUT,

@@ -10,6 +10,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+CAMERA_LABELS = ("third-person camera", "wrist camera", "third camera")   # the model's image order
+
 
 class ObservationError(ValueError):
     """An observation that must not produce an action (malformed image, bad proprio, ...)."""

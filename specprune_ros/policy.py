@@ -94,13 +94,14 @@ class PolicyOutput:
                 "tokens_per_layer": np.asarray(self.stats.tokens_per_layer, dtype=np.uint32)}
 
     def overlay(self) -> np.ndarray:
-        """HxWx3 uint8: the cameras' model-resolution frames side by side, pruned patches darkened."""
+        """HxWx3 uint8: the cameras' model-resolution frames side by side (primary first), pruned
+        patches tinted red - not darkened, which a dark scene would read as pruned."""
         frames = self.frames.cpu().numpy().transpose(0, 2, 3, 1).copy()
         cams, height = frames.shape[:2]
         if self.kept_mask is not None:
             grid = int(round(self.kept_mask.shape[1] ** 0.5))
             keep = self.kept_mask.reshape(cams, grid, grid).repeat(height // grid, 1).repeat(height // grid, 2)
-            frames[~keep] //= 4
+            frames[~keep] = (0.35 * frames[~keep] + np.array([0.65 * 220, 0.65 * 30, 0.65 * 30])).astype(np.uint8)
         return np.concatenate(list(frames), axis=1)
 
 

@@ -82,6 +82,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
             f"{result['vision_tokens']['total']}, fine mode {100 * result['fine_mode_fraction']:.0f} % of steps\n"
             f"  preprocessing {result['preprocess_ms']['frames']} ({result['preprocess_ms']['resize']}): "
             f"median {result['preprocess_ms']['median']:.2f} ms")
+    host = result["host"]
+    if host["loaded"]:
+        text += (f"\n  busy host (load {host['load_avg_1m']} on {host['cpus']} CPUs, {result['threads']} torch "
+                 f"thread(s)): these latencies are not an idle machine's")
     return Result(result, text)
 
 

@@ -49,6 +49,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return Result({"closed_loop": closed, "replay": summary},
           f"SpecPrune-VLA demo on the shipped sim-tabletop model (CPU)\n"
           f"closed loop, {len(seeds)} test episodes per method:\n{text}\n"
+          + (f"  {closed['timing_note']}\n" if closed["timing_note"] else "") +
           f"replay of a recorded closed-loop episode ({bag}), pruned vs unpruned:\n{replay_table(summary)}\n"
           f"reports: {out / 'closed_loop' / 'report.html'}, {summary['report']}")
 
@@ -147,6 +148,7 @@ def cmd_sim_eval(args: argparse.Namespace) -> int:
     return Result(result, f"closed loop on {len(seeds)} {result['split']} seeds per method "
                         f"({seeds[0]}-{seeds[-1]}), {args.model}:\n{text}\n"
                         + ("" if latency is None else _delay_lines(latency, result["methods"]))
+                        + (f"{result['timing_note']}\n" if result["timing_note"] else "")
                         + f"report: {args.out}/report.html")
 
 

@@ -13,3 +13,29 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "cpu"
+
+
+def host_load() -> dict:
+    """The host's 1-minute load against its CPUs: more runnable work than cores means latencies
+    measured now are a busy host's, not comparable with an idle one's."""
+    load, cpus = os.getloadavg()[0], os.cpu_count() or 1
+    return {"cpus": cpus, "load_avg_1m": round(load, 2), "loaded": load > cpus}
+
+
+def free_cpus() -> int:
+    """Cores not already busy with other work (at least 1). A CPU tool that runs more torch
+    threads than this oversubscribes: on a 2-core host with one core busy, a tiny-random step
+    took ~1000 ms with 2 threads against ~56 ms with 1 (OpenMP workers wait on a descheduled
+    thread at every barrier)."""
+    cpus = os.cpu_count() or 1
+    return max(1, min(cpus, cpus - int(os.getloadavg()[0] + 0.5)))
+
+
+def fit_torch_threads() -> int:
+    """torch's CPU threads set to the cores free right now (an offline tool's first step, so that
+    a busy host slows it in proportion instead of by an order of magnitude); the count set."""
+    import torch
+
+    threads = min(torch.get_num_threads(), free_cpus())
+    torch.set_num_threads(threads)
+    return threads

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..common.device import cpu_name
+from ..common.device import cpu_name, fit_torch_threads, host_load
 from ..config import Config
 from ..model.checkpoint import (
     LoadedPolicyModel,
@@ -80,6 +80,7 @@ def preprocess_timing(processor: ImageProcessor, repeats: int = 50, warmup: int 
 def run_bench(config: Config, model_config: str | None, model_path: str | None, device: str, steps: int,
               warmup: int) -> dict[str, Any]:
     dtype = config.node.dtype
+    fit_torch_threads()
     if model_path:
         loaded = load_model(config.replace(model_path=model_path, device=device))
         label = model_path
@@ -112,6 +113,7 @@ def compare_policies(loaded: LoadedPolicyModel, config: Config, steps: int, warm
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "host": host_load(),
         "dtype": str(next(loaded.model.parameters()).dtype).removeprefix("torch."),
         "steps": len(p),
         "warmup": warmup,

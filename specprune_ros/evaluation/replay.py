@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ..common.bags import IMAGE_TYPES, TOPIC_EXPERT, BagError, BagMessage, BagReader, bag_name
+from ..common.device import fit_torch_threads, host_load
 from ..common.progress import progress_bar
 from ..config import Config
 from ..control import ControlTick
@@ -232,6 +232,7 @@ def run_replay(bag: Path, config: Config, compare: bool = True,
         total = sum(c.msgcount for c in reader.reader.connections if c.topic == topics.cameras[0])
         if max_steps is not None:
             total = min(total, max_steps)
+        fit_torch_threads()
         loaded = load_model(config)
         uses_proprio = loaded.model.proprio_projector is not None
         if uses_proprio and topics.joints is None:
@@ -399,13 +400,6 @@ def replay(bag: str | Path, out: str | Path, config: Config, compare: bool = Tru
     write_report(summary, out)
     summary["report"] = str(out / "report.html")
     return summary
-
-
-def host_load() -> dict[str, Any]:
-    """The host's 1-minute load against its CPUs: more runnable work than cores (the replay's own
-    threads included) means the latencies were measured on a busy host."""
-    load, cpus = os.getloadavg()[0], os.cpu_count() or 1
-    return {"cpus": cpus, "load_avg_1m": round(load, 2), "loaded": load > cpus}
 
 
 def _json_default(value: Any) -> Any:

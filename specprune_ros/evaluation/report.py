@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from ..observation import CAMERA_LABELS
+
 
 def _pyplot():
     import matplotlib
@@ -27,6 +29,18 @@ def _shade_fine(ax, steps: list[int], fine: list[int]) -> None:
             ax.axvspan(start - 0.5, (s if s is not None else steps[-1] + 1) - 0.5, color="tab:orange", alpha=0.15,
                        lw=0)
             start = None
+
+
+def _unit_groups(dims: list[str]) -> list[tuple[str, list[str]]]:
+    """Dimensions that share a unit, plotted on one axis: the end-effector's translation deltas
+    (metres in the sim task), its rotation deltas (radians) and the gripper command never share
+    one; other action spaces are one group in their own units."""
+    units = {"x": "translation", "y": "translation", "z": "translation", "roll": "rotation", "pitch": "rotation",
+             "yaw": "rotation", "gripper": "gripper command"}
+    if not set(dims) <= set(units):
+        return [("action units", dims)]
+    order = list(dict.fromkeys(units[d] for d in dims))
+    return [(unit, [d for d in dims if units[d] == unit]) for unit in order]
 
 
 def write_plots(run, rows: list[dict[str, Any]], out: Path) -> list[str]:
@@ -60,12 +74,16 @@ def write_plots(run, rows: list[dict[str, Any]], out: Path) -> list[str]:
 
     deviation_keys = [k for k in rows[0] if k.startswith("deviation_")]
     if deviation_keys:
-        fig, ax = plt.subplots(figsize=(9, 3.2))
-        _shade_fine(ax, steps, fine)
-        for key in deviation_keys:
-            ax.plot(steps, [r[key] for r in rows], lw=1, label=key.removeprefix("deviation_"))
-        ax.set(xlabel="step", ylabel="|pruned - unpruned| (mean over chunk)", title="Action deviation per dimension")
-        ax.legend(fontsize=7, ncol=7)
+        groups = _unit_groups([k.removeprefix("deviation_") for k in deviation_keys])
+        fig, axes = plt.subplots(len(groups), 1, figsize=(9, 2.4 * len(groups) + 0.6), sharex=True, squeeze=False)
+        for ax, (unit, dims) in zip(axes[:, 0], groups):
+            _shade_fine(ax, steps, fine)
+            for dim in dims:
+                ax.plot(steps, [r[f"deviation_{dim}"] for r in rows], lw=1, label=dim)
+            ax.set_ylabel(f"|pruned - unpruned|\n({unit})", fontsize=8)
+            ax.legend(fontsize=7, ncol=len(dims))
+        axes[0, 0].set_title(f"Action deviation per dimension (mean over the chunk), {len(rows)} steps")
+        axes[-1, 0].set_xlabel("step (shaded: fine mode)")
         fig.tight_layout()
         fig.savefig(out / "action_deviation.png", dpi=110)
         written.append("action_deviation.png")
@@ -75,9 +93,13 @@ def write_plots(run, rows: list[dict[str, Any]], out: Path) -> list[str]:
         picks = [shown[int(i)] for i in np.linspace(0, len(shown) - 1, min(4, len(shown)))]
         fig, axes = plt.subplots(len(picks), 1, figsize=(6, 3 * len(picks)), squeeze=False)
         for ax, s in zip(axes[:, 0], picks):
-            ax.imshow(s.pruned.overlay())
+            image = s.pruned.overlay()
+            ax.imshow(image)
+            side = image.shape[0]
+            for k, name in enumerate(CAMERA_LABELS[:image.shape[1] // side]):
+                ax.text((k + 0.5) * side, side + 4, name, ha="center", va="top", fontsize=8)
             ax.set_title(f"step {s.pruned.stats.step}: {s.pruned.stats.vision_tokens_kept} of "
-                         f"{s.pruned.stats.vision_tokens_total} patches kept"
+                         f"{s.pruned.stats.vision_tokens_total} patches kept (red = pruned)"
                          + (" (fine)" if s.pruned.stats.fine_mode else ""), fontsize=9)
             ax.axis("off")
         fig.tight_layout()

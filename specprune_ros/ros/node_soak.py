@@ -264,6 +264,9 @@ def _plot(result: dict[str, Any], path: str) -> None:
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 5), sharex=True)
     top.plot(x, [r["chunks_per_s"] for r in rows], marker="o")
     top.set_ylabel("chunks / s")
+    top.ticklabel_format(axis="y", useOffset=False)      # 9.998 vs 10.0, not "+9.999" and a collapse
+    top.set_ylim(0, max(r["chunks_per_s"] for r in rows) * 1.15 + 1e-9)
+    top.set_title(f"node soak: {len(rows)} minute(s)", fontsize=10)
     for key, label in (("latency_ms_p50", "policy p50"), ("chunk_age_ms_p50", "chunk age p50"),
                        ("chunk_age_ms_p95", "chunk age p95")):
         bottom.plot(x, [r[key] for r in rows], marker=".", label=label)

@@ -349,14 +349,13 @@ def _ns(stamp) -> int:
     return Time.from_msg(stamp).nanoseconds
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``specprune sim robot --seeds A:B [--clock lockstep|realtime] [--log FILE] [--ros-args ...]``."""
+def arguments(args: Sequence[str]):
+    """The robot's own options (before ``--ros-args``) and the ROS arguments after them."""
     import argparse
 
-    from ..common.methods import parse_seeds
     from ..sim import DEFAULT_LAYOUT, LAYOUTS
 
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = list(args)
     ros_args = args[args.index("--ros-args"):] if "--ros-args" in args else []
     own = args[:len(args) - len(ros_args)]
     parser = argparse.ArgumentParser(prog="specprune sim robot", description=__doc__.splitlines()[0])
@@ -365,7 +364,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--log", help="append each episode's outcome to this JSON-lines file")
     parser.add_argument("--layout", choices=LAYOUTS, default=DEFAULT_LAYOUT)
     parser.add_argument("--max-steps", type=int, help="the task's step limit (default: the task's)")
-    opts = parser.parse_args(own)
+    return parser.parse_args(own), ros_args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``specprune sim robot --seeds A:B [--clock lockstep|realtime] [--log FILE] [--ros-args ...]``."""
+    from ..common.methods import parse_seeds
+
+    opts, ros_args = arguments(sys.argv[1:] if argv is None else argv)
     seeds = parse_seeds(opts.seeds)
     return spin(lambda: SimRobotNode(seeds, opts.clock, opts.log, opts.layout, opts.max_steps), ROBOT_NODE_NAME,
                 ["specprune-sim-robot", *ros_args])

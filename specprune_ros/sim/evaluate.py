@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import html
 import json
 import math
-import os
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -26,10 +26,12 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..common.device import free_cpus, host_load
 from ..common.jsonout import finite
 from ..common.methods import Method, family
 from ..common.stats import exact_mcnemar, interpolate_curve
 from ..config import Config
+from ..observation import CAMERA_LABELS
 from .env import CHUNK_EXECUTED, DEFAULT_LAYOUT, MAX_STEPS, SEED_SPLITS
 
 SNAPSHOT_QUERY = 3                    # the query whose kept patches the frame strip shows
@@ -83,7 +85,7 @@ class InProcess:
                  frozen: tuple[str, ...] = (), latency: Any = None, execute: int | None = None) -> None:
         self.workers, self.max_steps, self.layout, self.frozen = workers, max_steps, layout, tuple(frozen)
         self.latency, self.execute = latency, execute or CHUNK_EXECUTED
-        self.threads = max(1, (os.cpu_count() or 1) // workers)
+        self.threads = max(1, free_cpus() // workers)     # never more threads than free cores
 
     def __enter__(self) -> "InProcess":
         self.pool = ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"), initializer=_worker_init,
@@ -174,10 +176,11 @@ def evaluate(config: Config, methods: list[Method], seeds: list[int], out: str |
               "actions_per_query": runner.execute if isinstance(runner, InProcess)
               else 1.0 / (config.node.control_rate_hz * config.node.action_dt),
               "runner": runner.name, "workers": runner.workers, "torch_threads_per_worker": runner.threads,
-              "methods": summary, "paired": paired, "curves": budget_curves(summary)}
+              "host": host_load(), "methods": summary, "paired": paired, "curves": budget_curves(summary)}
+    result["timing_note"] = timing_note(result)
     (out / "results.json").write_text(json.dumps(finite(result), indent=2, allow_nan=False))
     _write_csv(out / "episodes.csv", episodes)
-    _plots(out, summary, episodes)
+    _plots(out, summary, episodes, result["timing_note"])
     plot_curves(out / "success_vs_flops_curves.png", result["curves"], summary)
     _report(out, result)
     result["out"] = str(out)
@@ -258,6 +261,7 @@ def plot_curves(path: Path, curves: dict[str, Any], summary: dict[str, dict[str,
         ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=name)
     ax.set_xlabel("LLM FLOPs ratio (pruned / unpruned)")
     ax.set_ylabel("success rate (%), 95 % Wilson interval")
+    ax.set_title(f"success against LLM FLOPs: {_episodes_per_point(summary)} paired episodes per point", fontsize=10)
     ax.set_ylim(-5, 105)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -314,7 +318,13 @@ def _write_csv(path: Path, episodes: dict[str, list[dict[str, Any]]]) -> None:
                                  f"{_mean(np.asarray(r['flops_ratio'])):.4f}"])
 
 
-def _plots(out: Path, summary: dict[str, dict[str, Any]], episodes: dict[str, list[dict[str, Any]]]) -> None:
+def _episodes_per_point(summary: dict[str, dict[str, Any]]) -> str:
+    counts = sorted({s["episodes"] for s in summary.values()})
+    return " / ".join(map(str, counts))
+
+
+def _plots(out: Path, summary: dict[str, dict[str, Any]], episodes: dict[str, list[dict[str, Any]]],
+           note: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -329,6 +339,9 @@ def _plots(out: Path, summary: dict[str, dict[str, Any]], episodes: dict[str, li
                         label=method)
         ax.set_xlabel(label)
         ax.set_ylabel("success rate (%), 95 % Wilson interval")
+        ax.set_title(f"closed-loop success: {_episodes_per_point(summary)} paired episodes per method"
+                     + ("\n(speed-ups not comparable: see the report)" if key == "speedup" and note else ""),
+                     fontsize=10)
         ax.set_ylim(-5, 105)
         ax.legend(fontsize=7)
         fig.tight_layout()
@@ -350,11 +363,29 @@ def _plots(out: Path, summary: dict[str, dict[str, Any]], episodes: dict[str, li
         fig, axes = plt.subplots(len(snaps), 1, figsize=(6, 3.1 * len(snaps)), squeeze=False)
         for ax, (method, image) in zip(axes[:, 0], snaps):
             ax.imshow(image)
-            ax.set_title(f"{method}: kept patches at query {SNAPSHOT_QUERY} (dark = pruned)", fontsize=9)
+            ax.set_title(f"{method}: kept patches at query {SNAPSHOT_QUERY} (red = pruned)", fontsize=9)
+            side = image.shape[0]
+            for k, name in enumerate(CAMERA_LABELS[:image.shape[1] // side]):
+                ax.text((k + 0.5) * side, side + 4, name, ha="center", va="top", fontsize=8)
             ax.axis("off")
         fig.tight_layout()
         fig.savefig(out / "kept_patches.png", dpi=100)
         plt.close(fig)
+
+
+def timing_note(result: dict[str, Any]) -> str:
+    """Why the speed-up column is not a step's speed-up on an idle machine, or "" when it is:
+    parallel workers share the cores (each method's latencies depend on what ran beside them)
+    and a busy host slows steps unevenly. ``specprune bench`` times one step alone."""
+    reasons = []
+    if result["workers"] > 1:
+        reasons.append(f"{result['workers']} workers ran at once on {result['host']['cpus']} CPUs")
+    if result["host"]["loaded"]:
+        reasons.append(f"the host was busy (load {result['host']['load_avg_1m']} on {result['host']['cpus']} CPUs)")
+    if not reasons:
+        return ""
+    return ("speed-up: not comparable with an idle single run (" + "; ".join(reasons)
+            + "); `specprune bench` times one step alone")
 
 
 def table_rows(summary: dict[str, dict[str, Any]]) -> list[list[str]]:
@@ -396,4 +427,7 @@ def _report(out: Path, result: dict[str, Any]) -> None:
         f"<h1>Closed-loop evaluation</h1><p>model {result['model']}, {result['episodes_per_method']} episodes per "
         f"method (seeds {result['seeds'][0]}-{result['seeds'][1]}), {result['runner']}, {result['workers']} "
         f"worker(s)</p>"
+        + (f"<p><b>{html.escape(result['timing_note'])}</b></p>" if result.get("timing_note") else "")
+        + f"<p>recall: the share of a step's global-layer top-k tokens (scored at full length) that its "
+        f"prior had already selected; LLM FLOPs: the pruned step's over the unpruned step's</p>"
         f"<table border='1' cellpadding='4'><tr>{head}</tr>{body}</table>{images}</body></html>")

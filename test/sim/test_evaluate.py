@@ -70,7 +70,20 @@ def test_a_smoke_evaluation_writes_every_output(tmp_path):
     assert [(r["method"], int(r["seed"])) for r in rows] == [(m, s) for m in methods for s in seeds]
     for name in ("success_vs_flops.png", "success_vs_speedup.png", "kept_tokens.png", "kept_patches.png"):
         assert (tmp_path / name).stat().st_size > 1000
-    assert "specprune@0.8" in (tmp_path / "report.html").read_text()
+    report = (tmp_path / "report.html").read_text()
+    assert "specprune@0.8" in report and "recall: the share" in report
+    assert set(saved["host"]) == {"cpus", "load_avg_1m", "loaded"}
+    assert (saved["timing_note"] != "") == saved["host"]["loaded"]        # one worker: only a busy host
+
+
+def test_the_speed_up_says_when_it_is_not_an_idle_single_runs():
+    from specprune_ros.sim.evaluate import timing_note
+    idle = {"cpus": 2, "load_avg_1m": 0.3, "loaded": False}
+    assert timing_note({"workers": 1, "host": idle}) == ""
+    shared = timing_note({"workers": 2, "host": idle})
+    assert "not comparable" in shared and "2 workers ran at once on 2 CPUs" in shared
+    busy = timing_note({"workers": 1, "host": {**idle, "load_avg_1m": 5.2, "loaded": True}})
+    assert "busy (load 5.2 on 2 CPUs)" in busy and "workers" not in busy
 
 
 def test_the_split_is_named_from_every_seed():

@@ -4,9 +4,10 @@
         unnorm_key:=rizon4_pick_place instruction:="put the cup on the plate"
 
 Parameters: what the model brings (its directory's specprune.yaml, else the paper's layer knobs
-mapped to its depth), then config/rizon4.yaml (robot facts: topics, rates, rotations; or params_file), then extra_params_file (e.g. config/pruning-paper.yaml), then the launch
-arguments (model, statistics key, instruction, use_sim_time). ``namespace:=/robot1`` runs the node
-as /robot1/action_node (the parameter files are keyed /** so they still apply). A node that
+mapped to its depth), then config/rizon4.yaml (robot facts: topics, rates, rotations; or
+params_file), then extra_params_file (e.g. config/pruning-paper.yaml), then the launch arguments
+(model, statistics key, instruction, use_sim_time). ``namespace:=/robot1`` runs the node as
+/robot1/action_node (the parameter files are keyed /** so they still apply). A node that
 cannot configure exits 1 and takes the launch down with a non-zero exit code.
 
 The topics are that file's `topics.*` parameters (node input

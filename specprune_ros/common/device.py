@@ -30,12 +30,3 @@ def free_cpus() -> int:
     cpus = os.cpu_count() or 1
     return max(1, min(cpus, cpus - int(os.getloadavg()[0] + 0.5)))
 
-
-def fit_torch_threads() -> int:
-    """torch's CPU threads set to the cores free right now (an offline tool's first step, so that
-    a busy host slows it in proportion instead of by an order of magnitude); the count set."""
-    import torch
-
-    threads = min(torch.get_num_threads(), free_cpus())
-    torch.set_num_threads(threads)
-    return threads

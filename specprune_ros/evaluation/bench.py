@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..common.device import cpu_name, fit_torch_threads, host_load
+from ..common.device import cpu_name, host_load
 from ..config import Config
 from ..model.checkpoint import (
     LoadedPolicyModel,
@@ -31,6 +31,7 @@ from ..model.processing import ImageProcessor, NormStats
 from ..model.prompt import build_tiny_tokenizer
 from ..policy import Observation, SpecPrunePolicy, StepStats, load_model
 from ..synthetic import INSTRUCTION, episode
+from .threads import fit_torch_threads
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ..common.bags import IMAGE_TYPES, TOPIC_EXPERT, BagError, BagMessage, BagReader, bag_name
-from ..common.device import fit_torch_threads, host_load
+from ..common.device import host_load
 from ..common.progress import progress_bar
 from ..config import Config
 from ..control import ControlTick
@@ -26,6 +26,7 @@ from ..model.config import dimension_names
 from ..observation import Observation
 from ..policy import PolicyOutput, SpecPrunePolicy, load_model
 from ..sensing.assembly import ObservationAssembler, stamp_nanoseconds
+from .threads import fit_torch_threads
 
 EXPERT_TYPES = ("std_msgs/msg/Float64MultiArray", "std_msgs/msg/Float32MultiArray")
 

@@ -2,7 +2,8 @@ import os
 
 import torch
 
-from specprune_ros.common.device import fit_torch_threads, free_cpus, host_load
+from specprune_ros.common.device import free_cpus, host_load
+from specprune_ros.evaluation.threads import fit_torch_threads
 
 
 def test_threads_never_exceed_the_free_cores(monkeypatch):

@@ -377,22 +377,24 @@ def _read_parameters(path: Path, node_name: str) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     params = _ros_parameters(data, node_name)
-    blocks = [str(k) for k, v in data.items() if isinstance(v, dict) and "ros__parameters" in v]
-    if blocks and not any(k in ("/**", node_name, "/" + node_name) for k in blocks):
+    if params is None:
+        blocks = [str(k) for k in data]
         raise ConfigError(f"{path}: none of its node keys {blocks} names the {node_name} (key it '/**:' or "
                           f"'{node_name}:')")
     return params
 
 
-def _ros_parameters(data: dict, node_name: str) -> dict:
-    """Unwrap ``/**`` or ``<node_name>`` -> ``ros__parameters`` if present; merge wildcard first."""
-    if any(isinstance(v, dict) and "ros__parameters" in v for v in data.values()):
-        params: dict = {}
-        for key in ("/**", node_name, "/" + node_name):
-            block = data.get(key)
-            if isinstance(block, dict):
-                params.update(flatten(block.get("ros__parameters") or {}))
-        return params
-    return data
+def _ros_parameters(data: dict, node_name: str) -> dict | None:
+    """Unwrap ``/**`` or ``<node_name>`` -> ``ros__parameters`` if present (wildcard first); a
+    plain mapping as it is; None for a ROS file none of whose node keys names this node."""
+    if not any(isinstance(v, dict) and "ros__parameters" in v for v in data.values()):
+        return data
+    blocks = [data[key] for key in ("/**", node_name, "/" + node_name) if isinstance(data.get(key), dict)]
+    if not blocks:
+        return None
+    params: dict = {}
+    for block in blocks:
+        params.update(flatten(block.get("ros__parameters") or {}))
+    return params
 
 

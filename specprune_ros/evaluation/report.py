@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..observation import CAMERA_LABELS
+from ..common.figures import label_cameras
 
 
 def _pyplot():
@@ -95,9 +95,7 @@ def write_plots(run, rows: list[dict[str, Any]], out: Path) -> list[str]:
         for ax, s in zip(axes[:, 0], picks):
             image = s.pruned.overlay()
             ax.imshow(image)
-            side = image.shape[0]
-            for k, name in enumerate(CAMERA_LABELS[:image.shape[1] // side]):
-                ax.text((k + 0.5) * side, side + 4, name, ha="center", va="top", fontsize=8)
+            label_cameras(ax, image)
             ax.set_title(f"step {s.pruned.stats.step}: {s.pruned.stats.vision_tokens_kept} of "
                          f"{s.pruned.stats.vision_tokens_total} patches kept (red = pruned)"
                          + (" (fine)" if s.pruned.stats.fine_mode else ""), fontsize=9)

@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..common.device import free_cpus
 from ..config import Config
 from .transport_check import PROFILE, PROFILE_VARIABLES
 
@@ -57,7 +58,7 @@ class ThroughRos:
                  layout: str = "fixed-start") -> None:
         self.out, self.workers, self.clock = Path(out), workers, clock
         self.max_steps, self.layout = max_steps, layout
-        self.threads = max(1, (os.cpu_count() or 1) // workers)
+        self.threads = max(1, free_cpus() // workers)     # as in process: never more threads than free cores
 
     def __enter__(self) -> "ThroughRos":
         return self

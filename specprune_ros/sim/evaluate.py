@@ -27,11 +27,11 @@ from typing import Any, Callable
 import numpy as np
 
 from ..common.device import free_cpus, host_load
+from ..common.figures import label_cameras
 from ..common.jsonout import finite
 from ..common.methods import Method, family
 from ..common.stats import exact_mcnemar, interpolate_curve
 from ..config import Config
-from ..observation import CAMERA_LABELS
 from .env import CHUNK_EXECUTED, DEFAULT_LAYOUT, MAX_STEPS, SEED_SPLITS
 
 SNAPSHOT_QUERY = 3                    # the query whose kept patches the frame strip shows
@@ -364,9 +364,7 @@ def _plots(out: Path, summary: dict[str, dict[str, Any]], episodes: dict[str, li
         for ax, (method, image) in zip(axes[:, 0], snaps):
             ax.imshow(image)
             ax.set_title(f"{method}: kept patches at query {SNAPSHOT_QUERY} (red = pruned)", fontsize=9)
-            side = image.shape[0]
-            for k, name in enumerate(CAMERA_LABELS[:image.shape[1] // side]):
-                ax.text((k + 0.5) * side, side + 4, name, ha="center", va="top", fontsize=8)
+            label_cameras(ax, image)
             ax.axis("off")
         fig.tight_layout()
         fig.savefig(out / "kept_patches.png", dpi=100)

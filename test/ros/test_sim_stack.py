@@ -110,10 +110,11 @@ def test_the_sim_robot_resets_on_the_service_and_reports_the_episode(tmp_path):
 
 
 @pytest.mark.skipif(not MODEL.is_dir(), reason="the shipped sim model is not in this checkout")
-def test_a_lockstep_stack_resumes_after_deactivate_and_activate(ros, tmp_path):
-    """`ros2 lifecycle set .../action_node deactivate`, then `activate` 4 s later: the robot's clock
-    held while no chunk could come, and moves on at once after activation - not after the robot's
-    60 s lockstep timeout - and the episode is not lost."""
+@pytest.mark.parametrize("clock", ["lockstep", "realtime"])
+def test_a_stack_resumes_after_deactivate_and_activate(ros, tmp_path, clock):
+    """`ros2 lifecycle set .../action_node deactivate`, then `activate` 4 s later: the executor
+    holds while no chunk can come and acts again soon after activation - not after the robot's
+    60 s lockstep timeout. In lockstep the robot's clock held meanwhile and the episode is not lost."""
     import subprocess
 
     from lifecycle_msgs.msg import Transition
@@ -123,7 +124,7 @@ def test_a_lockstep_stack_resumes_after_deactivate_and_activate(ros, tmp_path):
     from rosgraph_msgs.msg import Clock
 
     from specprune_ros.config import Config, model_params_file
-    from specprune_ros.ros.sim_robot import FIRST_EPISODE_S
+    from specprune_ros.msg import ActionCommand
     from specprune_ros.ros.sim_stack import _stop, dds_profile_environment
 
     from .conftest import wait_for
@@ -135,28 +136,44 @@ def test_a_lockstep_stack_resumes_after_deactivate_and_activate(ros, tmp_path):
     params, log = tmp_path / "params.yaml", tmp_path / "robot.jsonl"
     params.write_text(config.to_ros_yaml())
     env = {**os.environ, **dds_profile_environment(), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    commands = stack_processes("/robot1", params, "101000:101001", "lockstep", log, "fixed-start", max_steps=80)
+    lockstep = clock == "lockstep"
+    seeds, max_steps = ("101000:101001", 80) if lockstep else ("101000:101004", None)   # real time: episodes go on
+    commands = stack_processes("/robot1", params, seeds, clock, log, "fixed-start", max_steps=max_steps)
     procs = [subprocess.Popen(cmd, env=env, stdout=(tmp_path / f"{name}.log").open("w"), stderr=subprocess.STDOUT,
                               start_new_session=True) for name, cmd in commands.items()]
     try:
         probe = spinner.add(Node("lifecycle_probe", context=context))
-        clock = [0]
-        probe.create_subscription(Clock, "/robot1/clock",
-                                  lambda m: clock.append(max(clock[-1], Time.from_msg(m.clock).nanoseconds)), 10)
+        sim_clock, received = [0], []
+        def tick(message):
+            sim_clock.append(max(sim_clock[-1], Time.from_msg(message.clock).nanoseconds))
+
+        probe.create_subscription(Clock, "/robot1/clock", tick, 10)
+        probe.create_subscription(ActionCommand, "/robot1/command",
+                                  lambda m: received.append((time.monotonic(), m.hold, m.reason)), 10)
 
         def change(transition):
             request = ChangeState.Request(transition=Transition(id=transition))
             assert call(probe, ChangeState, "/robot1/action_node/change_state", request, timeout=30.0).success
 
-        assert wait_for(lambda: clock[-1] >= (FIRST_EPISODE_S + 2) * 10**9, 180), "the episode never got going"
+        def acting_since(moment):
+            return any(at > moment and not hold for at, hold, _ in received)
+
+        assert wait_for(lambda: acting_since(0.0), 180), "the stack never acted"
+        deactivated = time.monotonic()
         change(Transition.TRANSITION_DEACTIVATE)
+        assert wait_for(lambda: any(at > deactivated and hold and "deactivat" in reason
+                                    for at, hold, reason in received), 30), received[-5:]
         time.sleep(4.0)
-        held = clock[-1]
+        held = sim_clock[-1]
+        assert not acting_since(deactivated + 1.0), "acted while deactivated"
+        activated = time.monotonic()
         change(Transition.TRANSITION_ACTIVATE)
-        assert wait_for(lambda: clock[-1] >= held + 10**9, 30), "the clock stayed where activation found it"
-        assert wait_for(log.exists, 120)
-        episode = json.loads(log.read_text().splitlines()[0])
-        assert episode["steps"] == 80 and episode["timeouts"] == 0, episode
+        assert wait_for(lambda: acting_since(activated), 30), received[-5:]
+        if lockstep:
+            assert sim_clock[-1] > held
+            assert wait_for(log.exists, 120)
+            episode = json.loads(log.read_text().splitlines()[0])
+            assert episode["steps"] == 80 and episode["timeouts"] == 0, episode
     finally:
         _stop(procs)
 

@@ -95,13 +95,18 @@ class PolicyOutput:
 
     def overlay(self) -> np.ndarray:
         """HxWx3 uint8: the cameras' model-resolution frames side by side (primary first), pruned
-        patches tinted red - not darkened, which a dark scene would read as pruned."""
+        patches washed out to pale grey and hatched - neither darkened (a dark scene would read as
+        pruned) nor tinted (a red object would)."""
         frames = self.frames.cpu().numpy().transpose(0, 2, 3, 1).copy()
-        cams, height = frames.shape[:2]
+        cams, height, width = frames.shape[:3]
         if self.kept_mask is not None:
             grid = int(round(self.kept_mask.shape[1] ** 0.5))
-            keep = self.kept_mask.reshape(cams, grid, grid).repeat(height // grid, 1).repeat(height // grid, 2)
-            frames[~keep] = (0.35 * frames[~keep] + np.array([0.65 * 220, 0.65 * 30, 0.65 * 30])).astype(np.uint8)
+            keep = self.kept_mask.reshape(cams, grid, grid).repeat(height // grid, 1).repeat(width // grid, 2)
+            grey = frames[~keep].mean(axis=-1, keepdims=True)
+            frames[~keep] = (0.3 * grey + 0.7 * 235).astype(np.uint8)
+            rows, cols = np.indices((height, width))
+            hatch = ~keep & ((rows + cols) % 6 == 0)[None]
+            frames[hatch] = 110
         return np.concatenate(list(frames), axis=1)
 
 

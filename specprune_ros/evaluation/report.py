@@ -35,8 +35,9 @@ def _unit_groups(dims: list[str]) -> list[tuple[str, list[str]]]:
     """Dimensions that share a unit, plotted on one axis: the end-effector's translation deltas
     (metres in the sim task), its rotation deltas (radians) and the gripper command never share
     one; other action spaces are one group in their own units."""
-    units = {"x": "translation", "y": "translation", "z": "translation", "roll": "rotation", "pitch": "rotation",
-             "yaw": "rotation", "gripper": "gripper command"}
+    translation, rotation = "translation, m per period", "rotation, rad per period"
+    units = {"x": translation, "y": translation, "z": translation, "roll": rotation, "pitch": rotation,
+             "yaw": rotation, "gripper": "gripper command"}
     if not set(dims) <= set(units):
         return [("action units", dims)]
     order = list(dict.fromkeys(units[d] for d in dims))
@@ -78,9 +79,9 @@ def write_plots(run, rows: list[dict[str, Any]], out: Path) -> list[str]:
         fig, axes = plt.subplots(len(groups), 1, figsize=(9, 2.4 * len(groups) + 0.6), sharex=True, squeeze=False)
         for ax, (unit, dims) in zip(axes[:, 0], groups):
             _shade_fine(ax, steps, fine)
-            for dim in dims:
-                ax.plot(steps, [r[f"deviation_{dim}"] for r in rows], lw=1, label=dim)
-            ax.set_ylabel(f"|pruned - unpruned|\n({unit})", fontsize=8)
+            for dim, style in zip(dims, ("-", "--", ":") * len(dims)):      # styles: equal lines stay visible
+                ax.plot(steps, [r[f"deviation_{dim}"] for r in rows], lw=1.2, ls=style, label=dim)
+            ax.set_ylabel(f"|pruned - unpruned|\n({unit})", fontsize=9)
             ax.legend(fontsize=7, ncol=len(dims))
         axes[0, 0].set_title(f"Action deviation per dimension (mean over the chunk), {len(rows)} steps")
         axes[-1, 0].set_xlabel("step (shaded: fine mode)")
@@ -97,8 +98,8 @@ def write_plots(run, rows: list[dict[str, Any]], out: Path) -> list[str]:
             ax.imshow(image)
             label_cameras(ax, image)
             ax.set_title(f"step {s.pruned.stats.step}: {s.pruned.stats.vision_tokens_kept} of "
-                         f"{s.pruned.stats.vision_tokens_total} patches kept (red = pruned)"
-                         + (" (fine)" if s.pruned.stats.fine_mode else ""), fontsize=9)
+                         f"{s.pruned.stats.vision_tokens_total} patches kept"
+                         + (", fine mode" if s.pruned.stats.fine_mode else "") + " (grey, hatched = pruned)", fontsize=9)
             ax.axis("off")
         fig.tight_layout()
         fig.savefig(out / "overlays.png", dpi=100)

@@ -56,7 +56,7 @@ def trajectory_message(actions: np.ndarray, joint_names: Sequence[str], dt: floa
 
 
 def overlay_message(out: PolicyOutput, header_stamp) -> Image:
-    """The model-resolution frames side by side, pruned patches tinted red."""
+    """The model-resolution frames side by side, pruned patches grey and hatched."""
     image = out.overlay()
     msg = Image(height=image.shape[0], width=image.shape[1], encoding="rgb8", is_bigendian=0,
                 step=image.shape[1] * 3)

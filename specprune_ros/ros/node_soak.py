@@ -258,6 +258,7 @@ def _plot(result: dict[str, Any], path: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     rows = result["per_minute"]
     x = [r["minute"] for r in rows]
@@ -272,6 +273,7 @@ def _plot(result: dict[str, Any], path: str) -> None:
         bottom.plot(x, [r[key] for r in rows], marker=".", label=label)
     bottom.set_ylabel("ms")
     bottom.set_xlabel("minute")
+    bottom.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     bottom.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

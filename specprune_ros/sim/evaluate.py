@@ -261,7 +261,7 @@ def plot_curves(path: Path, curves: dict[str, Any], summary: dict[str, dict[str,
         ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=name)
     ax.set_xlabel("LLM FLOPs ratio (pruned / unpruned)")
     ax.set_ylabel("success rate (%), 95 % Wilson interval")
-    ax.set_title(f"success against LLM FLOPs: {_episodes_per_point(summary)} paired episodes per point", fontsize=10)
+    ax.set_title(f"success against LLM FLOPs: {_episodes_per_point(summary)} per point", fontsize=10)
     ax.set_ylim(-5, 105)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -319,8 +319,9 @@ def _write_csv(path: Path, episodes: dict[str, list[dict[str, Any]]]) -> None:
 
 
 def _episodes_per_point(summary: dict[str, dict[str, Any]]) -> str:
+    """'1 paired episode' / '20 paired episodes' (counts joined by ' / ' where methods differ)."""
     counts = sorted({s["episodes"] for s in summary.values()})
-    return " / ".join(map(str, counts))
+    return f"{' / '.join(map(str, counts))} paired episode{'' if counts == [1] else 's'}"
 
 
 def _plots(out: Path, summary: dict[str, dict[str, Any]], episodes: dict[str, list[dict[str, Any]]],
@@ -332,18 +333,18 @@ def _plots(out: Path, summary: dict[str, dict[str, Any]], episodes: dict[str, li
 
     for key, label, name in (("flops_ratio_mean", "LLM FLOPs ratio (pruned / unpruned)", "success_vs_flops.png"),
                              ("speedup", "speed-up of the policy step vs none", "success_vs_speedup.png")):
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = plt.subplots(figsize=(7.5, 4))         # room for the legend beside the axes
         for method, s in summary.items():
             rate, (low, high) = 100 * s["success_rate"], s["success_ci95"]
             ax.errorbar([s[key]], [rate], yerr=[[rate - 100 * low], [100 * high - rate]], fmt="o", capsize=4,
                         label=method)
         ax.set_xlabel(label)
         ax.set_ylabel("success rate (%), 95 % Wilson interval")
-        ax.set_title(f"closed-loop success: {_episodes_per_point(summary)} paired episodes per method"
+        ax.set_title(f"closed-loop success: {_episodes_per_point(summary)} per method"
                      + ("\n(speed-ups not comparable: see the report)" if key == "speedup" and note else ""),
                      fontsize=10)
         ax.set_ylim(-5, 105)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
         fig.tight_layout()
         fig.savefig(out / name, dpi=100)
         plt.close(fig)
@@ -363,7 +364,7 @@ def _plots(out: Path, summary: dict[str, dict[str, Any]], episodes: dict[str, li
         fig, axes = plt.subplots(len(snaps), 1, figsize=(6, 3.1 * len(snaps)), squeeze=False)
         for ax, (method, image) in zip(axes[:, 0], snaps):
             ax.imshow(image)
-            ax.set_title(f"{method}: kept patches at query {SNAPSHOT_QUERY} (red = pruned)", fontsize=9)
+            ax.set_title(f"{method}: kept patches at query {SNAPSHOT_QUERY} (grey, hatched = pruned)", fontsize=9)
             label_cameras(ax, image)
             ax.axis("off")
         fig.tight_layout()

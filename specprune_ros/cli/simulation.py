@@ -148,6 +148,7 @@ def cmd_sim_eval(args: argparse.Namespace) -> int:
     return Result(result, f"closed loop on {len(seeds)} {result['split']} seeds per method "
                         f"({seeds[0]}-{seeds[-1]}), {args.model}:\n{text}\n"
                         + ("" if latency is None else _delay_lines(latency, result["methods"]))
+                        + (_realtime_lines(result["methods"]) if args.through_ros and args.clock == "realtime" else "")
                         + (f"{result['timing_note']}\n" if result["timing_note"] else "")
                         + f"report: {args.out}/report.html")
 
@@ -167,6 +168,20 @@ def _query_rate(cfg, args: argparse.Namespace):
                        f"actions, 1 to {CHUNK_EXECUTED} (at action_dt {dt:g} s: e.g. 1.25 Hz = every 8, 2.5 Hz = "
                        f"every 4); this is every {actions:.3g}")
     return cfg, round(actions) if not args.through_ros else None
+
+
+def _realtime_lines(methods: dict) -> str:
+    """Real time through ROS: whether the robot kept its period (a figure whose period overran by
+    more than 5 % is not a real-time one), and how the chunks landed."""
+    lines = ["real time through ROS (wall clock):"]
+    for label, s in methods.items():
+        period = s["robot_period_s_mean"]
+        lines.append(f"  {label}: achieved robot period {period:.4f} s ({s['late_periods_per_episode']:.2f} late "
+                     f"periods per episode), {s['holds_per_episode']:.1f} holds per episode "
+                     f"({s['start_holds_per_episode']:.1f} before the first action), "
+                     f"{s['skipped_actions_per_episode']:.1f} skipped actions, the observation behind an action "
+                     f"{1000 * s['chunk_age_s_mean']:.0f} ms old (p95 {1000 * s['chunk_age_s_p95']:.0f})")
+    return "\n".join(lines) + "\n"
 
 
 def _delay_lines(latency, methods: dict) -> str:

@@ -99,7 +99,8 @@ def write_plots(run, rows: list[dict[str, Any]], out: Path) -> list[str]:
             label_cameras(ax, image)
             ax.set_title(f"step {s.pruned.stats.step}: {s.pruned.stats.vision_tokens_kept} of "
                          f"{s.pruned.stats.vision_tokens_total} patches kept"
-                         + (", fine mode" if s.pruned.stats.fine_mode else "") + " (grey, hatched = pruned)", fontsize=9)
+                         + (", fine mode" if s.pruned.stats.fine_mode else "") + " (grey, hatched = pruned)",
+                         fontsize=9)
             ax.axis("off")
         fig.tight_layout()
         fig.savefig(out / "overlays.png", dpi=100)

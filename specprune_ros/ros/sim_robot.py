@@ -71,9 +71,11 @@ class EpisodeLog:
     failure: str = ""
     steps: int = 0
     holds: int = 0                 # periods executed as a hold
+    start_holds: int = 0           # of those, before the episode's first action (the first chunk on its way)
     skipped: int = 0               # actions skipped because their time had passed
     clamped: int = 0
     timeouts: int = 0              # lockstep: periods whose command never came
+    late_periods: int = 0          # real time: periods the robot's own step overran (the schedule restarts)
     period_s: float = 0.0          # the achieved period: the episode's duration on its clock / steps
     drops: dict[str, int] = field(default_factory=dict)      # the action node's drop counters so far
     chunk_age_s: list[float] = field(default_factory=list)   # per executed action: its observation's age
@@ -203,6 +205,18 @@ class SimRobotNode(Node):
     def _now_ns(self, sim_ns: int) -> int:
         return sim_ns if self.clock_pub is not None else self.get_clock().now().nanoseconds
 
+    def _next_period(self, t: int, episode: EpisodeLog) -> int:
+        """The next period's start: ``t + action_dt`` on a fixed schedule - the time the robot spends
+        stepping and rendering must not stretch every period. In real time, a step that ran past
+        the whole next period loses it: the schedule restarts at now (counted as late)."""
+        if self.clock_pub is not None:
+            return t + self.dt_ns
+        now = self._now_ns(0)
+        if now >= t + 2 * self.dt_ns:
+            episode.late_periods += 1
+            return now
+        return t + self.dt_ns
+
     def _episode(self, env, seed: int, start_ns: int) -> tuple[EpisodeLog | None, int]:
         """One episode from ``start_ns``; ``None`` for an episode the robot's stop cut short."""
         from ..sim.rollout import EpisodeResult, object_heights
@@ -225,6 +239,7 @@ class SimRobotNode(Node):
             if command is None or command.hold:
                 action = np.array([0, 0, 0, 0, 0, 0, gripper], np.float64)
                 episode.holds += 1
+                episode.start_holds += int(episode.holds == env.steps + 1)     # nothing executed yet
             else:
                 action = np.asarray(command.action, np.float64)[:7]
                 gripper = float(action[6])
@@ -234,7 +249,7 @@ class SimRobotNode(Node):
             obs, _, success, truncated, info = env.step(action)
             for name, height in object_heights(env).items():
                 lifted[name] = max(lifted.get(name, 0.0), height - rest[name])
-            t = t + self.dt_ns if self.clock_pub is not None else self._now_ns(0)
+            t = self._next_period(t, episode)
             if success or truncated or self._reset.is_set():
                 episode.success, episode.steps = bool(success), env.steps
                 break

@@ -132,7 +132,10 @@ class ThroughRos:
                 "chunk_age_s_p95": float(np.percentile(ages, 95)) if ages.size else float("nan"),
                 "skipped_actions_per_episode": float(np.mean([r["skipped"] for r in results])),
                 "holds_per_episode": float(np.mean([r["holds"] for r in results])),
+                # of those, before the first action: the arm waits at rest for the first chunk
+                "start_holds_per_episode": float(np.mean([r.get("start_holds", 0) for r in results])),
                 "lockstep_timeouts": int(sum(r["timeouts"] for r in results)),
+                "late_periods_per_episode": float(np.mean([r.get("late_periods", 0) for r in results])),
                 # the robot's achieved period (real time: a figure whose period overran the
                 # action period by more than 5 % is not a real-time figure)
                 "robot_period_s_mean": _weighted_period(results),

@@ -71,8 +71,8 @@ def test_a_lockstep_episode_through_ros_is_the_in_process_episode(tmp_path, monk
 
 
 def test_the_sim_robot_resets_on_the_service_and_reports_the_episode(tmp_path):
-    """Real time, no policy: the robot holds every period; sim/reset ends the episode, whose
-    outcome arrives on sim/episode and in the log."""
+    """Real time, no policy: the robot holds every period, on a fixed schedule; sim/reset ends the
+    episode, whose outcome arrives on sim/episode and in the log."""
     import rclpy
     from rclpy.node import Node
     from sensor_msgs.msg import Image
@@ -102,7 +102,11 @@ def test_the_sim_robot_resets_on_the_service_and_reports_the_episode(tmp_path):
         assert wait_for(robot.finished.is_set, 30)
         episode = json.loads(log.read_text())
         assert episode["seed"] == 101000 and episode["failure"] == "reset" and 0 < episode["steps"] < 160
-        assert episode["holds"] == episode["steps"]                  # no command ever came: every period held
+        assert episode["holds"] == episode["start_holds"] == episode["steps"]   # no command ever came
+        # A fixed schedule: the robot's own step time does not stretch the period; only a step
+        # that overran a whole period (a busy host) restarts it, and is counted.
+        assert episode["period_s"] >= 0.1 - 1e-9
+        assert episode["period_s"] == pytest.approx(0.1, abs=1e-9) or episode["late_periods"] > 0, episode
         assert wait_for(lambda: outcomes, 10) and json.loads(outcomes[0].data)["seed"] == 101000
     finally:
         spinner.shutdown()

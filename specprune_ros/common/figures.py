@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from ..observation import CAMERA_LABELS
 
+PRUNED_PATCHES = "grey, hatched = pruned"     # how PolicyOutput.overlay marks pruned patches
+
 
 def label_cameras(ax, image) -> None:
     """Name each camera under a kept-patch strip (square frames side by side, primary first)."""

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..common.figures import label_cameras
+from ..common.figures import PRUNED_PATCHES, label_cameras
 
 
 def _pyplot():
@@ -99,7 +99,7 @@ def write_plots(run, rows: list[dict[str, Any]], out: Path) -> list[str]:
             label_cameras(ax, image)
             ax.set_title(f"step {s.pruned.stats.step}: {s.pruned.stats.vision_tokens_kept} of "
                          f"{s.pruned.stats.vision_tokens_total} patches kept"
-                         + (", fine mode" if s.pruned.stats.fine_mode else "") + " (grey, hatched = pruned)",
+                         + (", fine mode" if s.pruned.stats.fine_mode else "") + f" ({PRUNED_PATCHES})",
                          fontsize=9)
             ax.axis("off")
         fig.tight_layout()

@@ -27,7 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..common.device import free_cpus, host_load
-from ..common.figures import label_cameras
+from ..common.figures import PRUNED_PATCHES, label_cameras
 from ..common.jsonout import finite
 from ..common.methods import Method, family
 from ..common.stats import exact_mcnemar, interpolate_curve
@@ -364,7 +364,7 @@ def _plots(out: Path, summary: dict[str, dict[str, Any]], episodes: dict[str, li
         fig, axes = plt.subplots(len(snaps), 1, figsize=(6, 3.1 * len(snaps)), squeeze=False)
         for ax, (method, image) in zip(axes[:, 0], snaps):
             ax.imshow(image)
-            ax.set_title(f"{method}: kept patches at query {SNAPSHOT_QUERY} (grey, hatched = pruned)", fontsize=9)
+            ax.set_title(f"{method}: kept patches at query {SNAPSHOT_QUERY} ({PRUNED_PATCHES})", fontsize=9)
             label_cameras(ax, image)
             ax.axis("off")
         fig.tight_layout()

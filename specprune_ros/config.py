@@ -77,9 +77,20 @@ class NodeConfig:
     debug_image: bool = knob(False, "Publish kept_tokens_image, an overlay of the kept patches.", read_only=True)
     autostart: bool = knob(True, "Lifecycle: configure (load the model) and activate at start; false waits for "
                            "`ros2 lifecycle set /action_node configure` / `activate`.", read_only=True)
+    emulated_latency: str = knob(
+        "", "Simulated clock only (use_sim_time, a lockstep simulator): each step's answer is due this emulated "
+        "latency after its observation - milliseconds, or a model on a GPU whose LLM part scales with the step's "
+        "FLOPs (7b-a800, 7b-h100) - and PruningStats.latency_ms reports it; queries are scheduled from it. The "
+        "simulator delivers the chunk when its clock gets there ('' = off: the measured latency).", read_only=True)
 
     def __post_init__(self) -> None:
         validate_section(self, "")
+        if self.emulated_latency:
+            from .latency import parse_latency
+            try:
+                parse_latency(self.emulated_latency)
+            except ValueError as exc:
+                raise ConfigError(f"emulated_latency: {exc}") from None
         if self.episode_gap_s <= 1.0 / self.control_rate_hz:
             raise ConfigError(f"episode_gap_s = {self.episode_gap_s:g} must exceed the control period "
                               f"1/control_rate_hz = {1.0 / self.control_rate_hz:g} s (else every step is a gap)")

@@ -194,7 +194,8 @@ class QuerySchedule:
         self.latencies: deque[float] = deque(maxlen=window)
 
     def observe(self, latency_s: float) -> None:
-        """One query's latency (s): its observation's stamp to its chunk being in hand."""
+        """One query's latency: its observation's stamp to its chunk being in hand (s; in action
+        periods where the schedule is asked for ``next_period``)."""
         if math.isfinite(latency_s) and latency_s >= 0:
             self.latencies.append(float(latency_s))
 
@@ -209,3 +210,12 @@ class QuerySchedule:
         """Seconds from this query to the next."""
         lead = self.lead_s
         return max(min(every_s, horizon_s - lead), lead)
+
+    def plan(self, period: int, lead: int, every_periods: int, horizon_periods: int) -> int:
+        """The delay clock's next query, on a clock counted in action periods: one asked at
+        ``period`` is answered ``lead`` periods later; the next goes out ``interval_s`` after it,
+        not before the answer (one query in flight). The in-process delay clock, the action node
+        and the lockstep robot all plan with this, fed the same emulated latencies, so they agree
+        on every query."""
+        self.observe(lead)
+        return max(period + lead, period + max(1, round(self.interval_s(every_periods, horizon_periods))))

@@ -101,8 +101,9 @@ def test_a_frozen_camera_is_refused_through_ros_and_an_unknown_camera_by_the_par
     assert len(err.strip().splitlines()) == 1 and "usage:" not in err
 
 
-def test_an_emulated_latency_is_refused_through_ros_and_a_bad_one_named(capsys, tmp_path):
-    for args, message in ((["--through-ros", "--latency", "90"], "--latency: the delay clock runs in process"),
+def test_an_emulated_latency_is_refused_on_the_wall_clock_and_a_bad_one_named(capsys, tmp_path):
+    for args, message in ((["--through-ros", "--clock", "realtime", "--latency", "90"],
+                           "--latency: the delay clock runs on simulated time"),
                           (["--latency", "fast"], "latency 'fast': milliseconds (e.g. 250) or one of 7b-a800")):
         assert main(["sim", "eval", "--model", "tiny-random", *args, "--episodes", "1",
                      "--out", str(tmp_path / "out")]) == 2

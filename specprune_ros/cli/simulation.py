@@ -118,9 +118,9 @@ def cmd_sim_export(args: argparse.Namespace) -> int:
 
 def cmd_sim_eval(args: argparse.Namespace) -> int:
     from ..common.methods import parse_budgets, parse_methods, parse_seeds
+    from ..latency import parse_latency
     from ..sim.env import seed_range
     from ..sim.evaluate import TABLE_HEADER, evaluate, table_rows
-    from ..sim.latency import parse_latency
 
     cfg = config_from_args(args, args.model)
     methods = parse_methods(args.methods, parse_budgets(args.budgets) if args.budgets else None)
@@ -129,15 +129,15 @@ def cmd_sim_eval(args: argparse.Namespace) -> int:
     if args.through_ros and args.freeze_camera:
         raise CliError("--freeze-camera: in process only (the ROS stack's robot publishes what it renders); "
                          "drop --through-ros")
-    if args.through_ros and args.latency:
-        raise CliError("--latency: the delay clock runs in process (through ROS, --clock realtime measures the "
-                       "stack's own latency); drop --through-ros")
+    if args.through_ros and args.latency and args.clock != "lockstep":
+        raise CliError("--latency: the delay clock runs on simulated time (in process, or through ROS with --clock "
+                       "lockstep); --clock realtime measures the stack's own latency")
     latency = parse_latency(args.latency) if args.latency else None
     cfg, execute = _query_rate(cfg, args)
     if args.through_ros:
         from ..ros.sim_stack import ThroughRos
 
-        runner = ThroughRos(args.out, args.workers, args.clock, layout=args.layout)
+        runner = ThroughRos(args.out, args.workers, args.clock, layout=args.layout, latency=latency)
     with Progress(args) as progress:
         result = evaluate(cfg, methods, seeds, args.out, args.workers, progress.bar("eval", "episodes"),
                           layout=args.layout, runner=runner, frozen=tuple(args.freeze_camera or ()),
@@ -189,9 +189,10 @@ def _delay_lines(latency, methods: dict) -> str:
     for label, s in methods.items():
         lines.append(f"  {label}: {s['emulated_latency_ms_mean']:.0f} ms per step (emulated), "
                      f"{s['holds_per_episode']:.1f} holds and {s['skipped_actions_per_episode']:.1f} skipped actions "
-                     f"per episode, the observation behind an action {1000 * s['chunk_age_s_mean']:.0f} ms old, "
-                     f"the commanded translation steps {s['handover_step_mm_mean']:.2f} mm at a hand-over "
-                     f"({s['within_chunk_step_mm_mean']:.2f} within a chunk)")
+                     f"per episode, the observation behind an action {1000 * s['chunk_age_s_mean']:.0f} ms old"
+                     + ("" if "handover_step_mm_mean" not in s else
+                        f", the commanded translation steps {s['handover_step_mm_mean']:.2f} mm at a hand-over "
+                        f"({s['within_chunk_step_mm_mean']:.2f} within a chunk)"))
     return "\n".join(lines) + "\n"
 
 
@@ -361,9 +362,9 @@ def register(sub, add) -> None:
     layout_arg(q)
     q.add_argument("--latency", metavar="MS|TARGET",
                    help="the delay clock: each answer arrives after this emulated latency in simulated time while "
-                        "the arm executes what it has (deterministic; in process only): milliseconds for every "
-                        "method, or a model of one model on one GPU, its LLM part scaled by each step's LLM "
-                        "FLOPs (7b-a800, 7b-h100)")
+                        "the arm executes what it has (deterministic; in process, or --through-ros on the lockstep "
+                        "clock): milliseconds for every method, or a model of one model on one GPU, its LLM part "
+                        "scaled by each step's LLM FLOPs (7b-a800, 7b-h100)")
     q.add_argument("--freeze-camera", action="append", choices=CAMERAS, metavar="CAMERA",
                    help="hold this camera's image at the episode's first frame (repeatable; primary, wrist): what "
                         "the model reads from each camera")

@@ -34,6 +34,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from ..config import NODE_NAME, Config, ConfigError, spec_of
 from ..control import ControlTick, TickResult
+from ..latency import parse_latency
 from ..model.checkpoint import CheckpointError, LoadedPolicyModel
 from ..msg import ActionChunk, PruningStats
 from ..policy import SpecPrunePolicy, load_model, make_policy
@@ -107,6 +108,9 @@ class ActionNode(LifecycleNode):
             if node.publish_trajectory and not 0 < len(node.trajectory_joints) <= action_dim:
                 raise ValueError(f"publish_trajectory needs trajectory_joints with 1 to {action_dim} joints (the "
                                  f"first action dimensions must be joint targets); got {list(node.trajectory_joints)}")
+            if node.emulated_latency and not self.get_parameter("use_sim_time").value:
+                raise ValueError(f"emulated_latency {node.emulated_latency!r} needs a simulated clock "
+                                 "(use_sim_time:=true and a lockstep simulator's /clock)")
             policy = make_policy(self.config, loaded)
         except (CheckpointError, ConfigError, ValueError, OSError) as exc:
             return self._configure_failed(str(exc))
@@ -120,7 +124,9 @@ class ActionNode(LifecycleNode):
         self._open_endpoints()
         self._worker = InferenceWorker(control, self.get_clock(), self.get_logger(),
                                        lambda: 1.0 / self.config.node.control_rate_hz, self._publish,
-                                       self._send_stop, lambda: chunk_size * self.config.node.action_dt)
+                                       self._send_stop, lambda: chunk_size * self.config.node.action_dt,
+                                       parse_latency(node.emulated_latency) if node.emulated_latency else None,
+                                       node.action_dt)
         self._worker.start()
         self.get_logger().info(f"action_node configured: model {node.model_path}, {node.num_images} camera(s), "
                                f"{node.control_rate_hz:g} Hz, pruning {'on' if self.config.pruning.enabled else 'off'}")

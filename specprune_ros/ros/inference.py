@@ -6,7 +6,11 @@ out the p95 of the measured latency before the chunk's end) - or, with a simulat
 (``use_sim_time``), at
 the clock's multiples of the control period, each tick waiting (up to ``LOCKSTEP_WAIT_S`` of wall
 time) for the inputs stamped at it, so a simulator that holds its clock while the policy runs
-(lockstep) gets exactly one step per tick, on that tick's observation. Each tick runs the shared
+(lockstep) gets exactly one step per tick, on that tick's observation. With an emulated latency
+(``emulated_latency``, the delay clock through ROS) each step's answer is due that latency after
+its observation and the next tick is planned from it in whole action periods
+(``QuerySchedule.plan``, as the in-process delay clock and the lockstep robot plan theirs); the
+step's PruningStats report the emulated latency and the robot delivers the chunk when due. Each tick runs the shared
 ``ControlTick`` (assemble -> step -> after-step age rule) and hands an action to ``publish``;
 a drop or a failed step goes to ``stop_motion`` (the robot must not keep executing old actions).
 """
@@ -19,6 +23,7 @@ from typing import Callable
 
 from ..control import ControlTick, TickResult
 from ..execution import QuerySchedule
+from ..latency import LatencyModel
 
 LOCKSTEP_WAIT_S = 2.0       # simulated clock: the longest wall-clock wait for a tick's inputs
 
@@ -26,9 +31,11 @@ LOCKSTEP_WAIT_S = 2.0       # simulated clock: the longest wall-clock wait for a
 class InferenceWorker:
     def __init__(self, control: ControlTick, clock, logger, period_s: Callable[[], float],
                  publish: Callable[[TickResult], bool], stop_motion: Callable[[], None],
-                 horizon_s: Callable[[], float] | None = None) -> None:
+                 horizon_s: Callable[[], float] | None = None, emulated: LatencyModel | None = None,
+                 action_dt: float = 0.1) -> None:
         """``publish(result)`` returns whether it published (False: stopping or inactive meanwhile);
-        ``horizon_s()``: the time a chunk covers (chunk size x action_dt; None: ticks never move)."""
+        ``horizon_s()``: the time a chunk covers (chunk size x action_dt; None: ticks never move);
+        ``emulated``: the latency each step reports and is scheduled by (simulated clock only)."""
         self.control, self.clock, self.logger = control, clock, logger
         self.period_s, self.publish, self.stop_motion = period_s, publish, stop_motion
         self.horizon_s = horizon_s or (lambda: float("inf"))
@@ -37,6 +44,8 @@ class InferenceWorker:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_sim_tick: int | None = None
+        self.emulated, self.action_dt = emulated, action_dt
+        self._planned_tick: int | None = None     # emulated latency: the next query's period (ns)
         self.latencies: deque[float] = deque(maxlen=100)       # policy step, ms
         self.end_to_end: deque[float] = deque(maxlen=100)      # observation stamp -> action, ms
         self.published: deque[float] = deque(maxlen=100)       # monotonic times of published actions
@@ -108,7 +117,11 @@ class InferenceWorker:
             # `activate` the node would wait for a later tick that never comes.
             self._stop.wait(0.01)
             return
-        tick = -(-self._now() // period) * period
+        if self.emulated is not None:        # planned in action periods; a new episode's clock jumps past it
+            period = round(1e9 * self.action_dt)
+            tick = max(self._planned_tick or 0, -(-self._now() // period) * period)
+        else:
+            tick = -(-self._now() // period) * period
         if self._last_sim_tick is not None and tick <= self._last_sim_tick:
             tick = self._last_sim_tick + period
         while self._now() < tick:
@@ -140,14 +153,33 @@ class InferenceWorker:
                 self.logger.warning(f"no action: {result.reason}", throttle_duration_sec=2.0)
                 self.stop_motion()
             return result
+        stats = result.output.stats
+        measured_ms = stats.latency_ms
+        if self.emulated is not None and now_ns is not None:
+            stats.latency_ms = self.emulated.step_ms(stats.flops_ratio)
         if self.publish(result):
-            self.latencies.append(result.output.stats.latency_ms)
+            self.latencies.append(measured_ms)
             self.end_to_end.append(result.age_s * 1e3)
-            self.schedule.observe(result.age_s)
+            if self.emulated is not None and now_ns is not None:
+                self._plan(now_ns, stats.latency_ms)
+            else:
+                self.schedule.observe(result.age_s)
             self.published.append(time.monotonic())
         else:
             self.control.assembler.unuse(result.observation.stamp_ns)
         return result
+
+
+    def _plan(self, tick_ns: int, latency_ms: float) -> None:
+        """The next query's period after a step at ``tick_ns`` answered ``latency_ms`` later
+        (emulated): the robot plans the same from the step's PruningStats."""
+        from ..latency import latency_periods
+
+        dt = round(1e9 * self.action_dt)
+        every = max(1, round(self.period_s() / self.action_dt))
+        horizon = round(self.horizon_s() / self.action_dt)
+        self._planned_tick = self.schedule.plan(tick_ns // dt, latency_periods(latency_ms, self.action_dt),
+                                                every, horizon) * dt
 
 
 def _name_os_thread(name: str) -> None:

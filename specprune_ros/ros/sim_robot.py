@@ -18,6 +18,13 @@ Two clocks:
 * ``realtime``: the robot steps every ``action_dt`` of wall time, stamps with the system clock and
   applies the newest command (none since the last period: hold) - what a real arm sees, latency
   and all.
+
+The delay clock (``--delay-clock``, lockstep; the action node with ``emulated_latency`` publishing
+to ``sim/computed_chunk``): the robot holds its clock at each of the node's query periods until that
+period's chunk is computed, and hands it to the chunk executor (on ``topics.action_chunk``) only at
+the period its emulated latency (the step's PruningStats.latency_ms) makes it due, executing the old
+chunk's actions meanwhile. It plans the node's next query with the node's own rule
+(``QuerySchedule.plan``, fed the same latencies), so both agree on every period without asking.
 """
 from __future__ import annotations
 
@@ -41,9 +48,12 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from ..config import NODE_NAME, Config, iter_specs
-from ..msg import ActionCommand, PruningStats
+from ..execution import QuerySchedule
+from ..latency import latency_periods
+from ..msg import ActionChunk, ActionCommand, PruningStats
 from .parameters import declare_all
 from .qos import LATCHED
+from .sim_stack import COMPUTED_CHUNK_TOPIC
 from .spin import spin
 
 ROBOT_NODE_NAME = "sim_robot"
@@ -88,12 +98,15 @@ class EpisodeLog:
 
 class SimRobotNode(Node):
     def __init__(self, seeds: Sequence[int], clock: str = "lockstep", log: str | Path | None = None,
-                 layout: str | None = None, max_steps: int | None = None, **node_kwargs) -> None:
+                 layout: str | None = None, max_steps: int | None = None, delay_clock: bool = False,
+                 **node_kwargs) -> None:
         from ..sim import DEFAULT_LAYOUT
         from ..sim.env import MAX_STEPS
 
         if clock not in CLOCKS:
             raise ValueError(f"clock {clock!r}: one of {', '.join(CLOCKS)}")
+        if delay_clock and clock != "lockstep":
+            raise ValueError("the delay clock runs on the lockstep clock (emulated latency in simulated time)")
         super().__init__(ROBOT_NODE_NAME, **node_kwargs)
         self.config = declare_all(self, Config(), KNOBS)
         node, topics = self.config.node, self.config.topics
@@ -124,6 +137,7 @@ class SimRobotNode(Node):
         self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
         self._drops: dict[str, int] = {}
         self.create_service(Trigger, "sim/reset", self._on_reset)
+        self.delay = _DelayedDelivery(self, self.dt_ns, self.query_ns) if delay_clock else None
         self._worker = threading.Thread(target=self._run, name="sim-robot", daemon=True)
         self._worker.start()
 
@@ -137,6 +151,14 @@ class SimRobotNode(Node):
     def _on_stats(self, msg: PruningStats) -> None:
         with self._cv:
             self._stats.append(msg)
+            if self.delay is not None:
+                self.delay.latency_ms[_ns(msg.header.stamp)] = float(msg.latency_ms)
+            self._cv.notify_all()
+
+    def _on_computed_chunk(self, msg: ActionChunk) -> None:
+        with self._cv:
+            self.delay.computed[_ns(msg.header.stamp)] = msg
+            self._cv.notify_all()
 
     def _on_parameter_event(self, msg: ParameterEvent) -> None:
         if msg.node != self._action_node():
@@ -233,6 +255,8 @@ class SimRobotNode(Node):
         first = t
         gripper = -1.0
         self._reset.clear()
+        if self.delay is not None:
+            self.delay.start(t)
         while not self._stop.is_set():
             self._publish(t, obs, env)
             command = self._await_command(t, first, episode)
@@ -305,10 +329,18 @@ class SimRobotNode(Node):
                 latest, self._latest = self._latest, None
             return latest
         query = t % self.query_ns == 0
+        due = None                          # the delay clock: the stamp of the chunk delivered now
+        if self.delay is not None:
+            due = self.delay.period(t)
+            if due is False:                # the query's chunk never came
+                episode.timeouts += 1
+                return None
+            query = due is not None
 
         def ready() -> ActionCommand | None:
             for msg in reversed(self._commands.get(t, [])):
-                if not query or (not msg.hold and t - self.query_ns < _ns(msg.chunk_stamp) <= t):
+                if not query or (not msg.hold and (_ns(msg.chunk_stamp) == due if due is not None
+                                                   else t - self.query_ns < _ns(msg.chunk_stamp) <= t)):
                     return msg
             return None
 
@@ -360,6 +392,57 @@ class SimRobotNode(Node):
             self._worker.join(10.0)
 
 
+class _DelayedDelivery:
+    """The delay clock's robot side: which periods are the node's queries, and when each query's
+    chunk is due at the executor (its stamp + the emulated latency its PruningStats report)."""
+
+    def __init__(self, robot: SimRobotNode, dt_ns: int, query_ns: int) -> None:
+        self.robot, self.dt_ns, self.every = robot, dt_ns, max(1, round(query_ns / dt_ns))
+        self.schedule = QuerySchedule()            # the node's twin: fed the same latencies, never reset
+        self.computed: dict[int, ActionChunk] = {}  # observation stamp -> the node's chunk
+        self.latency_ms: dict[int, float] = {}      # observation stamp -> its step's emulated latency
+        self.due: dict[int, ActionChunk] = {}       # period -> the chunk delivered then
+        self.next_query = 0
+        self.chunk_pub = robot.create_publisher(ActionChunk, robot.config.topics.action_chunk, 10)
+        robot.create_subscription(ActionChunk, COMPUTED_CHUNK_TOPIC, robot._on_computed_chunk, 10)
+
+    def start(self, t: int) -> None:
+        """A new episode: the node's first query is at its first period (its clock jumped past any plan)."""
+        self.next_query, self.due = t, {}
+
+    def period(self, t: int) -> int | None | bool:
+        """At period ``t`` (its /clock out): wait for the query's chunk if ``t`` is a query period,
+        deliver what is due now; the stamp of the chunk delivered now (its command is the one to
+        wait for), None when none is, False when the query's chunk never came."""
+        robot = self.robot
+        if t == self.next_query:
+            deadline = time.monotonic() + LOCKSTEP_TIMEOUT_S
+            with robot._cv:
+                while not (t in self.computed and t in self.latency_ms) and not robot._stop.is_set():
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    robot._cv.wait(min(CLOCK_REPEAT_S, left))
+                    robot.clock_pub.publish(Clock(clock=Time(nanoseconds=t).to_msg()))
+                chunk, latency_ms = self.computed.pop(t, None), self.latency_ms.pop(t, None)
+                self.computed = {k: v for k, v in self.computed.items() if k > t}
+            if chunk is None or latency_ms is None:
+                if not robot._stop.is_set():
+                    robot.get_logger().warning(f"delay clock: no chunk computed for t = {t * 1e-9:.1f} s within "
+                                               f"{LOCKSTEP_TIMEOUT_S:g} s (wall); holding")
+                self.next_query = t + self.every * self.dt_ns
+                return False
+            lead = latency_periods(latency_ms, self.dt_ns * 1e-9)
+            self.due[t + lead * self.dt_ns] = chunk
+            horizon = chunk.chunk_size
+            self.next_query = self.schedule.plan(t // self.dt_ns, lead, self.every, horizon) * self.dt_ns
+        chunk = self.due.pop(t, None)
+        if chunk is None:
+            return None
+        self.chunk_pub.publish(chunk)
+        return _ns(chunk.header.stamp)
+
+
 def _ns(stamp) -> int:
     return Time.from_msg(stamp).nanoseconds
 
@@ -379,6 +462,8 @@ def arguments(args: Sequence[str]):
     parser.add_argument("--log", help="append each episode's outcome to this JSON-lines file")
     parser.add_argument("--layout", choices=LAYOUTS, default=DEFAULT_LAYOUT)
     parser.add_argument("--max-steps", type=int, help="the task's step limit (default: the task's)")
+    parser.add_argument("--delay-clock", action="store_true",
+                        help="lockstep with the action node's emulated_latency: deliver each chunk when it is due")
     return parser.parse_args(own), ros_args
 
 
@@ -388,7 +473,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     opts, ros_args = arguments(sys.argv[1:] if argv is None else argv)
     seeds = parse_seeds(opts.seeds)
-    return spin(lambda: SimRobotNode(seeds, opts.clock, opts.log, opts.layout, opts.max_steps), ROBOT_NODE_NAME,
+    return spin(lambda: SimRobotNode(seeds, opts.clock, opts.log, opts.layout, opts.max_steps, opts.delay_clock),
+                ROBOT_NODE_NAME,
                 ["specprune-sim-robot", *ros_args])
 
 

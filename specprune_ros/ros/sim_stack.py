@@ -25,16 +25,21 @@ import numpy as np
 
 from ..common.device import free_cpus
 from ..config import Config
+from ..latency import LatencyModel
 from .transport_check import PROFILE, PROFILE_VARIABLES
 
 ROBOT, NODE, EXECUTOR = "sim_robot", "action_node", "chunk_executor"
 START_TIMEOUT_S = 180.0          # the slowest start (a model loading) plus the first episode's first step
 EPISODE_TIMEOUT_S = 300.0        # wall clock per episode before the run is abandoned
+COMPUTED_CHUNK_TOPIC = "sim/computed_chunk"    # the delay clock: the node's chunks, before they are due
 
 
 def stack_processes(namespace: str, params_file: str | Path, seeds: str, clock: str, log: str | Path,
-                    layout: str, max_steps: int | None = None) -> dict[str, list[str]]:
-    """The command lines of one robot's stack (what launch/sim.launch.py starts for it)."""
+                    layout: str, max_steps: int | None = None, latency: LatencyModel | None = None
+                    ) -> dict[str, list[str]]:
+    """The command lines of one robot's stack (what launch/sim.launch.py starts for it); with
+    ``latency`` the delay clock: the node emulates it and hands its chunks to the robot, which
+    delivers them to the executor when due."""
     python = [sys.executable, "-m", "specprune_ros"]
     ros = ["--ros-args", "-r", f"__ns:={namespace}", "--params-file", str(params_file)]
     sim_time = ["-r", f"/clock:={namespace}/clock"] if clock == "lockstep" else []
@@ -42,9 +47,13 @@ def stack_processes(namespace: str, params_file: str | Path, seeds: str, clock: 
     robot = [*python, "sim", "robot", "--seeds", seeds, "--clock", clock, "--log", str(log), "--layout", layout]
     if max_steps:
         robot += ["--max-steps", str(max_steps)]
+    delay = []
+    if latency is not None:
+        robot.append("--delay-clock")
+        delay = ["-p", f"emulated_latency:={latency.parameter}", "-p", f"topics.action_chunk:={COMPUTED_CHUNK_TOPIC}"]
     return {
         ROBOT: [*robot, *ros, *sim_time],
-        NODE: [*python, "node", *ros, *sim_time, *use_sim_time],
+        NODE: [*python, "node", *ros, *sim_time, *use_sim_time, *delay],
         EXECUTOR: [*python, "executor", *ros, *sim_time, *use_sim_time],
     }
 
@@ -55,8 +64,10 @@ class ThroughRos:
     name = "through-ros"
 
     def __init__(self, out: str | Path, workers: int = 1, clock: str = "lockstep", max_steps: int | None = None,
-                 layout: str = "fixed-start") -> None:
-        self.out, self.workers, self.clock = Path(out), workers, clock
+                 layout: str = "fixed-start", latency: LatencyModel | None = None) -> None:
+        if latency is not None and clock != "lockstep":
+            raise ValueError(f"an emulated latency ({latency.name}) runs on the lockstep clock, not {clock}")
+        self.out, self.workers, self.clock, self.latency = Path(out), workers, clock, latency
         self.max_steps, self.layout = max_steps, layout
         self.threads = max(1, free_cpus() // workers)     # as in process: never more threads than free cores
 
@@ -82,7 +93,7 @@ class ThroughRos:
             log.unlink(missing_ok=True)
             logs.append(log)
             commands = stack_processes(f"/robot{i}", params, f"{block[0]}:{block[-1] + 1}", self.clock, log,
-                                       self.layout, self.max_steps)
+                                       self.layout, self.max_steps, self.latency)
             stacks.append({name: subprocess.Popen(cmd, env=env, stdout=(run_dir / f"{name}{i}.log").open("w"),
                                                   stderr=subprocess.STDOUT, start_new_session=True)
                            for name, cmd in commands.items()})
@@ -127,7 +138,9 @@ class ThroughRos:
         for r in results:                      # cumulative per robot: the largest is its total
             for reason, count in r.get("drops", {}).items():
                 drops[reason] = max(drops.get(reason, 0), count)
-        return {"clock": self.clock,
+        delay = {} if self.latency is None else {      # the node's PruningStats report the emulated latency
+            "emulated_latency_ms_mean": float(np.mean(np.concatenate([r["latency_ms"] for r in results])))}
+        return {"clock": self.clock if self.latency is None else f"{self.clock}, delay (emulated latency)", **delay,
                 "chunk_age_s_mean": float(ages.mean()) if ages.size else float("nan"),
                 "chunk_age_s_p95": float(np.percentile(ages, 95)) if ages.size else float("nan"),
                 "skipped_actions_per_episode": float(np.mean([r["skipped"] for r in results])),

@@ -132,7 +132,7 @@ def evaluate(config: Config, methods: list[Method], seeds: list[int], out: str |
     """``runner`` runs one method's episodes (``InProcess`` by default; the ROS stack's runner
     runs them through DDS) and may add its own figures to each method's summary. ``frozen``:
     cameras held at each episode's first frame (in process only: the ROS stack's robot
-    publishes what it renders). ``latency``: a ``sim.latency.LatencyModel`` - the delay clock, in
+    publishes what it renders). ``latency``: a ``latency.LatencyModel`` - the delay clock, in
     process only."""
     from .rollout import wilson_interval
 
@@ -141,9 +141,9 @@ def evaluate(config: Config, methods: list[Method], seeds: list[int], out: str |
     total, done = len(methods) * len(seeds), [0]
     episodes: dict[str, list[dict[str, Any]]] = {}
     summary: dict[str, dict[str, Any]] = {}
-    if (frozen or latency is not None) and runner is not None:
+    if (frozen or latency is not getattr(runner, "latency", None)) and runner is not None:
         what = f"frozen cameras ({', '.join(frozen)})" if frozen else f"an emulated latency ({latency.name})"
-        raise ValueError(f"{what}: only in process, not with the {runner.name} runner")
+        raise ValueError(f"{what}: only in process or given to the {runner.name} runner, not with it")
     runner = runner or InProcess(workers, max_steps, layout, frozen, latency, execute)
 
     def one_done() -> None:

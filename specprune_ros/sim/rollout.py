@@ -12,11 +12,11 @@ from typing import Callable
 
 import numpy as np
 
+from ..latency import LatencyModel
 from ..observation import HistoryFrame, Observation
 from ..policy import SpecPrunePolicy
 from . import CAMERAS
 from .env import ACTION_DT, CHUNK_EXECUTED, TabletopEnv
-from .latency import LatencyModel
 from .scene import OBJECTS
 
 LIFTED_M = 0.03                          # an object this far above its resting height was picked up
@@ -130,7 +130,7 @@ class _DelayClock:
     def __init__(self, executor_config, latency: LatencyModel, execute: int, chunk_size: int) -> None:
         from ..execution import Chunk, ChunkExecutor, QuerySchedule
         self.executor, self.chunk_type = ChunkExecutor(executor_config, ACTION_DT), Chunk
-        self.schedule, self.horizon_s = QuerySchedule(), chunk_size * ACTION_DT
+        self.schedule, self.horizon = QuerySchedule(), chunk_size
         self.latency, self.execute = latency, execute
         self.dt_ns = self.executor.dt_ns
         self.pending: tuple[int, object] | None = None      # (arrival period, chunk)
@@ -150,10 +150,9 @@ class _DelayClock:
 
     def asked(self, period: int, out) -> None:
         lead = self.latency.periods(out.stats.flops_ratio, ACTION_DT)
-        self.schedule.observe(lead * ACTION_DT)
         chunk = self.chunk_type(np.asarray(out.actions), period * self.dt_ns, self.queries)
         self.pending, self.queries = (period + lead, chunk), self.queries + 1
-        self.next_query = period + round(self.schedule.interval_s(self.execute * ACTION_DT, self.horizon_s) / ACTION_DT)
+        self.next_query = self.schedule.plan(period, lead, self.execute, self.horizon)
 
     def action(self, period: int, result: EpisodeResult) -> np.ndarray:
         """The command of this period: the executor's, or a hold (no translation or rotation, the

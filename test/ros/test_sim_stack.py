@@ -6,6 +6,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("rclpy")
@@ -68,6 +69,43 @@ def test_a_lockstep_episode_through_ros_is_the_in_process_episode(tmp_path, monk
     assert ros_summary["flops_ratio_mean"] == pytest.approx(local_summary["flops_ratio_mean"], rel=0.02)
     assert ros["runner"] == "through-ros" and ros_summary["lockstep_timeouts"] == 0
     assert ros_summary["robot_period_s_mean"] == pytest.approx(0.1, abs=1e-9)     # lockstep: exactly one period
+
+
+@pytest.mark.skipif(not MODEL.is_dir(), reason="the shipped sim model is not in this checkout")
+def test_the_delay_clock_through_ros_is_the_in_process_delay_clock(tmp_path, monkeypatch):
+    """The emulated A800 latency (109 ms unpruned: 2 periods; the pruned step's ~70 ms: 1) through
+    the stack - the node scheduling its queries from it, the robot delivering each chunk when it is
+    due - runs the in-process delay clock's episodes: the same holds, skipped actions and
+    observation age behind every executed action, period by period."""
+    from specprune_ros.config import Config, model_params_file
+    from specprune_ros.latency import parse_latency
+    from specprune_ros.policy import make_policy
+    from specprune_ros.ros.sim_stack import ThroughRos
+    from specprune_ros.sim.env import TabletopEnv
+    from specprune_ros.sim.evaluate import evaluate
+    from specprune_ros.sim.rollout import CHUNK_EXECUTED, run_policy_episode
+
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(100 + os.getpid() % 50))
+    config = Config.from_yaml(model_params_file(str(MODEL))).replace(model_path=str(MODEL), device="cpu")
+    config = config.replace(control_rate_hz=1.0 / (CHUNK_EXECUTED * config.node.action_dt))
+    methods, seeds, latency = parse_methods("specprune"), [101000], parse_latency("7b-a800")
+    ros = evaluate(config, methods, seeds, tmp_path / "ros", max_steps=30, latency=latency,
+                   runner=ThroughRos(tmp_path / "ros", max_steps=30, latency=latency))
+    env = TabletopEnv(max_steps=30)
+    try:
+        expected = run_policy_episode(env, make_policy(config), seeds[0], latency=latency)
+    finally:
+        env.close()
+    (episode,) = [json.loads(line) for line in
+                  (tmp_path / "ros" / "through_ros" / "specprune" / "robot1.jsonl").read_text().splitlines()]
+    assert episode["timeouts"] == 0 and episode["steps"] == expected.steps == 30
+    assert episode["latency_ms"][0] == pytest.approx(109, abs=0.01)         # the first step runs unpruned
+    assert episode["holds"] == expected.holds == 2                           # its 2 periods, at the start
+    assert episode["skipped"] == expected.skipped
+    assert episode["chunk_age_s"] == pytest.approx(expected.chunk_age_s, abs=1e-6)
+    assert len(episode["kept_tokens"]) == len(expected.kept_tokens)         # the same queries
+    assert ros["methods"]["specprune"]["emulated_latency_ms_mean"] == pytest.approx(
+        float(np.mean([latency.step_ms(f) for f in expected.flops_ratio])), rel=0.02)
 
 
 def test_the_sim_robot_resets_on_the_service_and_reports_the_episode(tmp_path):

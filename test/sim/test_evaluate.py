@@ -96,7 +96,7 @@ def test_the_split_is_named_from_every_seed():
 def test_the_delay_clock_reports_its_emulated_latency_holds_and_ages(tmp_path):
     from types import SimpleNamespace
 
-    from specprune_ros.sim.latency import parse_latency
+    from specprune_ros.latency import parse_latency
     config = Config().replace(model_path="tiny-random", device="cpu")
     seeds = list(seed_range("test"))[:1]
     result = evaluate(config, parse_methods("none"), seeds, tmp_path, max_steps=16, latency=parse_latency("250"))
@@ -109,6 +109,6 @@ def test_the_delay_clock_reports_its_emulated_latency_holds_and_ages(tmp_path):
                           execute=4)
     assert replanning["actions_per_query"] == 4
     assert replanning["methods"]["none"]["skipped_actions_per_episode"] == 12.0     # 4 chunks from action 3
-    with pytest.raises(ValueError, match=r"an emulated latency \(250 ms\): only in process, not with the x runner"):
+    with pytest.raises(ValueError, match=r"an emulated latency \(250 ms\): only in process or given to the x runner"):
         evaluate(config, parse_methods("none"), seeds, tmp_path, latency=parse_latency("250"),
                  runner=SimpleNamespace(name="x"))

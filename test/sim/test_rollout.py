@@ -76,7 +76,7 @@ def test_a_frozen_camera_shows_the_episodes_first_frame_to_every_query_and_the_h
 
 
 def test_the_delay_clock_executes_the_old_chunk_while_the_answer_is_on_its_way():
-    from specprune_ros.sim.latency import LatencyModel
+    from specprune_ros.latency import LatencyModel
     result, seen = watched_episode(latency=LatencyModel("250 ms", 250.0, 0.0, "fixed"))
     stamps = [round(o.stamp / 0.1) for o in seen]
     # 250 ms = 3 periods: each answer is used from its 4th action (the first it can still reach), and
@@ -89,7 +89,7 @@ def test_the_delay_clock_executes_the_old_chunk_while_the_answer_is_on_its_way()
 
 
 def test_re_planning_keeps_the_old_chunk_running_while_the_query_is_on_its_way():
-    from specprune_ros.sim.latency import LatencyModel
+    from specprune_ros.latency import LatencyModel
     result, seen = watched_episode(latency=LatencyModel("250 ms", 250.0, 0.0, "fixed"), execute=4)
     # a query every 4 actions (the chunk's 8 leave slack for the 3-period answer): each new chunk
     # takes over at its action 3, the first it can still reach, while the old one runs meanwhile
@@ -101,7 +101,7 @@ def test_re_planning_keeps_the_old_chunk_running_while_the_query_is_on_its_way()
 
 
 def test_a_delay_longer_than_half_a_chunk_holds_and_zero_delay_is_chunk_rate():
-    from specprune_ros.sim.latency import LatencyModel, parse_latency
+    from specprune_ros.latency import LatencyModel, parse_latency
     policy = SpecPrunePolicy(load_tiny_random("cpu"), Config())
     env = TabletopEnv(max_steps=24)
     slow = run_policy_episode(env, policy, seed=3, latency=parse_latency("500"))

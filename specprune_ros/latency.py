@@ -1,4 +1,5 @@
-"""Emulated step latency for the delay clock (``run_policy_episode(latency=...)``).
+"""Emulated step latency for the delay clock: in process (``run_policy_episode(latency=...)``)
+and through ROS (the action node's ``emulated_latency``, with a lockstep sim robot).
 
 A real-time run on this host measures this host: six processes on two cores, a small model. The
 question a lab asks is another one - at my model's latency on my GPU, does pruning raise
@@ -30,10 +31,19 @@ class LatencyModel:
     def step_ms(self, flops_ratio: float) -> float:
         return self.fixed_ms + self.llm_ms * flops_ratio
 
+    @property
+    def parameter(self) -> str:
+        """The text that names it again (``parse_latency``; the action node's ``emulated_latency``)."""
+        return self.name if self.name in TARGETS else f"{self.fixed_ms:g}"
+
     def periods(self, flops_ratio: float, action_dt: float) -> int:
-        """Whole action periods from a query to its answer: the answer is usable from the first
-        period boundary at or after it arrives (a tiny tolerance keeps 100 ms at 0.1 s one period)."""
-        return max(0, math.ceil(self.step_ms(flops_ratio) / 1000 / action_dt - 1e-9))
+        return latency_periods(self.step_ms(flops_ratio), action_dt)
+
+
+def latency_periods(ms: float, action_dt: float) -> int:
+    """Whole action periods from a query to its answer: the answer is usable from the first period
+    boundary at or after it arrives (a tiny tolerance keeps 100 ms at 0.1 s one period)."""
+    return max(0, math.ceil(ms / 1000 / action_dt - 1e-9))
 
 
 # The 7B OpenVLA-OFT. The A800 split reproduces the paper's own end-to-end figures: 109 ms unpruned

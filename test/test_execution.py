@@ -152,3 +152,17 @@ def test_the_query_schedule_moves_a_query_per_chunk_earlier_by_the_p95_latency()
     assert len(schedule.latencies) == 50 and schedule.lead_s == 0.5
     with pytest.raises(ValueError, match="quantile"):
         QuerySchedule(quantile=0.0)
+
+
+def test_the_delay_clock_plans_the_next_query_before_the_chunk_runs_out_and_after_the_answer():
+    """In whole periods: one query per 8-action chunk answered 3 periods later goes out again 5
+    periods on (its answer lands as the chunk runs out); re-planning every 4 keeps its 4; an
+    answer later than the interval holds the next query back until it is in (one in flight)."""
+    from specprune_ros.execution import QuerySchedule
+
+    chunk = QuerySchedule()
+    assert chunk.plan(10, 3, 8, 8) == 15
+    replanning = QuerySchedule()
+    assert replanning.plan(10, 1, 4, 8) == 14
+    slow = QuerySchedule()
+    assert slow.plan(0, 6, 8, 8) == 6 and slow.plan(6, 7, 4, 8) == 13    # p95 of (6, 7) is 7

@@ -529,6 +529,15 @@ def test_trajectory_without_joint_names_is_refused_at_start(ros, loaded_tiny):
                                                                                        value=True)])
 
 
+def test_an_emulated_latency_is_refused_on_the_wall_clock(ros, loaded_tiny):
+    """The delay clock needs a simulator's /clock: on a robot's wall clock an emulated latency
+    would only report figures the robot never sees."""
+    context, _ = ros
+    with pytest.raises(StartupError, match="emulated_latency '90' needs a simulated clock"):
+        ActionNode(loaded=loaded_tiny, context=context, parameter_overrides=[Parameter("emulated_latency",
+                                                                                       value="90")])
+
+
 class LossyWristDriver(Driver):
     """Every third wrist frame never arrives, as with an undersized shared-memory segment."""
 

@@ -126,7 +126,7 @@ class ActionNode(LifecycleNode):
                                        lambda: 1.0 / self.config.node.control_rate_hz, self._publish,
                                        self._send_stop, lambda: chunk_size * self.config.node.action_dt,
                                        parse_latency(node.emulated_latency) if node.emulated_latency else None,
-                                       node.action_dt)
+                                       node.action_dt, node.episode_gap_s)
         self._worker.start()
         self.get_logger().info(f"action_node configured: model {node.model_path}, {node.num_images} camera(s), "
                                f"{node.control_rate_hz:g} Hz, pruning {'on' if self.config.pruning.enabled else 'off'}")

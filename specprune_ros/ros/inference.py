@@ -32,7 +32,7 @@ class InferenceWorker:
     def __init__(self, control: ControlTick, clock, logger, period_s: Callable[[], float],
                  publish: Callable[[TickResult], bool], stop_motion: Callable[[], None],
                  horizon_s: Callable[[], float] | None = None, emulated: LatencyModel | None = None,
-                 action_dt: float = 0.1) -> None:
+                 action_dt: float = 0.1, episode_gap_s: float = 1.0) -> None:
         """``publish(result)`` returns whether it published (False: stopping or inactive meanwhile);
         ``horizon_s()``: the time a chunk covers (chunk size x action_dt; None: ticks never move);
         ``emulated``: the latency each step reports and is scheduled by (simulated clock only)."""
@@ -44,7 +44,7 @@ class InferenceWorker:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_sim_tick: int | None = None
-        self.emulated, self.action_dt = emulated, action_dt
+        self.emulated, self.action_dt, self.episode_gap_ns = emulated, action_dt, round(episode_gap_s * 1e9)
         self._planned_tick: int | None = None     # emulated latency: the next query's period (ns)
         self.latencies: deque[float] = deque(maxlen=100)       # policy step, ms
         self.end_to_end: deque[float] = deque(maxlen=100)      # observation stamp -> action, ms
@@ -176,6 +176,8 @@ class InferenceWorker:
         from ..latency import latency_periods
 
         dt = round(1e9 * self.action_dt)
+        if self._last_sim_tick is not None and tick_ns - self._last_sim_tick > self.episode_gap_ns:
+            self.schedule = QuerySchedule()  # a new episode plans afresh, as the in-process clock does
         every = max(1, round(self.period_s() / self.action_dt))
         horizon = round(self.horizon_s() / self.action_dt)
         self._planned_tick = self.schedule.plan(tick_ns // dt, latency_periods(latency_ms, self.action_dt),

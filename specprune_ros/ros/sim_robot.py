@@ -398,7 +398,7 @@ class _DelayedDelivery:
 
     def __init__(self, robot: SimRobotNode, dt_ns: int, query_ns: int) -> None:
         self.robot, self.dt_ns, self.every = robot, dt_ns, max(1, round(query_ns / dt_ns))
-        self.schedule = QuerySchedule()            # the node's twin: fed the same latencies, never reset
+        self.schedule = QuerySchedule()            # the node's twin: fed the same latencies
         self.computed: dict[int, ActionChunk] = {}  # observation stamp -> the node's chunk
         self.latency_ms: dict[int, float] = {}      # observation stamp -> its step's emulated latency
         self.due: dict[int, ActionChunk] = {}       # period -> the chunk delivered then
@@ -407,8 +407,9 @@ class _DelayedDelivery:
         robot.create_subscription(ActionChunk, COMPUTED_CHUNK_TOPIC, robot._on_computed_chunk, 10)
 
     def start(self, t: int) -> None:
-        """A new episode: the node's first query is at its first period (its clock jumped past any plan)."""
-        self.next_query, self.due = t, {}
+        """A new episode: the node's first query is at its first period (its clock jumped past any
+        plan), and both plan afresh (the node at the episode gap)."""
+        self.next_query, self.due, self.schedule = t, {}, QuerySchedule()
 
     def period(self, t: int) -> int | None | bool:
         """At period ``t`` (its /clock out): wait for the query's chunk if ``t`` is a query period,

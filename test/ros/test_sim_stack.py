@@ -76,7 +76,8 @@ def test_the_delay_clock_through_ros_is_the_in_process_delay_clock(tmp_path, mon
     """The emulated A800 latency (109 ms unpruned: 2 periods; the pruned step's ~70 ms: 1) through
     the stack - the node scheduling its queries from it, the robot delivering each chunk when it is
     due - runs the in-process delay clock's episodes: the same holds, skipped actions and
-    observation age behind every executed action, period by period."""
+    observation age behind every executed action, period by period - over an episode gap too
+    (both plan each episode afresh)."""
     from specprune_ros.config import Config, model_params_file
     from specprune_ros.latency import parse_latency
     from specprune_ros.policy import make_policy
@@ -88,24 +89,26 @@ def test_the_delay_clock_through_ros_is_the_in_process_delay_clock(tmp_path, mon
     monkeypatch.setenv("ROS_DOMAIN_ID", str(100 + os.getpid() % 50))
     config = Config.from_yaml(model_params_file(str(MODEL))).replace(model_path=str(MODEL), device="cpu")
     config = config.replace(control_rate_hz=1.0 / (CHUNK_EXECUTED * config.node.action_dt))
-    methods, seeds, latency = parse_methods("specprune"), [101000], parse_latency("7b-a800")
+    methods, seeds, latency = parse_methods("specprune"), [101000, 101001], parse_latency("7b-a800")
     ros = evaluate(config, methods, seeds, tmp_path / "ros", max_steps=30, latency=latency,
                    runner=ThroughRos(tmp_path / "ros", max_steps=30, latency=latency))
     env = TabletopEnv(max_steps=30)
     try:
-        expected = run_policy_episode(env, make_policy(config), seeds[0], latency=latency)
+        expected = [run_policy_episode(env, make_policy(config), seed, latency=latency) for seed in seeds]
     finally:
         env.close()
-    (episode,) = [json.loads(line) for line in
-                  (tmp_path / "ros" / "through_ros" / "specprune" / "robot1.jsonl").read_text().splitlines()]
-    assert episode["timeouts"] == 0 and episode["steps"] == expected.steps == 30
-    assert episode["latency_ms"][0] == pytest.approx(109, abs=0.01)         # the first step runs unpruned
-    assert episode["holds"] == expected.holds == 2                           # its 2 periods, at the start
-    assert episode["skipped"] == expected.skipped
-    assert episode["chunk_age_s"] == pytest.approx(expected.chunk_age_s, abs=1e-6)
-    assert len(episode["kept_tokens"]) == len(expected.kept_tokens)         # the same queries
+    episodes = [json.loads(line) for line in
+                (tmp_path / "ros" / "through_ros" / "specprune" / "robot1.jsonl").read_text().splitlines()]
+    assert [e["seed"] for e in episodes] == seeds                            # one robot, one after the other
+    for episode, local in zip(episodes, expected):
+        assert episode["timeouts"] == 0 and episode["steps"] == local.steps == 30
+        assert episode["latency_ms"][0] == pytest.approx(109, abs=0.01)     # the first step runs unpruned
+        assert episode["holds"] == local.holds == 2                          # its 2 periods, at the start
+        assert episode["skipped"] == local.skipped
+        assert episode["chunk_age_s"] == pytest.approx(local.chunk_age_s, abs=1e-6)
+        assert len(episode["kept_tokens"]) == len(local.kept_tokens)        # the same queries
     assert ros["methods"]["specprune"]["emulated_latency_ms_mean"] == pytest.approx(
-        float(np.mean([latency.step_ms(f) for f in expected.flops_ratio])), rel=0.02)
+        float(np.mean([latency.step_ms(f) for e in expected for f in e.flops_ratio])), rel=0.02)
 
 
 def test_the_sim_robot_resets_on_the_service_and_reports_the_episode(tmp_path):

@@ -81,7 +81,8 @@ class NodeConfig:
         "", "Simulated clock only (use_sim_time, a lockstep simulator): each step's answer is due this emulated "
         "latency after its observation - milliseconds, or a model on a GPU whose LLM part scales with the step's "
         "FLOPs (7b-a800, 7b-h100) - and PruningStats.latency_ms reports it; queries are scheduled from it. The "
-        "simulator delivers the chunk when its clock gets there ('' = off: the measured latency).", read_only=True)
+        "simulator delivers the chunk when its clock gets there ('' = off: the measured latency). The simulator plans "
+        "with the control_rate_hz it started with: leave it as set.", read_only=True)
 
     def __post_init__(self) -> None:
         validate_section(self, "")

@@ -183,8 +183,9 @@ class QuerySchedule:
     the ``quantile`` (p95) of the last ``window`` latencies, so a steady latency is always covered
     and one slow step costs at most a short hold.
 
-    The node's worker schedules its wall-clock ticks with it (latencies measured) and the
-    evaluation's delay clock its queries (latencies emulated, in whole periods).
+    The node's worker schedules its wall-clock ticks with it (latencies measured); the delay clock
+    plans its queries with ``plan`` (latencies emulated, in whole periods) - in process, in the
+    node on a simulated clock, and in the lockstep sim robot, which must know the node's queries.
     """
 
     def __init__(self, quantile: float = 0.95, window: int = 50) -> None:
@@ -195,7 +196,7 @@ class QuerySchedule:
 
     def observe(self, latency_s: float) -> None:
         """One query's latency: its observation's stamp to its chunk being in hand (s; in action
-        periods where the schedule is asked for ``next_period``)."""
+        periods where the schedule is asked to ``plan``)."""
         if math.isfinite(latency_s) and latency_s >= 0:
             self.latencies.append(float(latency_s))
 

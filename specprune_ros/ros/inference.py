@@ -21,9 +21,11 @@ import time
 from collections import deque
 from typing import Callable
 
+import numpy as np
+
 from ..control import ControlTick, TickResult
 from ..execution import QuerySchedule
-from ..latency import LatencyModel
+from ..latency import LatencyModel, latency_periods
 
 LOCKSTEP_WAIT_S = 2.0       # simulated clock: the longest wall-clock wait for a tick's inputs
 
@@ -46,6 +48,7 @@ class InferenceWorker:
         self._last_sim_tick: int | None = None
         self.emulated, self.action_dt, self.episode_gap_ns = emulated, action_dt, round(episode_gap_s * 1e9)
         self._planned_tick: int | None = None     # emulated latency: the next query's period (ns)
+        self._emulated_plan = QuerySchedule()     # ... planned in whole periods (``schedule``: seconds)
         self.latencies: deque[float] = deque(maxlen=100)       # policy step, ms
         self.end_to_end: deque[float] = deque(maxlen=100)      # observation stamp -> action, ms
         self.published: deque[float] = deque(maxlen=100)       # monotonic times of published actions
@@ -140,6 +143,8 @@ class InferenceWorker:
                 if not self.active.is_set():     # deactivated meanwhile: nothing was published
                     return
                 if result.output is not None or result.dropped or late:
+                    if self.emulated is not None and result.output is None:
+                        self._plan_after_miss(tick)
                     self._last_sim_tick = tick
                     return
             if self._stop.wait(0.002):
@@ -155,13 +160,14 @@ class InferenceWorker:
             return result
         stats = result.output.stats
         measured_ms = stats.latency_ms
-        if self.emulated is not None and now_ns is not None:
-            stats.latency_ms = self.emulated.step_ms(stats.flops_ratio)
+        emulated = self.emulated is not None and now_ns is not None
+        if emulated:      # as PruningStats carries it (float32): the robot plans from that very value
+            stats.latency_ms = float(np.float32(self.emulated.step_ms(stats.flops_ratio)))
         if self.publish(result):
             self.latencies.append(measured_ms)
             self.end_to_end.append(result.age_s * 1e3)
-            if self.emulated is not None and now_ns is not None:
-                self._plan(now_ns, stats.latency_ms)
+            if emulated:
+                self._plan(now_ns, latency_periods(stats.latency_ms, self.action_dt))
             else:
                 self.schedule.observe(result.age_s)
             self.published.append(time.monotonic())
@@ -169,19 +175,20 @@ class InferenceWorker:
             self.control.assembler.unuse(result.observation.stamp_ns)
         return result
 
-
-    def _plan(self, tick_ns: int, latency_ms: float) -> None:
-        """The next query's period after a step at ``tick_ns`` answered ``latency_ms`` later
-        (emulated): the robot plans the same from the step's PruningStats."""
-        from ..latency import latency_periods
-
+    def _plan(self, tick_ns: int, lead: int) -> None:
+        """The next query's period after a step at ``tick_ns`` answered ``lead`` periods later
+        (emulated); the robot plans the same from the step's PruningStats."""
         dt = round(1e9 * self.action_dt)
         if self._last_sim_tick is not None and tick_ns - self._last_sim_tick > self.episode_gap_ns:
-            self.schedule = QuerySchedule()  # a new episode plans afresh, as the in-process clock does
+            self._emulated_plan = QuerySchedule()   # a new episode plans afresh, as the in-process clock does
         every = max(1, round(self.period_s() / self.action_dt))
         horizon = round(self.horizon_s() / self.action_dt)
-        self._planned_tick = self.schedule.plan(tick_ns // dt, latency_periods(latency_ms, self.action_dt),
-                                                every, horizon) * dt
+        self._planned_tick = self._emulated_plan.plan(tick_ns // dt, lead, every, horizon) * dt
+
+    def _plan_after_miss(self, tick_ns: int) -> None:
+        """A query period with no chunk (a drop, no inputs in time): the next query is one control
+        period on, as the robot, which waited for it in vain, plans."""
+        self._planned_tick = tick_ns + max(1, round(self.period_s() / self.action_dt)) * round(1e9 * self.action_dt)
 
 
 def _name_os_thread(name: str) -> None:

@@ -331,10 +331,7 @@ class SimRobotNode(Node):
         query = t % self.query_ns == 0
         due = None                          # the delay clock: the stamp of the chunk delivered now
         if self.delay is not None:
-            due = self.delay.period(t)
-            if due is False:                # the query's chunk never came
-                episode.timeouts += 1
-                return None
+            due = self.delay.period(t, episode)
             query = due is not None
 
         def ready() -> ActionCommand | None:
@@ -402,46 +399,61 @@ class _DelayedDelivery:
         self.computed: dict[int, ActionChunk] = {}  # observation stamp -> the node's chunk
         self.latency_ms: dict[int, float] = {}      # observation stamp -> its step's emulated latency
         self.due: dict[int, ActionChunk] = {}       # period -> the chunk delivered then
-        self.next_query = 0
+        self.next_query = self.last_query = 0
         self.chunk_pub = robot.create_publisher(ActionChunk, robot.config.topics.action_chunk, 10)
         robot.create_subscription(ActionChunk, COMPUTED_CHUNK_TOPIC, robot._on_computed_chunk, 10)
 
     def start(self, t: int) -> None:
         """A new episode: the node's first query is at its first period (its clock jumped past any
         plan), and both plan afresh (the node at the episode gap)."""
-        self.next_query, self.due, self.schedule = t, {}, QuerySchedule()
+        self.next_query, self.last_query, self.due, self.schedule = t, t - self.dt_ns, {}, QuerySchedule()
 
-    def period(self, t: int) -> int | None | bool:
-        """At period ``t`` (its /clock out): wait for the query's chunk if ``t`` is a query period,
-        deliver what is due now; the stamp of the chunk delivered now (its command is the one to
-        wait for), None when none is, False when the query's chunk never came."""
-        robot = self.robot
+    def period(self, t: int, episode: EpisodeLog) -> int | None:
+        """At period ``t`` (its /clock out): at a query period wait for the query's chunk and plan
+        the next query; then deliver what is due now. Returns the stamp of the chunk delivered now
+        (its command is the one to wait for), None when none is. A query whose chunk never comes
+        counts as a timeout, and the next one is a control period on, as the node plans it."""
         if t == self.next_query:
-            deadline = time.monotonic() + LOCKSTEP_TIMEOUT_S
-            with robot._cv:
-                while not (t in self.computed and t in self.latency_ms) and not robot._stop.is_set():
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    robot._cv.wait(min(CLOCK_REPEAT_S, left))
-                    robot.clock_pub.publish(Clock(clock=Time(nanoseconds=t).to_msg()))
-                chunk, latency_ms = self.computed.pop(t, None), self.latency_ms.pop(t, None)
-                self.computed = {k: v for k, v in self.computed.items() if k > t}
-            if chunk is None or latency_ms is None:
-                if not robot._stop.is_set():
-                    robot.get_logger().warning(f"delay clock: no chunk computed for t = {t * 1e-9:.1f} s within "
-                                               f"{LOCKSTEP_TIMEOUT_S:g} s (wall); holding")
+            found = self._computed_since(self.last_query, t)
+            self.last_query = t
+            if found is None:
+                episode.timeouts += 1
                 self.next_query = t + self.every * self.dt_ns
-                return False
-            lead = latency_periods(latency_ms, self.dt_ns * 1e-9)
-            self.due[t + lead * self.dt_ns] = chunk
-            horizon = chunk.chunk_size
-            self.next_query = self.schedule.plan(t // self.dt_ns, lead, self.every, horizon) * self.dt_ns
+            else:
+                chunk, latency_ms = found
+                lead = latency_periods(latency_ms, self.dt_ns * 1e-9)
+                self.due[t + lead * self.dt_ns] = chunk
+                self.next_query = self.schedule.plan(t // self.dt_ns, lead, self.every, chunk.chunk_size) * self.dt_ns
         chunk = self.due.pop(t, None)
         if chunk is None:
             return None
         self.chunk_pub.publish(chunk)
         return _ns(chunk.header.stamp)
+
+    def _computed_since(self, after: int, t: int) -> tuple[ActionChunk, float] | None:
+        """The newest chunk the node computed from an observation in (after, t], with its
+        emulated latency; None if none comes within LOCKSTEP_TIMEOUT_S (wall). The node steps on
+        an earlier frame when the period's own never reached it."""
+        robot = self.robot
+
+        def newest() -> int | None:
+            stamps = [k for k in self.computed if after < k <= t and k in self.latency_ms]
+            return max(stamps) if stamps else None
+
+        deadline = time.monotonic() + LOCKSTEP_TIMEOUT_S
+        with robot._cv:
+            while newest() is None and not robot._stop.is_set() and time.monotonic() < deadline:
+                robot._cv.wait(min(CLOCK_REPEAT_S, max(0.0, deadline - time.monotonic())))
+                if newest() is None:
+                    robot.clock_pub.publish(Clock(clock=Time(nanoseconds=t).to_msg()))
+            stamp = newest()
+            found = None if stamp is None else (self.computed[stamp], self.latency_ms[stamp])
+            self.computed = {k: v for k, v in self.computed.items() if k > t}
+            self.latency_ms = {k: v for k, v in self.latency_ms.items() if k > t}
+        if found is None and not robot._stop.is_set():
+            robot.get_logger().warning(f"delay clock: no chunk computed for t = {t * 1e-9:.1f} s within "
+                                       f"{LOCKSTEP_TIMEOUT_S:g} s (wall); holding")
+        return found
 
 
 def _ns(stamp) -> int:

@@ -138,8 +138,10 @@ class ThroughRos:
         for r in results:                      # cumulative per robot: the largest is its total
             for reason, count in r.get("drops", {}).items():
                 drops[reason] = max(drops.get(reason, 0), count)
-        delay = {} if self.latency is None else {      # the node's PruningStats report the emulated latency
-            "emulated_latency_ms_mean": float(np.mean(np.concatenate([r["latency_ms"] for r in results])))}
+        delay = {} if self.latency is None else {
+            # the node's PruningStats carry the emulated latency, not this host's: no measured step here
+            "emulated_latency_ms_mean": float(np.mean(np.concatenate([r["latency_ms"] for r in results]))),
+            "latency_ms_mean": float("nan"), "latency_ms_p95": float("nan")}
         return {"clock": self.clock if self.latency is None else f"{self.clock}, delay (emulated latency)", **delay,
                 "chunk_age_s_mean": float(ages.mean()) if ages.size else float("nan"),
                 "chunk_age_s_p95": float(np.percentile(ages, 95)) if ages.size else float("nan"),

@@ -133,7 +133,7 @@ def evaluate(config: Config, methods: list[Method], seeds: list[int], out: str |
     runs them through DDS) and may add its own figures to each method's summary. ``frozen``:
     cameras held at each episode's first frame (in process only: the ROS stack's robot
     publishes what it renders). ``latency``: a ``latency.LatencyModel`` - the delay clock, in
-    process only."""
+    process; a runner that runs it (the ROS stack's, lockstep) brings its own."""
     from .rollout import wilson_interval
 
     out = Path(out)
@@ -141,9 +141,13 @@ def evaluate(config: Config, methods: list[Method], seeds: list[int], out: str |
     total, done = len(methods) * len(seeds), [0]
     episodes: dict[str, list[dict[str, Any]]] = {}
     summary: dict[str, dict[str, Any]] = {}
-    if (frozen or latency is not getattr(runner, "latency", None)) and runner is not None:
-        what = f"frozen cameras ({', '.join(frozen)})" if frozen else f"an emulated latency ({latency.name})"
-        raise ValueError(f"{what}: only in process or given to the {runner.name} runner, not with it")
+    if runner is not None:
+        if frozen:
+            raise ValueError(f"frozen cameras ({', '.join(frozen)}): only in process, "
+                             f"not with the {runner.name} runner")
+        latency = latency or getattr(runner, "latency", None)     # the runner's delay clock, if it has one
+        if latency is not getattr(runner, "latency", None):
+            raise ValueError(f"an emulated latency ({latency.name}): give it to the {runner.name} runner")
     runner = runner or InProcess(workers, max_steps, layout, frozen, latency, execute)
 
     def one_done() -> None:

@@ -109,6 +109,6 @@ def test_the_delay_clock_reports_its_emulated_latency_holds_and_ages(tmp_path):
                           execute=4)
     assert replanning["actions_per_query"] == 4
     assert replanning["methods"]["none"]["skipped_actions_per_episode"] == 12.0     # 4 chunks from action 3
-    with pytest.raises(ValueError, match=r"an emulated latency \(250 ms\): only in process or given to the x runner"):
+    with pytest.raises(ValueError, match=r"an emulated latency \(250 ms\): give it to the x runner"):
         evaluate(config, parse_methods("none"), seeds, tmp_path, latency=parse_latency("250"),
                  runner=SimpleNamespace(name="x"))

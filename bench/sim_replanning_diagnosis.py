@@ -23,10 +23,9 @@ from specprune_ros.common.device import cpu_name
 from specprune_ros.common.jsonout import finite
 from specprune_ros.common.methods import parse_seeds
 from specprune_ros.config import model_config
-from specprune_ros.observation import HistoryFrame, Observation
 from specprune_ros.policy import load_model, make_policy
-from specprune_ros.sim import CAMERAS
 from specprune_ros.sim.env import ACTION_DT, TabletopEnv
+from specprune_ros.sim.rollout import run_policy_episode
 
 NEAR_M = 0.05            # the grasp phase: the gripper this near the target
 
@@ -37,39 +36,46 @@ def first_close(actions: np.ndarray) -> int:
     return int(np.argmax(closing)) if closing.any() else -1
 
 
+class _Shadowed:
+    """The pruned policy that drives the episode, asking the unpruned one on every observation
+    it is shown and recording both answers with the scene at that moment."""
+
+    def __init__(self, pruned, dense, env, execute: int, rows: list[dict]) -> None:
+        self.pruned, self.dense, self.env, self.execute, self.rows = pruned, dense, env, execute, rows
+
+    def reset(self) -> None:
+        self.pruned.reset()
+        self.dense.reset()
+
+    def step(self, observation):
+        out, ref = self.pruned.step(observation), self.dense.step(observation)
+        diff = np.abs(out.actions_normalized[:self.execute] - ref.actions_normalized[:self.execute])
+        s, env = out.stats, self.env
+        self.rows.append({"execute": self.execute, "period": env.steps,
+                          "distance_m": float(np.linalg.norm(env.gripper_position()
+                                                             - env.object_position(env.task.target))),
+                          "fine_mode": s.fine_mode, "kept_tokens": s.vision_tokens_kept,
+                          "history_frames": s.history_frames, "history_age_s": s.history_age_s,
+                          "translation_speed": s.translation_speed, "recall": s.global_recall,
+                          "translation_difference": float(diff[:, :3].mean()),
+                          "gripper_difference": float(diff[:, 6].mean()),
+                          "first_close_pruned": first_close(out.actions),
+                          "first_close_unpruned": first_close(ref.actions)})
+        return out
+
+
 def run(model: str, seeds: list[int], execute: int) -> list[dict]:
     config = model_config(model).replace(model_path=model, control_rate_hz=1 / (execute * ACTION_DT))
     loaded, env, rows = load_model(config), TabletopEnv(), []
     try:
         for seed in seeds:
-            pruned = make_policy(config, loaded)
-            dense = make_policy(config.replace(**{"pruning.enabled": False}), loaded)
-            obs, info = env.reset(seed=seed)
-            history, done, success = [], False, False
-            while not done:
-                observation = Observation([obs[k] for k in CAMERAS], obs["proprio"], info["instruction"],
-                                          stamp=env.steps * ACTION_DT, history=history[:-1])
-                out, ref = pruned.step(observation), dense.step(observation)
-                diff = np.abs(out.actions_normalized[:execute] - ref.actions_normalized[:execute])
-                s = out.stats
-                rows.append({"execute": execute, "seed": seed, "period": env.steps,
-                             "distance_m": float(np.linalg.norm(env.gripper_position()
-                                                                - env.object_position(env.task.target))),
-                             "fine_mode": s.fine_mode, "kept_tokens": s.vision_tokens_kept,
-                             "history_frames": s.history_frames, "history_age_s": s.history_age_s,
-                             "translation_speed": s.translation_speed, "recall": s.global_recall,
-                             "translation_difference": float(diff[:, :3].mean()),
-                             "gripper_difference": float(diff[:, 6].mean()),
-                             "first_close_pruned": first_close(out.actions),
-                             "first_close_unpruned": first_close(ref.actions)})
-                history = []
-                for action in out.actions[:execute]:
-                    obs, _, success, truncated, info = env.step(action)
-                    history.append(HistoryFrame(env.steps * ACTION_DT, [obs[k] for k in CAMERAS]))
-                    if success or truncated:
-                        done = True
-                        break
-            rows[-1]["episode_success"] = bool(success)
+            start = len(rows)
+            policy = _Shadowed(make_policy(config, loaded),
+                               make_policy(config.replace(**{"pruning.enabled": False}), loaded), env, execute, rows)
+            result = run_policy_episode(env, policy, seed, execute=execute)
+            for row in rows[start:]:
+                row["seed"] = seed
+            rows[-1]["episode_success"] = result.success
     finally:
         env.close()
     return rows

@@ -191,6 +191,60 @@ def evaluate(config: Config, methods: list[Method], seeds: list[int], out: str |
     return result
 
 
+# What must agree for runs to be merged into one sweep: the same episodes asked the same way.
+MERGE_KEYS = ("model", "seeds", "max_steps", "layout", "frozen_cameras", "emulated_latency", "actions_per_query",
+              "runner")
+
+
+def merge_evaluations(runs: list[str | Path], out: str | Path) -> dict[str, Any]:
+    """One sweep from ``sim eval`` runs made in parts (one budget group per run, say): their
+    methods side by side, the paired tests recomputed from every run's per-seed outcomes
+    (``episodes.csv``: every method against ``none``, the rules of one alpha against each other),
+    the speed-up against ``none`` wherever it ran, the budget curves and their plot. Writes
+    ``results.json`` and ``success_vs_flops_curves.png`` to ``out``. Runs that asked different
+    episodes (model, seeds, layout, clock ...) or that repeat a method are refused."""
+    if not runs:
+        raise ValueError("merge: no runs given")
+    results, episodes, summary = [], {}, {}
+    for run in map(Path, runs):
+        try:
+            result = json.loads((run / "results.json").read_text())
+            with (run / "episodes.csv").open(newline="") as f:
+                rows = list(csv.DictReader(f))
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"merge: {run} is not a `sim eval` output ({exc})") from None
+        for key in MERGE_KEYS:
+            if results and result.get(key) != results[0].get(key):
+                raise ValueError(f"merge: {run} has {key} {result.get(key)!r}, the first run "
+                                 f"{results[0].get(key)!r}: not the same episodes")
+        for label, s in result["methods"].items():
+            if label in summary:
+                raise ValueError(f"merge: method {label!r} is in {run} and in an earlier run")
+            summary[label] = s
+            episodes[label] = [{"seed": int(r["seed"]), "success": r["success"] == "1"}
+                               for r in rows if r["method"] == label]
+        results.append(result)
+    reference = summary.get("none", {}).get("latency_ms_mean")
+    paired = paired_comparisons(episodes, summary)
+    for s in summary.values():
+        s["speedup"] = reference / s["latency_ms_mean"] if reference and s.get("latency_ms_mean") else math.nan
+        s.pop("vs_none", None)
+    for comparison in paired:
+        if comparison["b"] == "none":
+            summary[comparison["a"]]["vs_none"] = {k: comparison[k] for k in ("difference", "p_value")}
+    first = results[0]
+    merged = {**{k: first.get(k) for k in ("episodes_per_method", "split", "device", *MERGE_KEYS)},
+              "merged_from": [str(r) for r in runs], "devices": sorted({r["device"] for r in results}),
+              "methods": summary, "paired": paired, "curves": budget_curves(summary),
+              "timing_note": "latencies and speed-ups come from runs made at different times; "
+                             "`specprune bench` times one step alone"}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(finite(merged), indent=2, allow_nan=False))
+    plot_curves(out / "success_vs_flops_curves.png", merged["curves"], summary)
+    return merged
+
+
 def seed_split(seeds: list[int]) -> str:
     """The split every seed falls in, "outside" (none), or "mixed"."""
     splits = {next((name for name, (low, high) in SEED_SPLITS.items() if low <= seed < high), "outside")

@@ -112,3 +112,53 @@ def test_the_delay_clock_reports_its_emulated_latency_holds_and_ages(tmp_path):
     with pytest.raises(ValueError, match=r"an emulated latency \(250 ms\): give it to the x runner"):
         evaluate(config, parse_methods("none"), seeds, tmp_path, latency=parse_latency("250"),
                  runner=SimpleNamespace(name="x"))
+
+
+def _sim_eval_output(path, methods, seeds=(5, 6, 7, 8), layout="scattered"):
+    """A `sim eval --out` directory: ``methods`` maps a label to (alpha, FLOPs, per-seed outcomes)."""
+    path.mkdir()
+    summary = {label: {"alpha": alpha, "episodes": len(wins), "flops_ratio_mean": flops,
+                       "success_rate": sum(wins) / len(wins),
+                       "success_ci95": list(wilson_interval(sum(wins), len(wins))), "latency_ms_mean": 10.0 * flops}
+               for label, (alpha, flops, wins) in methods.items()}
+    result = {"model": "m", "seeds": [seeds[0], seeds[-1]], "max_steps": 160, "layout": layout, "frozen_cameras": [],
+              "emulated_latency": None, "actions_per_query": 8, "runner": "in-process", "episodes_per_method": 4,
+              "split": "validation", "device": "a CPU", "methods": summary}
+    (path / "results.json").write_text(json.dumps(result))
+    with (path / "episodes.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["method", "seed", "success"])
+        for label, (_, _, wins) in methods.items():
+            writer.writerows([label, seed, int(win)] for seed, win in zip(seeds, wins))
+
+
+def test_a_sweep_made_in_parts_merges_into_one(tmp_path):
+    from specprune_ros.sim.evaluate import merge_evaluations
+    _sim_eval_output(tmp_path / "a", {"none": (None, 1.0, [1, 1, 1, 0]), "specprune@1": (1.0, 0.3, [1, 0, 1, 0]),
+                                      "random@1": (1.0, 0.35, [0, 0, 1, 0])})
+    _sim_eval_output(tmp_path / "b", {"specprune@2": (2.0, 0.4, [1, 1, 1, 0]), "random@2": (2.0, 0.45, [0, 1, 0, 0])})
+    merged = merge_evaluations([tmp_path / "a", tmp_path / "b"], tmp_path / "merged")
+    assert list(merged["methods"]) == ["none", "specprune@1", "random@1", "specprune@2", "random@2"]
+    pairs = {(c["a"], c["b"]): (c["a_only"], c["b_only"]) for c in merged["paired"]}
+    # against none across runs, and the rules of one alpha against each other - never across alphas
+    assert pairs[("random@2", "none")] == (0, 2) and pairs[("specprune@2", "random@2")] == (2, 0)
+    assert ("specprune@1", "random@2") not in pairs and ("specprune@1", "specprune@2") not in pairs
+    assert merged["methods"]["specprune@2"]["vs_none"]["difference"] == 0.0
+    assert merged["methods"]["random@2"]["speedup"] == pytest.approx(10.0 / 4.5)
+    assert [p["label"] for p in merged["curves"]["families"]["specprune"]] == ["specprune@1", "specprune@2"]
+    saved = json.loads((tmp_path / "merged" / "results.json").read_text())
+    assert saved["paired"] == merged["paired"] and (tmp_path / "merged" / "success_vs_flops_curves.png").exists()
+
+
+def test_runs_of_other_episodes_or_a_repeated_method_are_not_merged(tmp_path):
+    from specprune_ros.sim.evaluate import merge_evaluations
+    _sim_eval_output(tmp_path / "a", {"none": (None, 1.0, [1, 1, 1, 0])})
+    _sim_eval_output(tmp_path / "b", {"random@1": (1.0, 0.3, [1, 0, 1, 0])}, layout="fixed-start")
+    _sim_eval_output(tmp_path / "c", {"none": (None, 1.0, [1, 1, 1, 1])})
+    with pytest.raises(ValueError, match="has layout 'fixed-start'.*not the same episodes"):
+        merge_evaluations([tmp_path / "a", tmp_path / "b"], tmp_path / "out")
+    with pytest.raises(ValueError, match="method 'none' is in .*c and in an earlier run"):
+        merge_evaluations([tmp_path / "a", tmp_path / "c"], tmp_path / "out")
+    with pytest.raises(ValueError, match="is not a `sim eval` output"):
+        merge_evaluations([tmp_path / "a", tmp_path / "missing"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -215,7 +215,8 @@ def test_a_stack_resumes_after_deactivate_and_activate(ros, tmp_path, clock):
         change(Transition.TRANSITION_ACTIVATE)
         assert wait_for(lambda: acting_since(activated), 30), received[-5:]
         if lockstep:
-            assert sim_clock[-1] > held
+            # the robot steps on the command and then publishes its clock: wait for it, not just the command
+            assert wait_for(lambda: sim_clock[-1] > held, 30), (held, sim_clock[-1])
             assert wait_for(log.exists, 120)
             episode = json.loads(log.read_text().splitlines()[0])
             assert episode["steps"] == 80 and episode["timeouts"] == 0, episode

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from specprune_ros.sim.evaluate import TABLE_HEADER, merge_evaluations, table_rows
+from specprune_ros.sim.evaluate import format_table, merge_evaluations
 
 
 def main() -> int:
@@ -25,9 +25,7 @@ def main() -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    rows = [TABLE_HEADER] + table_rows(merged["methods"])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_HEADER))]
-    print("\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows))
+    print(format_table(merged["methods"]))
     for c in merged["paired"]:
         print(f"{c['a']} vs {c['b']}: {c['a_only']} / {c['b_only']} seeds (p {c['p_value']:.3g})")
     return 0

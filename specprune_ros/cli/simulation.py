@@ -120,7 +120,7 @@ def cmd_sim_eval(args: argparse.Namespace) -> int:
     from ..common.methods import parse_budgets, parse_methods, parse_seeds
     from ..latency import parse_latency
     from ..sim.env import seed_range
-    from ..sim.evaluate import TABLE_HEADER, evaluate, table_rows
+    from ..sim.evaluate import evaluate, format_table
 
     cfg = config_from_args(args, args.model)
     methods = parse_methods(args.methods, parse_budgets(args.budgets) if args.budgets else None)
@@ -142,9 +142,7 @@ def cmd_sim_eval(args: argparse.Namespace) -> int:
         result = evaluate(cfg, methods, seeds, args.out, args.workers, progress.bar("eval", "episodes"),
                           layout=args.layout, runner=runner, frozen=tuple(args.freeze_camera or ()),
                           latency=latency, execute=execute)
-    rows = [TABLE_HEADER] + table_rows(result["methods"])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_HEADER))]
-    text = "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows)
+    text = format_table(result["methods"])
     return Result(result, f"closed loop on {len(seeds)} {result['split']} seeds per method "
                         f"({seeds[0]}-{seeds[-1]}), {args.model}:\n{text}\n"
                         + ("" if latency is None else _delay_lines(latency, result["methods"]))

@@ -166,13 +166,7 @@ def evaluate(config: Config, methods: list[Method], seeds: list[int], out: str |
             alpha = None if method.name == "none" else cfg.pruning.alpha   # the configured one if none given
             summary[method.label] = _summarize(method, results, wilson_interval, fastv_tokens, alpha)
             summary[method.label].update(runner.summary(results))
-    reference = summary.get("none", {}).get("latency_ms_mean")
-    for s in summary.values():
-        s["speedup"] = reference / s["latency_ms_mean"] if reference else math.nan
-    paired = paired_comparisons(episodes, summary)
-    for comparison in paired:
-        if comparison["b"] == "none":
-            summary[comparison["a"]]["vs_none"] = {k: comparison[k] for k in ("difference", "p_value")}
+    paired = compare_methods(episodes, summary)
     result = {"model": config.node.model_path, "episodes_per_method": len(seeds), "seeds": [seeds[0], seeds[-1]],
               "split": seed_split(seeds), "max_steps": max_steps, "layout": layout,
               "frozen_cameras": list(frozen), "device": _device_name(config),
@@ -224,14 +218,9 @@ def merge_evaluations(runs: list[str | Path], out: str | Path) -> dict[str, Any]
             episodes[label] = [{"seed": int(r["seed"]), "success": r["success"] == "1"}
                                for r in rows if r["method"] == label]
         results.append(result)
-    reference = summary.get("none", {}).get("latency_ms_mean")
-    paired = paired_comparisons(episodes, summary)
     for s in summary.values():
-        s["speedup"] = reference / s["latency_ms_mean"] if reference and s.get("latency_ms_mean") else math.nan
-        s.pop("vs_none", None)
-    for comparison in paired:
-        if comparison["b"] == "none":
-            summary[comparison["a"]]["vs_none"] = {k: comparison[k] for k in ("difference", "p_value")}
+        s.pop("vs_none", None)             # a run without `none` has none; the merged one may
+    paired = compare_methods(episodes, summary)
     first = results[0]
     merged = {**{k: first.get(k) for k in ("episodes_per_method", "split", "device", *MERGE_KEYS)},
               "merged_from": [str(r) for r in runs], "devices": sorted({r["device"] for r in results}),
@@ -243,6 +232,27 @@ def merge_evaluations(runs: list[str | Path], out: str | Path) -> dict[str, Any]
     (out / "results.json").write_text(json.dumps(finite(merged), indent=2, allow_nan=False))
     plot_curves(out / "success_vs_flops_curves.png", merged["curves"], summary)
     return merged
+
+
+def compare_methods(episodes: dict[str, list[dict[str, Any]]],
+                    summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each method's speed-up against ``none`` and its paired test against it (``vs_none``), in
+    ``summary``; returns every paired comparison (``paired_comparisons``)."""
+    reference = summary.get("none", {}).get("latency_ms_mean")
+    for s in summary.values():
+        s["speedup"] = reference / s["latency_ms_mean"] if reference and s.get("latency_ms_mean") else math.nan
+    paired = paired_comparisons(episodes, summary)
+    for comparison in paired:
+        if comparison["b"] == "none":
+            summary[comparison["a"]]["vs_none"] = {k: comparison[k] for k in ("difference", "p_value")}
+    return paired
+
+
+def format_table(summary: dict[str, dict[str, Any]]) -> str:
+    """The printed table of ``sim eval``: one row per method, columns aligned."""
+    rows = [TABLE_HEADER] + table_rows(summary)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_HEADER))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows)
 
 
 def seed_split(seeds: list[int]) -> str:

@@ -95,7 +95,7 @@ def cmd_sim_train(args: argparse.Namespace) -> int:
             print(f"step {step}/{total} {text}", file=sys.stderr, flush=True)
 
     given = {k: getattr(args, k) for k in ("steps", "batch", "lr", "seed", "checkpoint_every", "aux_weight",
-                                       "grounding_weight", "grounding_layer", "aux_questions")}
+                                       "grounding_weight", "grounding_layer", "aux_questions", "ema", "keep_every")}
     config = TrainConfig(**{k: v for k, v in given.items() if v is not None})
     trainer = Trainer(args.data, args.out, config, progress=None if args.json else show, init=args.init,
                       device=args.device)
@@ -295,6 +295,10 @@ def register(sub, add) -> None:
     q.add_argument("--grounding-layer", type=int, help="the LLM layer whose output marks the named patches "
                                                         "(default 0: the last; a middle layer leaves the layers "
                                                         "above it to carry the marks to the action tokens)")
+    q.add_argument("--keep-every", type=int, help="also write the model every N steps (RUN/checkpoints/step-N), "
+                                                  "to choose one on validation seeds (default 0: only the last)")
+    q.add_argument("--ema", type=float, help="decay of a moving average of the weights, which the model "
+                                             "exported takes (e.g. 0.995; default 0: the last step's weights)")
     q.add_argument("--aux-questions", choices=("random", "own"),
                    help="the auxiliary loss asks about random objects of the scene in a second forward (random, "
                         "the default) or about the demonstration's own instruction in the action forward (own)")

@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..config import MODEL_PARAMS_FILE
 from ..model.checkpoint import random_model, write_checkpoint
@@ -54,6 +55,10 @@ class TrainConfig:
     grounding_layer: int = 0          # the LLM layer whose output marks the named patches (0: the last)
     aux_questions: str = "random"     # "random": a second forward asks about random objects; "own": the
     #                                   demonstration's instruction, from the action forward (see aux_loss)
+    keep_every: int = 0               # also write the model every this many steps, to choose one on
+    #                                   validation seeds (checkpoints/step-N; 0: only the last)
+    ema: float = 0.0                  # decay of an exponential moving average of the weights, which the
+    #                                   exported model takes (0: none, the last step's weights)
 
     def __post_init__(self) -> None:
         if self.aux_questions not in AUX_QUESTIONS:
@@ -61,6 +66,10 @@ class TrainConfig:
         if not 0 <= self.grounding_layer <= SIM_LLM_LAYERS:
             raise ValueError(f"grounding_layer = {self.grounding_layer}: 0 (the last) or a layer 1 .. "
                              f"{SIM_LLM_LAYERS}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"ema = {self.ema}: a decay in [0, 1) (0: no average)")
+        if self.keep_every < 0:
+            raise ValueError(f"keep_every = {self.keep_every}: a step count, or 0 (only the last model)")
 
 
 # The shipped model: the released token geometry (2 cameras x 256 patches of 14 px at 224 px,
@@ -213,6 +222,11 @@ class Trainer:
                       *(p for head in (self.patch_class_head, self.named_head) for p in head.parameters()
                         if self.patch_labels is not None)]
         self.optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+        # The moving average of the weights (torch's AveragedModel; buffers too, so the exported
+        # copy is whole). Its first update copies the weights - a warm start's, loaded later, included -
+        # and each later one moves it 1 - ema of the way to them.
+        self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True)
+                    if config.ema > 0 else None)
         self.step = 0
         self.losses: list[float] = []          # the action L1 (comparable across runs with and without aux)
         self.aux_losses: list[float] = []
@@ -328,6 +342,9 @@ class Trainer:
         state = _load_state(path, "resume from")
         try:
             self.model.load_state_dict(state["model"])
+            if self.ema is not None and "exported" in state:
+                self.ema.module.load_state_dict(state["exported"])
+                self.ema.n_averaged.copy_(state["ema_updates"])
             for name in ("aux_head", "patch_class_head", "named_head"):
                 if name in state:
                     getattr(self, name).load_state_dict(state[name])
@@ -342,6 +359,10 @@ class Trainer:
         self.seconds = float(state["seconds"])
         return True
 
+    def exported_model(self) -> torch.nn.Module:
+        """What the checkpoint holds: the moving average when the run keeps one, else the weights."""
+        return self.model if self.ema is None else self.ema.module
+
     def save(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         tmp = self.out / (STATE_FILE + ".tmp")
@@ -350,7 +371,9 @@ class Trainer:
                     "aux_head": self.aux_head.state_dict(), "patch_class_head": self.patch_class_head.state_dict(),
                     "named_head": self.named_head.state_dict(),
                     "aux_losses": torch.tensor(self.aux_losses, dtype=torch.float64),
-                    "grounding_losses": torch.tensor(self.grounding_losses, dtype=torch.float64)}, tmp)
+                    "grounding_losses": torch.tensor(self.grounding_losses, dtype=torch.float64),
+                    **({} if self.ema is None else {"exported": self.ema.module.state_dict(),
+                                                    "ema_updates": self.ema.n_averaged})}, tmp)
         tmp.replace(self.out / STATE_FILE)               # atomic: an interrupt never leaves half a file
 
     # ---- training -------------------------------------------------------------------------------------
@@ -424,18 +447,22 @@ class Trainer:
             total = float(loss.detach())
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
             self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
             self.step += 1
             self.losses.append(total)
             self.seconds += time.perf_counter() - start
             if self.step % c.checkpoint_every == 0 or self.step == c.steps:
                 self.save()
+            if c.keep_every and self.step % c.keep_every == 0 and self.step < c.steps:
+                self.write_model(self.out / "checkpoints" / f"step-{self.step}")
             if self.progress:
                 self.progress(self.step, c.steps, total)
         return self.finish() if self.step >= c.steps else {"steps": self.step, "interrupted": True}
 
     def write_model(self, directory: str | Path) -> Path:
         """The model as it is now, in the released checkpoint layout (e.g. from a resumed state)."""
-        model = copy.deepcopy(self.model).cpu().eval()
+        model = copy.deepcopy(self.exported_model()).cpu().eval()
         return _write_model(model, self.stats_json, self.tokenizer, directory, self.step, self.config.seed)
 
     def finish(self) -> dict[str, Any]:
@@ -451,6 +478,7 @@ class Trainer:
                    "grounding_weight": self.config.grounding_weight,
                    "grounding_loss_first": _mean_or_none(self.grounding_losses[:20]),
                    "grounding_loss_last": _mean_or_none(self.grounding_losses[-20:]),
+                   "ema": self.config.ema,
                    "model": str(model_dir)}
         (self.out / "train.json").write_text(json.dumps(summary, indent=2))
         _loss_plot(self.losses, self.out / "loss.png")
@@ -500,7 +528,7 @@ def export(run: str | Path, directory: str | Path, data: str | Path | Sequence[s
                 episodes.append({"actions": arrays["actions"], "proprio": arrays["proprio"]})
         stats_json = statistics(episodes)
     model = random_model(sim_model_config())
-    model.load_state_dict(state["model"])
+    model.load_state_dict(state.get("exported", state["model"]))   # the run's moving average, when it kept one
     return _write_model(model.eval(), stats_json, sim_tokenizer(), directory, int(state["step"]), 0)
 
 

@@ -93,6 +93,38 @@ def test_a_warm_start_takes_the_weights_not_the_optimizer_or_the_step(demos, tmp
         Trainer(demos, tmp_path / "cold", FAST, init=tmp_path / "missing.pt").resume()
 
 
+def test_the_exported_model_is_the_moving_average_of_the_weights_and_a_resume_keeps_it(demos, tmp_path):
+    config = replace(FAST, ema=0.5, keep_every=3)
+    seen: list[dict[str, torch.Tensor]] = []
+    run = Trainer(demos, tmp_path / "run", config,
+                  progress=lambda *_: seen.append({k: v.detach().clone() for k, v in run.model.state_dict().items()}))
+    run.train()
+    expected = dict(seen[0])                                        # the first update copies the weights
+    for weights in seen[1:]:
+        expected = {k: 0.5 * expected[k] + 0.5 * weights[k] for k in expected}
+    # The checkpoint stores bfloat16, as the released one does: the average to bfloat16's rounding.
+    name = max((k for k in expected if expected[k].is_floating_point()),
+               key=lambda k: float((expected[k] - seen[-1][k]).abs().max() / expected[k].abs().max()))
+    torch.testing.assert_close(run.exported_model().state_dict()[name], expected[name])
+    bf16 = expected[name].to(torch.bfloat16).float()
+    for model in (export(tmp_path / "run", tmp_path / "model"), run.out / "model"):
+        loaded = load_checkpoint(model, device="cpu", dtype="float32").model.state_dict()[name]
+        torch.testing.assert_close(loaded, bf16, rtol=2 ** -8, atol=1e-7)
+        assert (loaded - expected[name]).norm() < (loaded - seen[-1][name]).norm()   # the average, not the last step
+    kept = load_checkpoint(run.out / "checkpoints" / "step-6", device="cpu", dtype="float32").model.state_dict()
+    assert sorted(d.name for d in (run.out / "checkpoints").iterdir()) == ["step-3", "step-6"]   # step 8 is model/
+    assert (kept[name] - seen[5][name]).norm() < (kept[name] - seen[-1][name]).norm()
+    # An interrupted run resumes its average: the same exported weights as the straight run.
+    first = Trainer(demos, tmp_path / "parts", config)
+    first.train(until=4)
+    resumed = Trainer(demos, tmp_path / "parts", config)
+    assert resumed.resume()
+    resumed.train()
+    torch.testing.assert_close(resumed.exported_model().state_dict()[name], expected[name], rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="ema = 1.0"):
+        replace(FAST, ema=1.0)
+
+
 def test_dagger_rounds_are_driven_by_the_model_labeled_by_the_expert_and_train_with_the_demonstrations(
         demos, tmp_path):
     from specprune_ros.sim.collect import read_index

@@ -167,10 +167,11 @@ class Trainer:
                  progress: Callable[[int, int, float], None] | None = None, init: str | Path | None = None,
                  device: str | torch.device = "cpu") -> None:
         """``data``: one or more demonstration directories. ``init``: another run's
-        ``train_state.pt`` whose model weights start this run (a warm start: optimizer, step and
-        schedule start fresh); ignored when this run resumes. ``device``: where the model trains and
-        the whole dataset lives (its frames as uint8, ~0.3 MB per sample), so a batch is one gather
-        on the device, not a host loop (a GPU step is then ~ the model's own time)."""
+        ``train_state.pt`` whose model (its moving average, if it kept one) starts this run (a
+        warm start: optimizer, step and schedule start fresh); ignored when this run resumes.
+        ``device``: where the model trains and the whole dataset lives (its frames as uint8,
+        ~0.3 MB per sample), so a batch is one gather on the device, not a host loop (a GPU step
+        is then ~ the model's own time)."""
         self.out, self.config, self.progress = Path(out), config, progress
         self.init = Path(init) if init is not None else None
         self.device = torch.device(device)
@@ -337,7 +338,7 @@ class Trainer:
         path = self.out / STATE_FILE
         if not path.exists():
             if self.init is not None:
-                self.model.load_state_dict(_load_state(self.init, "start from")["model"])
+                self.model.load_state_dict(_exported_weights(_load_state(self.init, "start from")))
             return False
         state = _load_state(path, "resume from")
         try:
@@ -502,6 +503,12 @@ def _load_state(path: Path, purpose: str) -> dict[str, Any]:
     return state
 
 
+def _exported_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The weights a run's model is made of: its moving average when it kept one (``--ema``), else
+    the last step's - what ``export`` writes and what a warm start from the run begins with."""
+    return state.get("exported", state["model"])
+
+
 def _write_model(model, stats_json: dict[str, Any], tokenizer, directory: str | Path, step: int, seed: int) -> Path:
     path = write_checkpoint(model, stats_json, tokenizer, directory, step=step, seed=seed)
     write_params(path, model.config.llm.layers)
@@ -528,7 +535,7 @@ def export(run: str | Path, directory: str | Path, data: str | Path | Sequence[s
                 episodes.append({"actions": arrays["actions"], "proprio": arrays["proprio"]})
         stats_json = statistics(episodes)
     model = random_model(sim_model_config())
-    model.load_state_dict(state.get("exported", state["model"]))   # the run's moving average, when it kept one
+    model.load_state_dict(_exported_weights(state))
     return _write_model(model.eval(), stats_json, sim_tokenizer(), directory, int(state["step"]), 0)
 
 

@@ -121,6 +121,10 @@ def test_the_exported_model_is_the_moving_average_of_the_weights_and_a_resume_ke
     assert resumed.resume()
     resumed.train()
     torch.testing.assert_close(resumed.exported_model().state_dict()[name], expected[name], rtol=1e-4, atol=1e-6)
+    # A warm start from the run begins with the model it exported, not its last step's weights.
+    warm = Trainer(demos, tmp_path / "warm", FAST, init=run.out / STATE_FILE)
+    assert not warm.resume()
+    torch.testing.assert_close(warm.model.state_dict()[name], expected[name])
     with pytest.raises(ValueError, match="ema = 1.0"):
         replace(FAST, ema=1.0)
 

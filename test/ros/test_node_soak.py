@@ -12,8 +12,11 @@ def test_a_short_soak_reports_rate_memory_drops_and_a_clean_exit(tmp_path):
     r = soak(minutes=0.25, camera_hz=15.0, size=(160, 120), encoding="bgr8", control_hz=5.0,
              plot=str(tmp_path / "soak.png"))
     # 5 Hz control: never faster; slower only as far as the node's own step is slow (a busy host's
-    # steps run past a tick, and the next query waits for the tick after), never stalled.
-    step_s = r["per_minute"][0]["latency_ms_p50"] / 1000
+    # steps run past a tick, and the next query waits for the tick after), never stalled. The floor
+    # is the rate if every step took this run's p95 (a loaded host's steps spread wide: a p50 under
+    # the period says nothing of the share that overran it), halved for the ticks that found no
+    # fresh frame on such a host.
+    step_s = r["per_minute"][0]["latency_ms_p95"] / 1000
     reachable = 1.0 / (0.2 * max(1, -(-step_s // 0.2)))
     assert 0.5 * reachable <= r["chunks_per_s"] <= 5.5, (r["chunks_per_s"], step_s)
     assert r["dropped_share"] <= 0.1, r["dropped"]
